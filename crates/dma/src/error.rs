@@ -1,0 +1,52 @@
+//! The one error type of the operator: every bad input maps to a variant that names it.
+
+use crate::DType;
+
+/// What went wrong with a call into the operator. Library code never panics on user input;
+/// it returns one of these.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DmaError {
+    #[error("window must be at least 1 (got 0)")]
+    ZeroWindow,
+    #[error("scale must be a finite number (got {0})")]
+    InvalidScale(f32),
+    #[error("empty batch: at least one sequence is required")]
+    EmptyBatch,
+    #[error("head dim {0} is not supported: it must be between 1 and 256")]
+    UnsupportedHeadDim(usize),
+    #[error("{which} heads must be at least 1")]
+    ZeroHeads { which: &'static str },
+    #[error("query heads ({q}) must be a multiple of kv heads ({kv})")]
+    HeadsNotGrouped { q: usize, kv: usize },
+    #[error("bias heads ({bias}) must equal the query heads ({q}) or the kv heads ({kv})")]
+    BiasHeads { bias: usize, q: usize, kv: usize },
+    #[error("tensor `{name}` has {actual} elements, expected {expected} for shape {shape}")]
+    ShapeMismatch {
+        name: &'static str,
+        expected: usize,
+        actual: usize,
+        shape: String,
+    },
+    #[error("tensor `{name}` has dtype {actual}, expected {expected}")]
+    DTypeMismatch {
+        name: String,
+        expected: DType,
+        actual: DType,
+    },
+    #[error("bias is not finite ({value}) at sequence {sequence}, bias head {head}, key {key}")]
+    NonFiniteBias {
+        sequence: usize,
+        head: usize,
+        key: usize,
+        value: f32,
+    },
+    #[error("cu_seqlens_{which}: {reason}")]
+    BadCuSeqlens { which: &'static str, reason: String },
+    #[error("sequence too long: {0} keys or queries exceed the supported 2^31 - 1")]
+    TooLong(usize),
+    #[error("backend unavailable: {0}")]
+    Backend(String),
+}
+
+/// Result of every fallible operator call.
+pub type Result<T> = std::result::Result<T, DmaError>;
