@@ -46,6 +46,41 @@ pub enum DmaError {
     TooLong(usize),
     #[error("backend unavailable: {0}")]
     Backend(String),
+    // The CUDA backend (feature `cuda`). Plain data, so the enum is the same in every build.
+    #[error("CUDA driver not found: could not load {0} (is an NVIDIA driver installed?)")]
+    CudaDriverNotFound(String),
+    #[error("no CUDA device: {0}")]
+    NoCudaDevice(String),
+    #[error(
+        "GPU architecture sm_{major}{minor} is not supported: the CUDA kernels need sm_80 or newer"
+    )]
+    UnsupportedArch { major: u32, minor: u32 },
+    #[error("NVRTC not found: could not load {0} (install CUDA or the nvidia-cuda-nvrtc wheel and put it on LD_LIBRARY_PATH)")]
+    NvrtcNotFound(String),
+    #[error("CUDA headers (cuda_bf16.h) not found; searched: {}", searched.join(", "))]
+    CudaHeadersNotFound { searched: Vec<String> },
+    #[error("NVRTC failed to compile kernel `{kernel}`:\n{log}")]
+    KernelCompile { kernel: String, log: String },
+    #[error("out of GPU memory allocating {bytes} bytes for {what}")]
+    OutOfMemory { what: &'static str, bytes: usize },
+    #[error("head dim {head_dim} has no CUDA kernel (supported: {supported})")]
+    NoKernelForHeadDim {
+        head_dim: usize,
+        supported: &'static str,
+    },
+    #[error("CUDA error: {0}")]
+    Cuda(String),
+}
+
+impl DmaError {
+    /// Whether this error only says that no usable GPU is present (no driver, no device), as
+    /// opposed to a failure of the backend itself.
+    pub fn is_no_gpu(&self) -> bool {
+        matches!(
+            self,
+            DmaError::CudaDriverNotFound(_) | DmaError::NoCudaDevice(_)
+        )
+    }
 }
 
 /// Result of every fallible operator call.

@@ -40,6 +40,8 @@
 //! to the end of the keys, so one new token is `Shape::dense(b, 1, cache_len, ..)`.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod element;
 mod error;
 mod params;

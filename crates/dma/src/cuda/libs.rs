@@ -1,0 +1,41 @@
+//! Whether libcuda and libnvrtc can be loaded, checked before cudarc loads them (cudarc's dynamic
+//! loading panics when a library is missing; the operator returns a typed error instead).
+
+use crate::{DmaError, Result};
+use std::sync::OnceLock;
+
+const DRIVER: &[&str] = &["libcuda.so.1", "libcuda.so"];
+
+fn loadable(names: &[&str]) -> bool {
+    // SAFETY: loading a CUDA library runs its initialisers, which have no preconditions here;
+    // the handle is dropped at once (cudarc keeps its own).
+    names
+        .iter()
+        .any(|name| unsafe { libloading::Library::new(*name) }.is_ok())
+}
+
+/// `Ok` when the CUDA driver library can be loaded.
+pub(crate) fn driver() -> Result<()> {
+    static FOUND: OnceLock<bool> = OnceLock::new();
+    if *FOUND.get_or_init(|| loadable(DRIVER)) {
+        Ok(())
+    } else {
+        Err(DmaError::CudaDriverNotFound(DRIVER.join(" or ")))
+    }
+}
+
+/// Runs a first call into a cudarc library, turning a panic (a library that our check found but
+/// cudarc could not load) into `err`.
+pub(crate) fn guarded<R>(
+    f: impl FnOnce() -> Result<R>,
+    err: impl FnOnce(String) -> DmaError,
+) -> Result<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "cudarc panicked".into());
+        Err(err(msg))
+    })
+}
