@@ -1,9 +1,12 @@
-//! The GPU a call runs on: its context and stream, and its architecture.
+//! The GPU a call runs on: its context and stream, its architecture, and the kernels loaded
+//! into it.
 
+use super::compile::{self, KernelSpec};
 use super::{error, libs};
 use crate::{DmaError, Result};
-use cudarc::driver::{CudaContext, CudaStream};
-use std::sync::Arc;
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// A compute capability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,6 +40,8 @@ impl Arch {
 pub struct Device {
     stream: Arc<CudaStream>,
     arch: Arch,
+    /// Kernels loaded into this context, by kernel name.
+    functions: Mutex<HashMap<String, CudaFunction>>,
 }
 
 impl Device {
@@ -74,7 +79,11 @@ impl Device {
                 minor: arch.minor,
             });
         }
-        Ok(Device { stream, arch })
+        Ok(Device {
+            stream,
+            arch,
+            functions: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -87,5 +96,24 @@ impl Device {
 
     pub fn arch(&self) -> Arch {
         self.arch
+    }
+
+    /// The kernel `spec`, compiled (once per process) and loaded (once per device).
+    pub fn function(&self, spec: &KernelSpec) -> Result<CudaFunction> {
+        let mut loaded = self
+            .functions
+            .lock()
+            .map_err(|_| DmaError::Cuda("kernel cache lock poisoned".into()))?;
+        if let Some(f) = loaded.get(spec.name()) {
+            return Ok(f.clone());
+        }
+        let ptx = compile::ptx(spec, self.arch)?;
+        let module = self
+            .context()
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx.as_str()))
+            .map_err(error::driver)?;
+        let f = module.load_function(spec.name()).map_err(error::driver)?;
+        loaded.insert(spec.name().to_string(), f.clone());
+        Ok(f)
     }
 }

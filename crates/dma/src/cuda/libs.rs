@@ -5,6 +5,12 @@ use crate::{DmaError, Result};
 use std::sync::OnceLock;
 
 const DRIVER: &[&str] = &["libcuda.so.1", "libcuda.so"];
+const NVRTC: &[&str] = &[
+    "libnvrtc.so",
+    "libnvrtc.so.13",
+    "libnvrtc.so.12",
+    "libnvrtc.so.11.2",
+];
 
 fn loadable(names: &[&str]) -> bool {
     // SAFETY: loading a CUDA library runs its initialisers, which have no preconditions here;
@@ -21,6 +27,16 @@ pub(crate) fn driver() -> Result<()> {
         Ok(())
     } else {
         Err(DmaError::CudaDriverNotFound(DRIVER.join(" or ")))
+    }
+}
+
+/// `Ok` when NVRTC can be loaded.
+pub(crate) fn nvrtc() -> Result<()> {
+    static FOUND: OnceLock<bool> = OnceLock::new();
+    if *FOUND.get_or_init(|| loadable(NVRTC)) {
+        Ok(())
+    } else {
+        Err(DmaError::NvrtcNotFound(NVRTC.join(", ")))
     }
 }
 

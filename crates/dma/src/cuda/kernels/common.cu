@@ -1,0 +1,103 @@
+// Shared pieces of the DMA kernels: the key ranking, the per-sequence table, and thin wrappers
+// around the PTX instructions (cp.async, ldmatrix, mma.sync) the kernels use. Compiled by NVRTC
+// in front of each kernel file (see crates/dma/src/cuda/compile.rs).
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef long long i64;
+
+// Query rows per block, shared by the selection lists and the forward tiles (cuda/plan.rs: BLOCK_M).
+#define DMA_BLOCK_M 64
+
+// One sequence of the batch, as offsets (mirrors dma::Sequence; written by cuda/plan.rs).
+struct SeqInfo {
+    int q_start, nq, k_start, nk, bias_offset, lse_offset, pad0, pad1;
+};
+
+// +infinity (NVRTC has no math.h).
+#define DMA_INF __int_as_float(0x7f800000)
+
+// A threshold that keeps every visible key (every real rank is >= 2^55), and one that keeps none.
+#define DMA_KEEP_ALL 1ull
+#define DMA_KEEP_NONE 0xffffffffffffffffull
+// The rank given to an empty slot of a key tile: below every threshold.
+#define DMA_NO_KEY 0ull
+
+// Total order of keys (SPEC.md): bias first, then index; -0.0 and +0.0 are the same bias.
+// Equal to dma::selection::rank.
+__device__ __forceinline__ u64 dma_rank(float bias, int j) {
+    u32 bits = __float_as_uint(bias);
+    if (bits == 0x80000000u) bits = 0u;
+    u32 ordered = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+    return ((u64)ordered << 32) | (u32)j;
+}
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    return (u32)__cvta_generic_to_shared(p);
+}
+
+// 16-byte global -> shared copy; `valid == false` fills the 16 bytes with zeros instead.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// The 16-bit element types: packing two f32 into one register, and the m16n8k16 MMA.
+template <typename T>
+struct Elem;
+
+template <>
+struct Elem<__nv_bfloat16> {
+    __device__ __forceinline__ static u32 pack(float lo, float hi) {
+        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<u32*>(&v);
+    }
+    // d += a * b, a 16x16 (row), b 16x8 (col), f32 accumulators.
+    __device__ __forceinline__ static void mma(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+
+template <>
+struct Elem<__half> {
+    __device__ __forceinline__ static u32 pack(float lo, float hi) {
+        __half2 v = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<u32*>(&v);
+    }
+    __device__ __forceinline__ static void mma(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
