@@ -16,3 +16,11 @@ pub(crate) fn driver(e: DriverError) -> DmaError {
         _ => DmaError::Cuda(format!("{e:?}")),
     }
 }
+
+/// A driver error from allocating `bytes` bytes for `what`.
+pub(crate) fn alloc(what: &'static str, bytes: usize) -> impl Fn(DriverError) -> DmaError {
+    move |e| match e.0 {
+        E::CUDA_ERROR_OUT_OF_MEMORY => DmaError::OutOfMemory { what, bytes },
+        _ => driver(e),
+    }
+}

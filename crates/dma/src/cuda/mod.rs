@@ -1,13 +1,62 @@
 //! The CUDA backend (feature `cuda`): DMA on cudarc device buffers.
 //!
 //! Kernels are CUDA C++ (`kernels/*.cu`) compiled at run time by NVRTC for the GPU in hand
-//! (sm_90a on H100, sm_80 and newer generally), specialised by template arguments and cached
-//! per process ([`compile`]). libcuda and libnvrtc are loaded at run time, so the crate builds on
-//! machines without CUDA; a missing driver or device is a typed error.
+//! (sm_90a on H100, sm_80 and newer generally), specialised by element type, head dim and
+//! masking, and cached per process. libcuda and libnvrtc are loaded at run time, so the crate
+//! builds on machines without CUDA; a missing driver or device is a typed error.
+//!
+//! A call runs two kernels on the device's stream:
+//! 1. selection (`kernels/select.cu`): for each block of 64 query rows and bias head, the
+//!    candidate keys (at most w + 64) and each row's threshold rank;
+//! 2. forward (`kernels/forward.cu`): gathers the candidates' K/V rows into shared memory, runs
+//!    QK^T and PV on the tensor cores with an online softmax that applies each row's keep test.
+//!
+//! ```no_run
+//! use dma::{cuda, Heads, Params, Shape};
+//! use half::bf16;
+//! # fn main() -> dma::Result<()> {
+//! let dev = cuda::Device::new(0)?;
+//! let shape = Shape::dense(1, 1024, 1024, Heads::new(16, 4), 128);
+//! let q = vec![bf16::from_f32(0.1); 1024 * 16 * 128];
+//! let kv = vec![bf16::from_f32(0.2); 1024 * 4 * 128];
+//! let bias = vec![0.0f32; 4 * 1024];
+//! let inputs = dma::cpu::Inputs { q: &q, k: &kv, v: &kv, bias: &bias };
+//! let fwd = cuda::forward_host(&dev, &Params::new(256), &shape, &inputs)?;
+//! assert_eq!(fwd.lse.len(), 16 * 1024);
+//! # Ok(()) }
+//! ```
 
 pub mod compile;
 mod device;
 mod error;
+mod forward;
 mod libs;
+mod plan;
+mod select;
 
 pub use device::{Arch, Device};
+pub use forward::{
+    forward, forward_host, forward_into, select, CudaElement, DeviceForward, HEAD_DIMS,
+};
+pub use plan::BLOCK_M;
+pub use select::{HostSelection, Selection};
+
+/// Every kernel specialisation the backend may launch, for compiling ahead (tests, CI).
+pub fn all_kernels() -> Vec<compile::KernelSpec> {
+    let mut specs = Vec::new();
+    for causal in [false, true] {
+        specs.push(select::spec(causal));
+        for &d in HEAD_DIMS {
+            for spec in [
+                forward::spec::<half::bf16>(d, causal),
+                forward::spec::<half::f16>(d, causal),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                specs.push(spec);
+            }
+        }
+    }
+    specs
+}

@@ -1,0 +1,262 @@
+//! The forward on device buffers: selection, then the gather-and-attend kernel
+//! (kernels/forward.cu).
+
+use super::compile::KernelSpec;
+use super::device::Device;
+use super::error;
+use super::plan::{Plan, BLOCK_M};
+use super::select::{self, DevicePlan, Selection};
+use crate::{cpu, DmaError, Element, Params, Problem, Result, Shape};
+use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use half::{bf16, f16};
+
+const SOURCE: &str = include_str!("kernels/forward.cu");
+const THREADS: u32 = 128;
+/// Keys per shared-memory tile (`FWD_BN`).
+const BLOCK_N: usize = 64;
+
+/// Head dims with a forward kernel.
+pub const HEAD_DIMS: &[usize] = &[64, 128];
+const HEAD_DIMS_TEXT: &str = "64, 128";
+
+/// An element type the CUDA kernels take: bf16 or f16.
+pub trait CudaElement: Element + DeviceRepr + ValidAsZeroBits {
+    /// The CUDA C++ type.
+    const C_TYPE: &'static str;
+    /// Short name in kernel symbols.
+    const SHORT: &'static str;
+}
+
+impl CudaElement for bf16 {
+    const C_TYPE: &'static str = "__nv_bfloat16";
+    const SHORT: &'static str = "bf16";
+}
+
+impl CudaElement for f16 {
+    const C_TYPE: &'static str = "__half";
+    const SHORT: &'static str = "f16";
+}
+
+/// The forward kernel for one element type, head dim and masking.
+pub(crate) fn spec<T: CudaElement>(head_dim: usize, causal: bool) -> Result<KernelSpec> {
+    let d = match head_dim {
+        64 => ("d64", "64"),
+        128 => ("d128", "128"),
+        _ => {
+            return Err(DmaError::NoKernelForHeadDim {
+                head_dim,
+                supported: HEAD_DIMS_TEXT,
+            })
+        }
+    };
+    let c = if causal {
+        ("causal", "true")
+    } else {
+        ("full", "false")
+    };
+    Ok(KernelSpec::new(
+        SOURCE,
+        "DMA_FORWARD_KERNEL",
+        "dma_forward",
+        &[(T::SHORT, T::C_TYPE), d, c],
+    ))
+}
+
+/// Dynamic shared memory of the forward kernel (`FwdSmem::BYTES`).
+fn smem_bytes(head_dim: usize) -> usize {
+    let stride = head_dim + 8;
+    (BLOCK_M * stride + 4 * BLOCK_N * stride) * 2 + 2 * BLOCK_N * (8 + 4 + 4)
+}
+
+/// Out and lse of a forward, on the device: out like q, lse `[B, Hq, Nq]` or `[Hq, total_q]`.
+#[derive(Debug)]
+pub struct DeviceForward<T> {
+    pub out: CudaSlice<T>,
+    pub lse: CudaSlice<f32>,
+}
+
+fn check_inputs<T>(
+    problem: &Problem,
+    q: &CudaSlice<T>,
+    k: &CudaSlice<T>,
+    v: &CudaSlice<T>,
+    bias: &CudaSlice<f32>,
+) -> Result<()> {
+    problem.check_rows("q", "q", q.len())?;
+    problem.check_rows("k", "k", k.len())?;
+    problem.check_rows("v", "k", v.len())?;
+    problem.check_len("bias", problem.bias_len(), bias.len())
+}
+
+/// DMA forward on device buffers, allocating out and lse.
+///
+/// The bias must be finite: unlike the CPU and host entry points this one does not read it back
+/// to check (a NaN bias gives an unspecified selection, never an out-of-bounds access).
+#[allow(clippy::too_many_arguments)]
+pub fn forward<T: CudaElement>(
+    dev: &Device,
+    params: &Params,
+    shape: &Shape,
+    q: &CudaSlice<T>,
+    k: &CudaSlice<T>,
+    v: &CudaSlice<T>,
+    bias: &CudaSlice<f32>,
+) -> Result<DeviceForward<T>> {
+    let n = q.len().max(1);
+    let lse_len = shape.problem()?.lse_len().max(1);
+    // SAFETY: forward_into writes every element of out and lse.
+    let mut out = unsafe { dev.stream().alloc::<T>(n) }
+        .map_err(error::alloc("out", n * std::mem::size_of::<T>()))?;
+    let mut lse =
+        unsafe { dev.stream().alloc::<f32>(lse_len) }.map_err(error::alloc("lse", lse_len * 4))?;
+    forward_into(dev, params, shape, q, k, v, bias, &mut out, &mut lse)?;
+    Ok(DeviceForward { out, lse })
+}
+
+/// DMA forward on device buffers into caller-provided out (like q) and lse buffers.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_into<T: CudaElement>(
+    dev: &Device,
+    params: &Params,
+    shape: &Shape,
+    q: &CudaSlice<T>,
+    k: &CudaSlice<T>,
+    v: &CudaSlice<T>,
+    bias: &CudaSlice<f32>,
+    out: &mut CudaSlice<T>,
+    lse: &mut CudaSlice<f32>,
+) -> Result<()> {
+    params.validate()?;
+    let problem = shape.problem()?;
+    check_inputs(&problem, q, k, v, bias)?;
+    problem.check_rows("out", "q", out.len())?;
+    problem.check_len("lse", problem.lse_len(), lse.len())?;
+    let spec = spec::<T>(problem.head_dim, params.causal)?;
+    let plan = Plan::new(params, &problem)?;
+    if plan.num_blocks() == 0 {
+        return Ok(());
+    }
+    let tables = DevicePlan::upload(dev, &plan)?;
+    let sel = select::run(dev, params, &problem, &plan, &tables, bias)?;
+    attend(
+        dev,
+        params,
+        &problem,
+        &plan,
+        &tables,
+        &sel,
+        &spec,
+        (q, k, v, bias),
+        out,
+        lse,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attend<T: CudaElement>(
+    dev: &Device,
+    params: &Params,
+    problem: &Problem,
+    plan: &Plan,
+    tables: &DevicePlan,
+    sel: &Selection,
+    spec: &KernelSpec,
+    (q, k, v, bias): (&CudaSlice<T>, &CudaSlice<T>, &CudaSlice<T>, &CudaSlice<f32>),
+    out: &mut CudaSlice<T>,
+    lse: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let f = dev.function(spec)?;
+    let smem = smem_bytes(problem.head_dim);
+    f.set_attribute(
+        Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        smem as i32,
+    )
+    .map_err(error::driver)?;
+    let h = &problem.heads;
+    let ints = [
+        h.q as i32,
+        h.kv as i32,
+        h.bias as i32,
+        problem.bias_head_stride as i32,
+        problem.lse_head_stride as i32,
+        problem.total_q as i32,
+        plan.cap as i32,
+    ];
+    let scale_log2 = params.scale_for(problem.head_dim) * std::f32::consts::LOG2_E;
+    let cfg = LaunchConfig {
+        grid_dim: (plan.num_blocks() as u32, h.q as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: smem as u32,
+    };
+    let mut launch = dev.stream().launch_builder(&f);
+    launch
+        .arg(q)
+        .arg(k)
+        .arg(v)
+        .arg(bias)
+        .arg(&tables.seqs)
+        .arg(&tables.blocks)
+        .arg(&sel.cand)
+        .arg(&sel.count)
+        .arg(&sel.thr)
+        .arg(out)
+        .arg(lse);
+    for x in &ints {
+        launch.arg(x);
+    }
+    launch.arg(&scale_log2);
+    // SAFETY: the arguments match the kernel's signature (kernels/forward.cu), the buffers were
+    // checked against the geometry, and the selection was made for this plan.
+    unsafe { launch.launch(cfg) }.map_err(error::driver)?;
+    Ok(())
+}
+
+/// DMA forward from host slices: uploads, runs [`forward_into`] on outputs poisoned with NaN,
+/// and copies out and lse back. Checks the bias on the host like the CPU backend.
+pub fn forward_host<T: CudaElement>(
+    dev: &Device,
+    params: &Params,
+    shape: &Shape,
+    inputs: &cpu::Inputs<'_, T>,
+) -> Result<cpu::Forward<T>> {
+    params.validate()?;
+    let problem = shape.problem()?;
+    problem.check_rows("q", "q", inputs.q.len())?;
+    problem.check_rows("k", "k", inputs.k.len())?;
+    problem.check_rows("v", "k", inputs.v.len())?;
+    problem.check_bias(inputs.bias)?;
+    let s = dev.stream();
+    let up = |x: &[T], what| {
+        s.clone_htod(x)
+            .map_err(error::alloc(what, std::mem::size_of_val(x)))
+    };
+    let (q, k, v) = (up(inputs.q, "q")?, up(inputs.k, "k")?, up(inputs.v, "v")?);
+    let bias = s
+        .clone_htod(inputs.bias)
+        .map_err(error::alloc("bias", inputs.bias.len() * 4))?;
+    let mut out = up(&vec![T::from_f32(f32::NAN); inputs.q.len()], "out")?;
+    let mut lse = s
+        .clone_htod(&vec![f32::NAN; problem.lse_len()])
+        .map_err(error::alloc("lse", problem.lse_len() * 4))?;
+    forward_into(dev, params, shape, &q, &k, &v, &bias, &mut out, &mut lse)?;
+    Ok(cpu::Forward {
+        out: s.clone_dtoh(&out).map_err(error::driver)?,
+        lse: s.clone_dtoh(&lse).map_err(error::driver)?,
+    })
+}
+
+/// The selection of a call alone, on the device (shared by the forward; for tests).
+pub fn select(
+    dev: &Device,
+    params: &Params,
+    shape: &Shape,
+    bias: &CudaSlice<f32>,
+) -> Result<Selection> {
+    params.validate()?;
+    let problem = shape.problem()?;
+    problem.check_len("bias", problem.bias_len(), bias.len())?;
+    let plan = Plan::new(params, &problem)?;
+    let tables = DevicePlan::upload(dev, &plan)?;
+    select::run(dev, params, &problem, &plan, &tables, bias)
+}

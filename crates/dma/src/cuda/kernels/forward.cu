@@ -1,0 +1,232 @@
+// Forward: one CTA per (block of DMA_BLOCK_M query rows, query head), 4 warps of 16 rows each.
+// The block's candidate keys (from select.cu) are gathered FWD_BN at a time into shared memory
+// (cp.async, 16-byte chunks, two stages), S = Q K^T and O += P V run on the tensor cores
+// (mma.sync m16n8k16, f32 accumulators), and an online softmax applies each row's keep test:
+// key j is kept by the row at position p iff rank_j >= thr_p (and j <= p when causal).
+
+#define FWD_THREADS 128
+#define FWD_BN 64
+
+template <typename T, int D>
+struct FwdSmem {
+    static constexpr int STRIDE = D + 8;  // elements per row: 16 bytes of padding against conflicts
+    static constexpr int Q = DMA_BLOCK_M * STRIDE;
+    static constexpr int KV = FWD_BN * STRIDE;
+    // Layout (bytes): q | k[2] | v[2] | rank[2] | bias[2] | idx[2]
+    static constexpr int BYTES = (Q + 4 * KV) * 2 + 2 * FWD_BN * (8 + 4 + 4);
+};
+
+template <typename T, int D, bool CAUSAL>
+__device__ __forceinline__ void forward_body(
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+    const float* __restrict__ bias, const SeqInfo* __restrict__ seqs,
+    const int4* __restrict__ blocks, const u32* __restrict__ cand,
+    const u32* __restrict__ cand_count, const u64* __restrict__ thr, T* __restrict__ out,
+    float* __restrict__ lse, int q_heads, int kv_heads, int bias_heads, int bias_head_stride,
+    int lse_head_stride, int total_q, int cap, float scale_log2) {
+    typedef FwdSmem<T, D> L;
+    constexpr float LOG2E = 1.4426950408889634f;
+    constexpr float LN2 = 0.6931471805599453f;
+    constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* sQ = reinterpret_cast<T*>(smem_raw);
+    T* sK = sQ + L::Q;
+    T* sV = sK + 2 * L::KV;
+    u64* sRank = reinterpret_cast<u64*>(sV + 2 * L::KV);
+    float* sBias = reinterpret_cast<float*>(sRank + 2 * FWD_BN);
+    int* sIdx = reinterpret_cast<int*>(sBias + 2 * FWD_BN);
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int4 B = blocks[blockIdx.x];  // (sequence, first row, end row, list)
+    const int h = blockIdx.y;
+    const int hkv = h / (q_heads / kv_heads);
+    const int hb = h / (q_heads / bias_heads);
+    const SeqInfo s = seqs[B.x];
+    const i64 slot = (i64)B.w * bias_heads + hb;
+    const u32* list = cand + slot * cap;
+    const int count = (int)cand_count[slot];
+    const float* b = bias + s.bias_offset + (i64)hb * bias_head_stride;
+    const int offset = s.nk - s.nq;
+    const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
+
+    // Q tile (rows past the block's end are zero).
+    for (int c = tid; c < DMA_BLOCK_M * CHUNKS; c += FWD_THREADS) {
+        const int r = c / CHUNKS, ch = c % CHUNKS;
+        const bool valid = B.y + r < B.z;
+        const T* src = valid ? q + (s.q_start + B.y + r) * q_row + h * D + ch * 8 : q;
+        cp_async16(sQ + r * L::STRIDE + ch * 8, src, valid);
+    }
+
+    const int tiles = (count + FWD_BN - 1) / FWD_BN;
+    auto load_tile = [&](int t, int stage) {
+        T* dk = sK + stage * L::KV;
+        T* dv = sV + stage * L::KV;
+        for (int c = tid; c < FWD_BN * CHUNKS; c += FWD_THREADS) {
+            const int r = c / CHUNKS, ch = c % CHUNKS;
+            const int at = t * FWD_BN + r;
+            const bool valid = at < count;
+            const i64 row = valid ? (i64)(s.k_start + (int)list[at]) * kv_row + hkv * D + ch * 8 : 0;
+            cp_async16(dk + r * L::STRIDE + ch * 8, k + row, valid);
+            cp_async16(dv + r * L::STRIDE + ch * 8, v + row, valid);
+        }
+        if (tid < FWD_BN) {
+            const int at = t * FWD_BN + tid;
+            int j = 0x7fffffff;
+            float bj = 0.f;
+            u64 rk = DMA_NO_KEY;
+            if (at < count) {
+                j = (int)list[at];
+                bj = b[j];
+                rk = dma_rank(bj, j);
+            }
+            sIdx[stage * FWD_BN + tid] = j;
+            sBias[stage * FWD_BN + tid] = bj * LOG2E;
+            sRank[stage * FWD_BN + tid] = rk;
+        }
+    };
+    if (tiles > 0) load_tile(0, 0);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // Q fragments (A operand) for the warp's 16 rows.
+    u32 qf[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+        ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane & 15)) * L::STRIDE + kk * 16 + (lane >> 4) * 8);
+
+    // This thread's two rows: g and g + 8 of the warp's slice.
+    const int g = lane >> 2, tq = lane & 3;
+    int row[2];
+    int pos[2];
+    u64 rthr[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+        row[e] = B.y + warp * 16 + g + 8 * e;
+        pos[e] = offset + row[e];
+        rthr[e] = row[e] < B.z ? thr[(i64)hb * total_q + s.q_start + row[e]] : DMA_KEEP_NONE;
+    }
+
+    float o[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m[2] = {-DMA_INF, -DMA_INF}, l[2] = {0.f, 0.f};
+
+    for (int t = 0; t < tiles; ++t) {
+        const int stage = t & 1;
+        if (t + 1 < tiles) load_tile(t + 1, stage ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+
+        const T* tk = sK + stage * L::KV;
+        const T* tv = sV + stage * L::KV;
+        float sc[FWD_BN / 8][4];
+#pragma unroll
+        for (int i = 0; i < FWD_BN / 8; ++i) sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+            for (int np = 0; np < FWD_BN / 16; ++np) {
+                u32 bf[4];
+                ldmatrix_x4(bf, tk + (np * 16 + (lane >> 4) * 8 + (lane & 7)) * L::STRIDE + kk * 16 +
+                                    ((lane >> 3) & 1) * 8);
+                Elem<T>::mma(sc[2 * np], qf[kk], bf[0], bf[1]);
+                Elem<T>::mma(sc[2 * np + 1], qf[kk], bf[2], bf[3]);
+            }
+        }
+
+        // Keep test, scale and bias (log2 domain), and the running max of each row.
+        float mx[2] = {-DMA_INF, -DMA_INF};
+#pragma unroll
+        for (int nt = 0; nt < FWD_BN / 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int slot_k = stage * FWD_BN + nt * 8 + 2 * tq + (e & 1);
+                const int r = e >> 1;
+                const bool keep =
+                    sRank[slot_k] >= rthr[r] && (!CAUSAL || sIdx[slot_k] <= pos[r]);
+                const float x = keep ? sc[nt][e] * scale_log2 + sBias[slot_k] : -DMA_INF;
+                sc[nt][e] = x;
+                mx[r] = fmaxf(mx[r], x);
+            }
+        }
+        float alpha[2], use[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            const float mn = fmaxf(m[r], mx[r]);
+            use[r] = mn == -DMA_INF ? 0.f : mn;
+            alpha[r] = fast_exp2(m[r] - use[r]);
+            m[r] = mn;
+            l[r] *= alpha[r];
+        }
+#pragma unroll
+        for (int nt = 0; nt < FWD_BN / 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float p = fast_exp2(sc[nt][e] - use[e >> 1]);
+                sc[nt][e] = p;
+                l[e >> 1] += p;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i) {
+            o[i][0] *= alpha[0];
+            o[i][1] *= alpha[0];
+            o[i][2] *= alpha[1];
+            o[i][3] *= alpha[1];
+        }
+
+        // O += P V: P from the score registers (A operand), V through ldmatrix.trans.
+#pragma unroll
+        for (int kc = 0; kc < FWD_BN / 16; ++kc) {
+            u32 pa[4];
+            pa[0] = Elem<T>::pack(sc[2 * kc][0], sc[2 * kc][1]);
+            pa[1] = Elem<T>::pack(sc[2 * kc][2], sc[2 * kc][3]);
+            pa[2] = Elem<T>::pack(sc[2 * kc + 1][0], sc[2 * kc + 1][1]);
+            pa[3] = Elem<T>::pack(sc[2 * kc + 1][2], sc[2 * kc + 1][3]);
+#pragma unroll
+            for (int dp = 0; dp < D / 16; ++dp) {
+                u32 bf[4];
+                ldmatrix_x4_trans(bf, tv + (kc * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * L::STRIDE +
+                                          dp * 16 + (lane >> 4) * 8);
+                Elem<T>::mma(o[2 * dp], pa, bf[0], bf[1]);
+                Elem<T>::mma(o[2 * dp + 1], pa, bf[2], bf[3]);
+            }
+        }
+        __syncthreads();  // the stage is overwritten by the next iteration's prefetch
+    }
+
+    // Normalise and write: out (the input type) and lse (natural log, f32).
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        if (row[r] >= B.z) continue;
+        const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+        T* dst = out + (s.q_start + row[r]) * q_row + h * D + 2 * tq;
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i)
+            *reinterpret_cast<u32*>(dst + i * 8) = Elem<T>::pack(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+        if (tq == 0)
+            lse[s.lse_offset + (i64)h * lse_head_stride + row[r]] =
+                l[r] > 0.f ? (m[r] + __log2f(l[r])) * LN2 : -DMA_INF;
+    }
+}
+
+#define DMA_FORWARD_KERNEL(NAME, T, D, CAUSAL)                                                    \
+    extern "C" __global__ void __launch_bounds__(FWD_THREADS)                                    \
+        NAME(const T* q, const T* k, const T* v, const float* bias, const SeqInfo* seqs,         \
+             const int4* blocks, const u32* cand, const u32* cand_count, const u64* thr, T* out, \
+             float* lse, int q_heads, int kv_heads, int bias_heads, int bias_head_stride,         \
+             int lse_head_stride, int total_q, int cap, float scale_log2) {                       \
+        forward_body<T, D, CAUSAL>(q, k, v, bias, seqs, blocks, cand, cand_count, thr, out, lse,  \
+                                   q_heads, kv_heads, bias_heads, bias_head_stride,               \
+                                   lse_head_stride, total_q, cap, scale_log2);                    \
+    }

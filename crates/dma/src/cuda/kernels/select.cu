@@ -1,0 +1,193 @@
+// Selection (SPEC.md "Which keys a query keeps") on the GPU, one CTA per (list, bias head).
+//
+// A list is a block of DMA_BLOCK_M query rows (causal) or a whole sequence (not causal). For a
+// causal block whose first row sits at position p0, with P = clamp(p0, 0, Nk) and the block's own
+// keys [P, E):
+//   tau   = the w-th best rank among keys [0, P) (radix select; every key when P <= w),
+//   list  = { j < P : rank_j >= tau } (ascending) ++ [P, E)        (at most w + DMA_BLOCK_M keys),
+//   thr_p = the w-th best rank among { list keys <= p } for each row p of the block,
+// and row p keeps key j iff j <= p and rank_j >= thr_p. Every row's kept set lies in the list
+// because the w-th best rank only rises with p. thr_p is found among the DMA_BLOCK_M + 1 smallest
+// ranks of the list (at most DMA_BLOCK_M keys of the list are added or absent per row).
+//
+// Cost: the radix select reads all P earlier keys, so a sequence of N queries costs O(N^2 / BM)
+// bias reads per head; memory is O(N * w / BM) for the lists. See docs/cuda-notes.md.
+
+#define SEL_THREADS 256
+#define SEL_WARPS (SEL_THREADS / 32)
+
+struct SelectShared {
+    u32 hist[256];
+    u32 warp_counts[SEL_WARPS];
+    u32 digit, need, nz;
+    u64 z[DMA_BLOCK_M + 1];
+    u64 zs[DMA_BLOCK_M + 1];
+};
+
+// The k-th largest (1-based, 1 <= k <= n) of the distinct keys get(i), i in [0, n). Only the low
+// `index_bits` bits of a key's low word may be non-zero. Every thread of the CTA must call it.
+template <typename Get>
+__device__ u64 radix_select_largest(int n, u32 k, int index_bits, Get get, SelectShared& sh) {
+    u64 prefix = 0, mask = 0;
+    const int low_passes = (index_bits + 7) / 8;
+    const int passes = 4 + low_passes;
+    for (int pass = 0; pass < passes; ++pass) {
+        const int shift = pass < 4 ? 56 - 8 * pass : 8 * (low_passes - 1 - (pass - 4));
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) sh.hist[i] = 0;
+        __syncthreads();
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            const u64 key = get(i);
+            if ((key & mask) == prefix) atomicAdd(&sh.hist[(key >> shift) & 255], 1u);
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            const int lane = threadIdx.x;
+            u32 c[8];
+            u32 s = 0;
+#pragma unroll
+            for (int b = 0; b < 8; ++b) {
+                c[b] = sh.hist[lane * 8 + b];
+                s += c[b];
+            }
+            u32 suffix = s;  // sum over lanes >= lane
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const u32 v = __shfl_down_sync(0xffffffffu, suffix, o);
+                if (lane + o < 32) suffix += v;
+            }
+            const u32 above = suffix - s;
+            if (above < k && suffix >= k) {
+                u32 run = above;
+#pragma unroll
+                for (int b = 7; b >= 0; --b) {
+                    if (run + c[b] >= k) {
+                        sh.digit = lane * 8 + b;
+                        sh.need = k - run;
+                        break;
+                    }
+                    run += c[b];
+                }
+            }
+        }
+        __syncthreads();
+        prefix |= (u64)sh.digit << shift;
+        mask |= 255ull << shift;
+        k = sh.need;
+    }
+    return prefix;
+}
+
+template <bool CAUSAL>
+__device__ __forceinline__ void select_body(const float* __restrict__ bias,
+                                            const SeqInfo* __restrict__ seqs,
+                                            const int4* __restrict__ lists, int window, int cap,
+                                            int bias_heads, int bias_head_stride, int total_q,
+                                            u32* __restrict__ cand, u32* __restrict__ cand_count,
+                                            u64* __restrict__ thr) {
+    __shared__ SelectShared sh;
+    const int4 L = lists[blockIdx.x];  // (sequence, first row, end row, unused)
+    const int hb = blockIdx.y;
+    const SeqInfo s = seqs[L.x];
+    const float* b = bias + s.bias_offset + (i64)hb * bias_head_stride;
+    const i64 slot = (i64)blockIdx.x * bias_heads + hb;
+    u32* list = cand + slot * cap;
+    u64* row_thr = thr + (i64)hb * total_q + s.q_start;
+    const int offset = s.nk - s.nq;  // position of query row 0
+    int P = s.nk, E = s.nk;
+    if (CAUSAL) {
+        P = min(max(offset + L.y, 0), s.nk);
+        E = min(max(offset + L.z, 0), s.nk);
+    }
+    const int index_bits = 32 - __clz(max(s.nk - 1, 1));
+    auto key_rank = [&](int i) { return dma_rank(b[i], i); };
+
+    u64 tau = DMA_KEEP_ALL;
+    if (P > window) tau = radix_select_largest(P, (u32)window, index_bits, key_rank, sh);
+
+    // Ordered compaction of the keys [0, P) ranked at least tau.
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int base = 0;
+    for (int start = 0; start < P; start += SEL_THREADS) {
+        const int i = start + threadIdx.x;
+        const bool keep = i < P && (tau == DMA_KEEP_ALL || key_rank(i) >= tau);
+        const u32 ballot = __ballot_sync(0xffffffffu, keep);
+        if (lane == 0) sh.warp_counts[warp] = __popc(ballot);
+        __syncthreads();
+        int before = 0, total = 0;
+#pragma unroll
+        for (int w = 0; w < SEL_WARPS; ++w) {
+            const int c = sh.warp_counts[w];
+            before += w < warp ? c : 0;
+            total += c;
+        }
+        if (keep) list[base + before + __popc(ballot & ((1u << lane) - 1u))] = (u32)i;
+        __syncthreads();
+        base += total;
+    }
+    const int kept_before = base;  // == min(P, window)
+    for (int i = P + threadIdx.x; i < E; i += SEL_THREADS) list[kept_before + i - P] = (u32)i;
+    const int count = kept_before + (E - P);
+    if (threadIdx.x == 0) cand_count[slot] = (u32)count;
+
+    if (!CAUSAL) {
+        for (int r = threadIdx.x; r < s.nq; r += SEL_THREADS) row_thr[r] = tau;
+        return;
+    }
+    __syncthreads();  // the list, written above, is read below by every thread
+
+    // Z: the DMA_BLOCK_M + 1 smallest ranks of the list, ascending.
+    auto list_rank = [&](int i) {
+        const int j = (int)list[i];
+        return dma_rank(b[j], j);
+    };
+    u64 sigma = DMA_KEEP_NONE;
+    if (count > DMA_BLOCK_M + 1)
+        sigma = radix_select_largest(count, (u32)(count - DMA_BLOCK_M), index_bits, list_rank, sh);
+    if (threadIdx.x == 0) sh.nz = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < count; i += SEL_THREADS) {
+        const u64 r = list_rank(i);
+        if (r <= sigma) sh.z[atomicAdd(&sh.nz, 1u)] = r;
+    }
+    __syncthreads();
+    const int nz = (int)sh.nz;
+    for (int i = threadIdx.x; i < nz; i += SEL_THREADS) {
+        const u64 r = sh.z[i];
+        int pos = 0;
+        for (int t = 0; t < nz; ++t) pos += sh.z[t] < r;
+        sh.zs[pos] = r;
+    }
+    __syncthreads();
+
+    // Row p keeps the w best of M_p = { list keys <= p }: thr_p is the (|M_p| - w + 1)-th smallest.
+    for (int r = L.y + threadIdx.x; r < L.z; r += SEL_THREADS) {
+        const int p = offset + r;
+        u64 t = DMA_KEEP_NONE;
+        if (p >= 0) {
+            const int members = kept_before + (p - P + 1);
+            if (members <= window) {
+                t = DMA_KEEP_ALL;
+            } else {
+                const int m = members - window + 1;
+                int c = 0;
+                for (int z = 0; z < nz; ++z) {
+                    const u64 rz = sh.zs[z];
+                    if ((int)(rz & 0xffffffffull) <= p && ++c == m) {
+                        t = rz;
+                        break;
+                    }
+                }
+            }
+        }
+        row_thr[r] = t;
+    }
+}
+
+#define DMA_SELECT_KERNEL(NAME, CAUSAL)                                                          \
+    extern "C" __global__ void __launch_bounds__(SEL_THREADS)                                    \
+        NAME(const float* bias, const SeqInfo* seqs, const int4* lists, int window, int cap,     \
+             int bias_heads, int bias_head_stride, int total_q, u32* cand, u32* cand_count,       \
+             u64* thr) {                                                                         \
+        select_body<CAUSAL>(bias, seqs, lists, window, cap, bias_heads, bias_head_stride,        \
+                            total_q, cand, cand_count, thr);                                     \
+    }

@@ -1,0 +1,85 @@
+//! The host-side tables a launch reads: one entry per sequence, per selection list and per
+//! block of query rows. They are O(B + N / BLOCK_M) integers, built from the validated
+//! [`Problem`] and uploaded with each call.
+
+use crate::{DmaError, Params, Problem, Result};
+
+/// Query rows per block (`DMA_BLOCK_M` in kernels/common.cu).
+pub const BLOCK_M: usize = 64;
+
+/// The tables of one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// Per sequence: q_start, nq, k_start, nk, bias_offset, lse_offset, 0, 0 (`SeqInfo`).
+    pub seqs: Vec<i32>,
+    /// Per selection list: sequence, first row, end row, 0. Causal: one list per block of query
+    /// rows; not causal: one list per sequence (every row keeps the same keys).
+    pub lists: Vec<i32>,
+    /// Per block of query rows: sequence, first row, end row, list.
+    pub blocks: Vec<i32>,
+    /// Capacity of each candidate list.
+    pub cap: usize,
+    /// The window clamped to the longest sequence's keys (the same selection, and fits in i32).
+    pub window: i32,
+}
+
+impl Plan {
+    pub fn new(params: &Params, problem: &Problem) -> Result<Plan> {
+        let int = |x: usize| i32::try_from(x).map_err(|_| DmaError::TooLong(x));
+        let mut seqs = Vec::with_capacity(problem.sequences.len() * 8);
+        let mut lists = Vec::new();
+        let mut blocks = Vec::new();
+        let mut max_nk = 0;
+        for (i, s) in problem.sequences.iter().enumerate() {
+            // The largest element offsets the kernels form in 32 bits.
+            int(s.bias_offset + problem.heads.bias * problem.bias_head_stride)?;
+            int(s.lse_offset + problem.heads.q * problem.lse_head_stride)?;
+            for x in [
+                s.q_start,
+                s.nq,
+                s.k_start,
+                s.nk,
+                s.bias_offset,
+                s.lse_offset,
+            ] {
+                seqs.push(int(x)?);
+            }
+            seqs.extend([0, 0]);
+            max_nk = max_nk.max(s.nk);
+            if !params.causal {
+                lists.extend([int(i)?, 0, int(s.nq)?, 0]);
+            }
+            for r0 in (0..s.nq).step_by(BLOCK_M) {
+                let r1 = (r0 + BLOCK_M).min(s.nq);
+                let list = if params.causal {
+                    let id = lists.len() / 4;
+                    lists.extend([int(i)?, int(r0)?, int(r1)?, 0]);
+                    id
+                } else {
+                    i
+                };
+                blocks.extend([int(i)?, int(r0)?, int(r1)?, int(list)?]);
+            }
+        }
+        int(problem.total_q)?;
+        int(problem.total_k)?;
+        let kept = params.window.min(max_nk);
+        let cap = if params.causal { kept + BLOCK_M } else { kept }.max(1);
+        int(cap)?;
+        Ok(Plan {
+            seqs,
+            lists,
+            blocks,
+            cap,
+            window: int(kept.max(1))?,
+        })
+    }
+
+    pub fn num_lists(&self) -> usize {
+        self.lists.len() / 4
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.blocks.len() / 4
+    }
+}

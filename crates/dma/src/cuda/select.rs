@@ -1,0 +1,142 @@
+//! Selection on the GPU: for every list (a causal block of query rows, or a whole sequence) and
+//! bias head, the candidate keys and each query row's threshold rank (kernels/select.cu).
+
+use super::compile::KernelSpec;
+use super::device::Device;
+use super::error;
+use super::plan::Plan;
+use crate::{Params, Problem, Result};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+const SOURCE: &str = include_str!("kernels/select.cu");
+const THREADS: u32 = 256;
+
+/// The selection kernel for causal or non-causal masking.
+pub(crate) fn spec(causal: bool) -> KernelSpec {
+    let c = if causal {
+        ("causal", "true")
+    } else {
+        ("full", "false")
+    };
+    KernelSpec::new(SOURCE, "DMA_SELECT_KERNEL", "dma_select", &[c])
+}
+
+/// The kept-key structure of one call, on the device. O(N·w / BLOCK_M) memory, no Nq x Nk.
+#[derive(Debug)]
+pub struct Selection {
+    /// `[lists, Hb, cap]` key indices within the sequence, ascending within each part.
+    pub(crate) cand: CudaSlice<u32>,
+    /// `[lists, Hb]` number of keys of each list.
+    pub(crate) count: CudaSlice<u32>,
+    /// `[Hb, total_q]` threshold rank of each query row (see `dma::selection::rank`); a row keeps
+    /// key j iff rank_j >= threshold (and j <= its position when causal).
+    pub(crate) thr: CudaSlice<u64>,
+    pub(crate) cap: usize,
+}
+
+/// What a selection holds, copied to the host (for tests and inspection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSelection {
+    pub cand: Vec<u32>,
+    pub count: Vec<u32>,
+    pub thr: Vec<u64>,
+    /// Capacity of each list in `cand`.
+    pub cap: usize,
+}
+
+impl Selection {
+    /// Copies the selection to the host.
+    pub fn to_host(&self, dev: &Device) -> Result<HostSelection> {
+        let s = dev.stream();
+        Ok(HostSelection {
+            cand: s.clone_dtoh(&self.cand).map_err(error::driver)?,
+            count: s.clone_dtoh(&self.count).map_err(error::driver)?,
+            thr: s.clone_dtoh(&self.thr).map_err(error::driver)?,
+            cap: self.cap,
+        })
+    }
+}
+
+/// Device copies of a plan's tables.
+pub(crate) struct DevicePlan {
+    pub seqs: CudaSlice<i32>,
+    pub lists: CudaSlice<i32>,
+    pub blocks: CudaSlice<i32>,
+}
+
+impl DevicePlan {
+    pub fn upload(dev: &Device, plan: &Plan) -> Result<DevicePlan> {
+        let s = dev.stream();
+        let up = |v: &Vec<i32>| {
+            let v = if v.is_empty() { vec![0; 4] } else { v.clone() };
+            s.clone_htod(&v)
+                .map_err(error::alloc("plan tables", v.len() * 4))
+        };
+        Ok(DevicePlan {
+            seqs: up(&plan.seqs)?,
+            lists: up(&plan.lists)?,
+            blocks: up(&plan.blocks)?,
+        })
+    }
+}
+
+fn alloc<T: cudarc::driver::DeviceRepr>(
+    dev: &Device,
+    what: &'static str,
+    n: usize,
+) -> Result<CudaSlice<T>> {
+    let n = n.max(1);
+    // SAFETY: every element the kernels read is written by the selection kernel first.
+    unsafe { dev.stream().alloc::<T>(n) }.map_err(error::alloc(what, n * std::mem::size_of::<T>()))
+}
+
+/// Runs the selection kernel. `bias` must be finite (checked by the host entry points).
+pub(crate) fn run(
+    dev: &Device,
+    params: &Params,
+    problem: &Problem,
+    plan: &Plan,
+    tables: &DevicePlan,
+    bias: &CudaSlice<f32>,
+) -> Result<Selection> {
+    let hb = problem.heads.bias;
+    let lists = plan.num_lists();
+    let mut sel = Selection {
+        cand: alloc(dev, "candidate lists", lists * hb * plan.cap)?,
+        count: alloc(dev, "candidate counts", lists * hb)?,
+        thr: alloc(dev, "row thresholds", hb * problem.total_q)?,
+        cap: plan.cap,
+    };
+    if lists == 0 {
+        return Ok(sel);
+    }
+    let f = dev.function(&spec(params.causal))?;
+    let (cap, heads, stride, total_q) = (
+        plan.cap as i32,
+        hb as i32,
+        problem.bias_head_stride as i32,
+        problem.total_q as i32,
+    );
+    let cfg = LaunchConfig {
+        grid_dim: (lists as u32, hb as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = dev.stream().launch_builder(&f);
+    launch
+        .arg(bias)
+        .arg(&tables.seqs)
+        .arg(&tables.lists)
+        .arg(&plan.window)
+        .arg(&cap)
+        .arg(&heads)
+        .arg(&stride)
+        .arg(&total_q)
+        .arg(&mut sel.cand)
+        .arg(&mut sel.count)
+        .arg(&mut sel.thr);
+    // SAFETY: the arguments match the kernel's signature (kernels/select.cu) and every buffer
+    // holds what the plan's geometry indexes.
+    unsafe { launch.launch(cfg) }.map_err(error::driver)?;
+    Ok(sel)
+}

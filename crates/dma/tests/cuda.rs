@@ -1,0 +1,435 @@
+//! The CUDA backend against the CPU backend, on fresh random inputs.
+//!
+//! Without a GPU (CI) the device tests print why and pass, but only when the failure is "no
+//! driver" or "no device"; compiling every kernel needs only NVRTC and the CUDA headers
+//! (scripts/cuda-env.sh). `cargo test -p dma --features cuda --release -- --ignored bench` times
+//! the forward (see docs/cuda-notes.md).
+#![cfg(feature = "cuda")]
+
+use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
+use dma::cuda::{self, Device};
+use dma::selection::{rank, KeySelection};
+use dma::{cpu, DmaError, Element, Heads, Params, Shape};
+use half::{bf16, f16};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// The device, or `None` (after saying why) when this machine has no GPU.
+fn device() -> Option<Device> {
+    match Device::new(0) {
+        Ok(d) => Some(d),
+        Err(e) if e.is_no_gpu() => {
+            eprintln!("skipping CUDA device tests: {e}");
+            None
+        }
+        Err(e) => panic!("CUDA device present but unusable: {e}"),
+    }
+}
+
+fn fresh_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    std::env::var("DMA_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(t)
+}
+
+/// Every kernel specialisation compiles with NVRTC for sm_90a (no GPU needed). With
+/// `DMA_PTX_DIR` set, the PTX files are written there (for `ptxas -v`).
+#[test]
+fn every_kernel_compiles() {
+    let dir = std::env::var_os("DMA_PTX_DIR").map(std::path::PathBuf::from);
+    for spec in cuda::all_kernels() {
+        match cuda::compile::ptx(&spec, cuda::Arch::SM90) {
+            Ok(ptx) => {
+                if let Some(dir) = &dir {
+                    std::fs::create_dir_all(dir).unwrap();
+                    std::fs::write(dir.join(format!("{}.ptx", spec.name())), ptx.as_bytes())
+                        .unwrap();
+                }
+            }
+            Err(e @ (DmaError::NvrtcNotFound(_) | DmaError::CudaHeadersNotFound { .. })) => {
+                eprintln!("skipping kernel compilation: {e}");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// One test configuration.
+#[derive(Debug, Clone)]
+struct Case {
+    d: usize,
+    causal: bool,
+    hq: usize,
+    hkv: usize,
+    hb_is_q: bool,
+    /// `None`: dense; `Some((q lens, k lens))`: varlen.
+    varlen: Option<(Vec<i32>, Vec<i32>)>,
+    batch: usize,
+    nq: usize,
+    nk: usize,
+    window: usize,
+    /// Biases drawn from a few values (ties, -0.0 and 0.0 among them) instead of a continuum.
+    ties: bool,
+}
+
+impl Case {
+    fn shape(&self) -> Shape {
+        let heads =
+            Heads::new(self.hq, self.hkv).with_bias(if self.hb_is_q { self.hq } else { self.hkv });
+        match &self.varlen {
+            None => Shape::dense(self.batch, self.nq, self.nk, heads, self.d),
+            Some((lq, lk)) => {
+                let cu = |l: &[i32]| {
+                    let mut c = vec![0];
+                    for x in l {
+                        c.push(c.last().unwrap() + x);
+                    }
+                    c
+                };
+                Shape::varlen(cu(lq), cu(lk), heads, self.d)
+            }
+        }
+    }
+
+    fn label(&self) -> String {
+        let layout = match &self.varlen {
+            None => format!("dense B={} Nq={} Nk={}", self.batch, self.nq, self.nk),
+            Some((q, k)) => format!("varlen q={q:?} k={k:?}"),
+        };
+        format!(
+            "D={} {} Hq={} Hkv={} Hb={} w={} {}{}",
+            self.d,
+            if self.causal { "causal" } else { "full" },
+            self.hq,
+            self.hkv,
+            if self.hb_is_q { "Hq" } else { "Hkv" },
+            self.window,
+            layout,
+            if self.ties { " ties" } else { "" }
+        )
+    }
+}
+
+/// The configurations: every head dim, masking, head layout and bias-head choice, dense and
+/// varlen (with an empty sequence and a sequence with more queries than keys), Nq < Nk.
+fn cases(small: bool) -> Vec<Case> {
+    let mut out = Vec::new();
+    let heads = [(16, 16), (16, 4), (8, 1)];
+    let mut i = 0usize;
+    for d in [64, 128] {
+        for causal in [true, false] {
+            for (hq, hkv) in heads {
+                for hb_is_q in [false, true] {
+                    for varlen in [false, true] {
+                        i += 1;
+                        let window = [64, 200, 512][i % 3];
+                        let (batch, nq, nk) = match (i / 2) % 4 {
+                            0 => (1, 3000, 3000),
+                            1 => (2, 1000, 1000),
+                            2 => (1, 700, 1900),
+                            _ => (2, 1500, 1500),
+                        };
+                        let varlen = varlen.then(|| {
+                            if small {
+                                (vec![70, 0, 130, 50], vec![70, 0, 200, 20])
+                            } else {
+                                (vec![1500, 0, 300, 1033, 100], vec![1500, 0, 900, 1033, 40])
+                            }
+                        });
+                        let (nq, nk) = if small { (nq / 10, nk / 10) } else { (nq, nk) };
+                        out.push(Case {
+                            d,
+                            causal,
+                            hq: if small { hq / 4 } else { hq }.max(hkv.min(2)),
+                            hkv: if small { hkv.min(2) } else { hkv },
+                            hb_is_q,
+                            varlen,
+                            batch,
+                            nq,
+                            nk,
+                            window: if small { window / 4 } else { window },
+                            ties: i % 5 == 0,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn random_inputs<T: Element>(
+    rng: &mut StdRng,
+    shape: &Shape,
+    ties: bool,
+) -> (Vec<T>, Vec<T>, Vec<T>, Vec<f32>) {
+    let p = shape.problem().unwrap();
+    let mut v = |n: usize| -> Vec<T> {
+        (0..n)
+            .map(|_| T::from_f32(rng.random_range(-1.0f32..1.0)))
+            .collect()
+    };
+    let (q, k, vv) = (v(p.q_len()), v(p.k_len()), v(p.k_len()));
+    let levels = [0.0f32, -0.0, 1.0, -1.0, 2.5];
+    let bias = (0..p.bias_len())
+        .map(|_| {
+            if ties {
+                levels[rng.random_range(0..levels.len())]
+            } else {
+                rng.random_range(-4.0f32..4.0)
+            }
+        })
+        .collect();
+    (q, k, vv, bias)
+}
+
+/// ||a - b|| / ||b|| over the entries where b is finite; entries where b is -inf must be -inf
+/// in a, and a must hold no NaN.
+fn rel_err(a: &[f32], b: &[f32]) -> Result<f64, String> {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        if x.is_nan() {
+            return Err(format!("NaN at {i} (unwritten or broken), expected {y}"));
+        }
+        if y.is_finite() {
+            num += f64::from(x - y).powi(2);
+            den += f64::from(y).powi(2);
+        } else if x != y {
+            return Err(format!("element {i}: {x}, expected {y}"));
+        }
+    }
+    Ok(if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    })
+}
+
+fn check_forward<T: cuda::CudaElement>(dev: &Device, case: &Case, seed: u64) -> (f64, f64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let shape = case.shape();
+    let (q, k, v, bias) = random_inputs::<T>(&mut rng, &shape, case.ties);
+    let inputs = cpu::Inputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        bias: &bias,
+    };
+    let params = Params::new(case.window).causal(case.causal);
+    let want = cpu::forward(&params, &shape, &inputs).unwrap();
+    // forward_host poisons out and lse with NaN before the kernels run.
+    let got = cuda::forward_host(dev, &params, &shape, &inputs)
+        .unwrap_or_else(|e| panic!("{}: {e}", case.label()));
+    let f = |x: &[T]| x.iter().map(|y| y.to_f32()).collect::<Vec<f32>>();
+    let eo = rel_err(&f(&got.out), &f(&want.out))
+        .unwrap_or_else(|e| panic!("{} ({}): out: {e}", case.label(), T::DTYPE));
+    let el = rel_err(&got.lse, &want.lse)
+        .unwrap_or_else(|e| panic!("{} ({}): lse: {e}", case.label(), T::DTYPE));
+    (eo, el)
+}
+
+/// Forward out and lse against the CPU backend, bf16 and f16, every configuration.
+#[test]
+fn forward_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let small = std::env::var_os("DMA_CUDA_SMALL").is_some();
+    let seed = fresh_seed();
+    eprintln!("seed {seed} (DMA_SEED reproduces)");
+    let mut worst = 0.0f64;
+    for (i, case) in cases(small).iter().enumerate() {
+        let s = seed.wrapping_add(i as u64);
+        let (ob, lb) = check_forward::<bf16>(&dev, case, s);
+        let (oh, lh) = check_forward::<f16>(&dev, case, s ^ 0x9e37);
+        eprintln!(
+            "{:<80} bf16 out {ob:.2e} lse {lb:.2e} | f16 out {oh:.2e} lse {lh:.2e}",
+            case.label()
+        );
+        for e in [ob, lb, oh, lh] {
+            worst = worst.max(e);
+        }
+        assert!(
+            ob <= 1e-2 && lb <= 1e-2 && oh <= 1e-2 && lh <= 1e-2,
+            "{}: error above 1e-2",
+            case.label()
+        );
+    }
+    eprintln!("worst relative error {worst:.2e}");
+}
+
+/// The GPU selection keeps exactly the CPU selection's keys, row by row.
+#[test]
+fn selection_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let seed = fresh_seed();
+    let small = std::env::var_os("DMA_CUDA_SMALL").is_some();
+    for (i, case) in cases(small).iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(i as u64));
+        let shape = case.shape();
+        let problem = shape.problem().unwrap();
+        let (_, _, _, bias) = random_inputs::<bf16>(&mut rng, &shape, case.ties);
+        let params = Params::new(case.window).causal(case.causal);
+        let dbias = dev.stream().clone_htod(&bias).unwrap();
+        let sel = cuda::select(&dev, &params, &shape, &dbias)
+            .and_then(|s| s.to_host(&dev))
+            .unwrap_or_else(|e| panic!("{}: {e}", case.label()));
+        let hb = problem.heads.bias;
+        let mut list_base = 0usize;
+        for (si, seq) in problem.sequences.iter().enumerate() {
+            let blocks = seq.nq.div_ceil(cuda::BLOCK_M);
+            for h in 0..hb {
+                let keys = &bias[problem.bias_range(seq, h)];
+                let cpu_sel =
+                    KeySelection::new(keys, seq.nq, case.window, case.causal, cuda::BLOCK_M);
+                for r in 0..seq.nq {
+                    let list = if case.causal {
+                        list_base + r / cuda::BLOCK_M
+                    } else {
+                        si
+                    };
+                    let slot = list * hb + h;
+                    let n = sel.count[slot] as usize;
+                    let cand = &sel.cand[slot * sel.cap..slot * sel.cap + n];
+                    let p = seq.query_offset() + r as i64;
+                    let thr = sel.thr[h * problem.total_q + seq.q_start + r];
+                    let kept: Vec<usize> = cand
+                        .iter()
+                        .map(|&j| j as usize)
+                        .filter(|&j| (!case.causal || j as i64 <= p) && rank(keys[j], j) >= thr)
+                        .collect();
+                    let visible = if case.causal {
+                        (p + 1).clamp(0, seq.nk as i64) as usize
+                    } else {
+                        seq.nk
+                    };
+                    let want = visible.min(case.window);
+                    assert_eq!(
+                        kept.len(),
+                        want,
+                        "{} seq {si} head {h} row {r}",
+                        case.label()
+                    );
+                    for &j in &kept {
+                        assert!(
+                            cpu_sel.keeps(p, j),
+                            "{} seq {si} head {h} row {r}: key {j}",
+                            case.label()
+                        );
+                    }
+                }
+            }
+            if case.causal {
+                list_base += blocks;
+            }
+        }
+    }
+}
+
+/// Typed errors for what the backend cannot do.
+#[test]
+fn errors_are_typed() {
+    let Some(dev) = device() else { return };
+    let shape = Shape::dense(1, 8, 8, Heads::new(2, 1), 32);
+    let x = vec![bf16::from_f32(0.5); 8 * 2 * 32];
+    let kv = vec![bf16::from_f32(0.5); 8 * 32];
+    let bias = vec![0.0f32; 8];
+    let inputs = cpu::Inputs {
+        q: &x,
+        k: &kv,
+        v: &kv,
+        bias: &bias,
+    };
+    let err = cuda::forward_host(&dev, &Params::new(4), &shape, &inputs).unwrap_err();
+    assert!(
+        matches!(err, DmaError::NoKernelForHeadDim { head_dim: 32, .. }),
+        "{err}"
+    );
+    let mut nan_bias = vec![0.0f32; 8];
+    nan_bias[3] = f32::NAN;
+    let shape = Shape::dense(1, 8, 8, Heads::new(2, 1), 64);
+    let x = vec![bf16::from_f32(0.5); 8 * 2 * 64];
+    let kv = vec![bf16::from_f32(0.5); 8 * 64];
+    let inputs = cpu::Inputs {
+        q: &x,
+        k: &kv,
+        v: &kv,
+        bias: &nan_bias,
+    };
+    let err = cuda::forward_host(&dev, &Params::new(4), &shape, &inputs).unwrap_err();
+    assert!(
+        matches!(err, DmaError::NonFiniteBias { key: 3, .. }),
+        "{err}"
+    );
+}
+
+/// Forward timing: B=1, Hq=Hkv=16, D=128, bf16, w=2048, causal, N in DMA_BENCH_N (default
+/// 16384,32768); medians of CUDA-event times, selection included.
+#[test]
+#[ignore = "timing, run on the GPU with --ignored"]
+fn bench_forward() {
+    let Some(dev) = device() else { return };
+    let sizes: Vec<usize> = std::env::var("DMA_BENCH_N")
+        .unwrap_or_else(|_| "16384,32768".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let (h, d, w) = (16usize, 128usize, 2048usize);
+    let mut rng = StdRng::seed_from_u64(fresh_seed());
+    let s = dev.stream().clone();
+    for n in sizes {
+        let shape = Shape::dense(1, n, n, Heads::new(h, h), d);
+        let params = Params::new(w);
+        let mut rnd = |len: usize| -> Vec<bf16> {
+            (0..len)
+                .map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)))
+                .collect()
+        };
+        let (q, k, v) = (rnd(n * h * d), rnd(n * h * d), rnd(n * h * d));
+        let bias: Vec<f32> = (0..h * n).map(|_| rng.random_range(-4.0f32..4.0)).collect();
+        let (q, k, v) = (
+            s.clone_htod(&q).unwrap(),
+            s.clone_htod(&k).unwrap(),
+            s.clone_htod(&v).unwrap(),
+        );
+        let bias = s.clone_htod(&bias).unwrap();
+        let mut out = s.alloc_zeros::<bf16>(n * h * d).unwrap();
+        let mut lse = s.alloc_zeros::<f32>(n * h).unwrap();
+        let ctx = dev.context();
+        let time = |f: &mut dyn FnMut()| -> f64 {
+            for _ in 0..3 {
+                f();
+            }
+            let mut ms = Vec::new();
+            for _ in 0..20 {
+                let a = ctx.new_event(Some(CU_EVENT_DEFAULT)).unwrap();
+                let b = ctx.new_event(Some(CU_EVENT_DEFAULT)).unwrap();
+                a.record(&s).unwrap();
+                f();
+                b.record(&s).unwrap();
+                b.synchronize().unwrap();
+                ms.push(a.elapsed_ms(&b).unwrap() as f64);
+            }
+            ms.sort_by(|x, y| x.total_cmp(y));
+            ms[ms.len() / 2]
+        };
+        let t_all = time(&mut || {
+            cuda::forward_into(&dev, &params, &shape, &q, &k, &v, &bias, &mut out, &mut lse)
+                .unwrap()
+        });
+        let t_sel = time(&mut || {
+            cuda::select(&dev, &params, &shape, &bias).unwrap();
+        });
+        let pairs: f64 = (0..n).map(|p| (p + 1).min(w) as f64).sum::<f64>() * h as f64;
+        let tflops = 4.0 * pairs * d as f64 / (t_all * 1e-3) / 1e12;
+        println!(
+            "BENCH dma forward N={n} Hq={h} Hkv={h} D={d} w={w} bf16 causal: {t_all:.3} ms \
+             (selection {t_sel:.3} ms, attend ~{:.3} ms), effective {tflops:.0} TFLOP/s",
+            t_all - t_sel
+        );
+    }
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Builds the CUDA test binary here and copies it, stripped, to .devbin/dma-cuda-tests (ignored:
+# add `/.devbin/` to .git/info/exclude), for carrying to the GPU machine.
+set -eu
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target-cuda}"
+bin=$(cargo test -p dma --features cuda --release --test cuda --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda":
+        print(m["executable"])')
+mkdir -p .devbin
+cp "$bin" .devbin/dma-cuda-tests
+strip .devbin/dma-cuda-tests
+ls -la .devbin/dma-cuda-tests
