@@ -167,6 +167,7 @@ impl Problem {
                         return Err(DmaError::TooLong(n));
                     }
                 }
+                check_sizes(b.saturating_mul(nq), b.saturating_mul(nk), &heads, d)?;
                 let sequences = (0..b)
                     .map(|i| Sequence {
                         q_start: i * nq,
@@ -209,6 +210,7 @@ impl Problem {
                 }
                 let total_q = *starts_q.last().unwrap_or(&0);
                 let total_k = *starts_k.last().unwrap_or(&0);
+                check_sizes(total_q, total_k, &heads, d)?;
                 let sequences = starts_q
                     .windows(2)
                     .zip(starts_k.windows(2))
@@ -338,6 +340,21 @@ impl Problem {
         }
         Ok(())
     }
+}
+
+/// Rejects geometries whose tensors could not be indexed (more than 2^31 - 1 rows, or an
+/// element count that overflows).
+fn check_sizes(total_q: usize, total_k: usize, heads: &Heads, d: usize) -> Result<()> {
+    for rows in [total_q, total_k] {
+        if rows > i32::MAX as usize {
+            return Err(DmaError::TooLong(rows));
+        }
+    }
+    let widest = heads.q.max(heads.kv).max(heads.bias).saturating_mul(d);
+    if total_q.max(total_k).checked_mul(widest).is_none() {
+        return Err(DmaError::TooLong(total_q.max(total_k)));
+    }
+    Ok(())
 }
 
 /// Checks one cu_seqlens array and returns it as offsets.

@@ -12,7 +12,7 @@ use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAs
 use half::{bf16, f16};
 
 const SOURCE: &str = include_str!("kernels/forward.cu");
-const THREADS: u32 = 128;
+const THREADS: u32 = (BLOCK_M * 2) as u32;
 /// Keys per shared-memory tile (`FWD_BN`).
 const BLOCK_N: usize = 64;
 

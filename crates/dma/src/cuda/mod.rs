@@ -6,8 +6,8 @@
 //! builds on machines without CUDA; a missing driver or device is a typed error.
 //!
 //! A call runs two kernels on the device's stream:
-//! 1. selection (`kernels/select.cu`): for each block of 64 query rows and bias head, the
-//!    candidate keys (at most w + 64) and each row's threshold rank;
+//! 1. selection (`kernels/select.cu`): for each block of 128 query rows and bias head, the
+//!    candidate keys (at most w + 128) and each row's threshold rank;
 //! 2. forward (`kernels/forward.cu`): gathers the candidates' K/V rows into shared memory, runs
 //!    QK^T and PV on the tensor cores with an online softmax that applies each row's keep test.
 //!

@@ -5,7 +5,7 @@
 use crate::{DmaError, Params, Problem, Result};
 
 /// Query rows per block (`DMA_BLOCK_M` in kernels/common.cu).
-pub const BLOCK_M: usize = 64;
+pub const BLOCK_M: usize = 128;
 
 /// The tables of one call.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@ typedef unsigned long long u64;
 typedef long long i64;
 
 // Query rows per block, shared by the selection lists and the forward tiles (cuda/plan.rs: BLOCK_M).
-#define DMA_BLOCK_M 64
+#define DMA_BLOCK_M 128
 
 // One sequence of the batch, as offsets (mirrors dma::Sequence; written by cuda/plan.rs).
 struct SeqInfo {

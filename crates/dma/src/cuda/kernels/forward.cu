@@ -1,10 +1,10 @@
-// Forward: one CTA per (block of DMA_BLOCK_M query rows, query head), 4 warps of 16 rows each.
+// Forward: one CTA per (block of DMA_BLOCK_M query rows, query head), one warp per 16 rows.
 // The block's candidate keys (from select.cu) are gathered FWD_BN at a time into shared memory
 // (cp.async, 16-byte chunks, two stages), S = Q K^T and O += P V run on the tensor cores
 // (mma.sync m16n8k16, f32 accumulators), and an online softmax applies each row's keep test:
 // key j is kept by the row at position p iff rank_j >= thr_p (and j <= p when causal).
 
-#define FWD_THREADS 128
+#define FWD_THREADS (DMA_BLOCK_M * 2)  // one warp per 16 query rows
 #define FWD_BN 64
 
 template <typename T, int D>

@@ -37,7 +37,13 @@ __device__ u64 radix_select_largest(int n, u32 k, int index_bits, Get get, Selec
         __syncthreads();
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
             const u64 key = get(i);
-            if ((key & mask) == prefix) atomicAdd(&sh.hist[(key >> shift) & 255], 1u);
+            const bool match = (key & mask) == prefix;
+            const u32 digit = (u32)(key >> shift) & 255u;
+            // Lanes with the same digit add once: biases cluster in a few top-byte bins, and
+            // 32 lanes hitting one shared-memory word would serialise.
+            const u32 lane = threadIdx.x & 31;
+            const u32 peers = __match_any_sync(__activemask(), match ? digit : 256u + lane);
+            if (match && lane == (u32)(__ffs(peers) - 1)) atomicAdd(&sh.hist[digit], __popc(peers));
         }
         __syncthreads();
         if (threadIdx.x < 32) {
