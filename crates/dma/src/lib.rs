@@ -52,3 +52,8 @@ pub use element::{DType, Element};
 pub use error::{DmaError, Result};
 pub use params::Params;
 pub use shape::{Heads, Layout, Problem, Sequence, Shape, MAX_HEAD_DIM};
+
+/// Compiles the README's Rust example as a doctest, so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

@@ -1,4 +1,6 @@
 //! The f64 dense reference: SPEC.md read literally, one query row at a time.
+// The reference indexes element by element, as the formulas in SPEC.md do.
+#![allow(clippy::needless_range_loop)]
 
 use super::Case;
 
