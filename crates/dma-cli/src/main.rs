@@ -1,1 +1,126 @@
-fn main() {}
+//! The `dma` command: Dynamic Mask Attention on safetensors files (`dma op`) and a CPU scaling
+//! benchmark (`dma bench`).
+
+mod bench;
+mod layout;
+mod op;
+mod tensors;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "dma",
+    version,
+    about = "Dynamic Mask Attention: run the operator, benchmark it"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator on q, k, v, bias (and dout for the backward) from a safetensors file.
+    Op(OpArgs),
+    /// Time the operator on random inputs at several lengths and show how it scales.
+    Bench(BenchArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Device {
+    Cpu,
+    Cuda,
+}
+
+impl Device {
+    fn require_cpu(self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Cuda => bail!("the cuda device is not built in this binary (only cpu is)"),
+        }
+    }
+}
+
+#[derive(Args)]
+struct OpArgs {
+    /// Safetensors file with q, k, v, bias and optionally dout, cu_seqlens_q, cu_seqlens_k.
+    #[arg(long)]
+    input: PathBuf,
+    /// Safetensors file to write out, lse (and dq, dk, dv, dbias when dout is given).
+    #[arg(long)]
+    output: PathBuf,
+    /// Keys kept per query (w).
+    #[arg(long)]
+    window: usize,
+    /// Causal masking (the default).
+    #[arg(long, overrides_with = "no_causal")]
+    causal: bool,
+    /// Every query sees every key of its sequence.
+    #[arg(long, overrides_with = "causal")]
+    no_causal: bool,
+    /// Softmax scale (default 1/sqrt(head dim)).
+    #[arg(long)]
+    scale: Option<f32>,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+    /// Sequence lengths N (queries = keys).
+    #[arg(long, value_delimiter = ',', default_value = "4096,8192,16384")]
+    sizes: Vec<usize>,
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    #[arg(long, default_value_t = 64)]
+    head_dim: usize,
+    /// Query, kv and bias heads.
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    /// Timed repetitions per length (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Also time forward + backward.
+    #[arg(long)]
+    backward: bool,
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Op(a) => {
+            a.device.require_cpu()?;
+            let mut params = dma::Params::new(a.window).causal(!a.no_causal);
+            if let Some(s) = a.scale {
+                params = params.scale(s);
+            }
+            op::run(&params, &a.input, &a.output)
+        }
+        Command::Bench(a) => {
+            a.device.require_cpu()?;
+            bench::run(&bench::Config {
+                sizes: a.sizes,
+                window: a.window,
+                head_dim: a.head_dim,
+                heads: a.heads,
+                reps: a.reps,
+                backward: a.backward,
+            })
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
