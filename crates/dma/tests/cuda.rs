@@ -299,7 +299,11 @@ fn selection_matches_cpu() {
                     let thr = sel.thr[h * problem.total_q + seq.q_start + r];
                     let kept: Vec<usize> = cand
                         .iter()
-                        .map(|&j| j as usize)
+                        .map(|&c| {
+                            let j = (c & 0xffff_ffff) as usize;
+                            assert_eq!(c, rank(keys[j], j), "candidate rank");
+                            j
+                        })
                         .filter(|&j| (!case.causal || j as i64 <= p) && rank(keys[j], j) >= thr)
                         .collect();
                     let visible = if case.causal {

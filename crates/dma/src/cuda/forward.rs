@@ -13,8 +13,7 @@ use half::{bf16, f16};
 
 const SOURCE: &str = include_str!("kernels/forward.cu");
 const THREADS: u32 = (BLOCK_M * 2) as u32;
-/// Keys per shared-memory tile (`FWD_BN`).
-const BLOCK_N: usize = 64;
+use super::plan::BLOCK_N;
 
 /// Head dims with a forward kernel.
 pub const HEAD_DIMS: &[usize] = &[64, 128];
@@ -66,7 +65,7 @@ pub(crate) fn spec<T: CudaElement>(head_dim: usize, causal: bool) -> Result<Kern
 /// Dynamic shared memory of the forward kernel (`FwdSmem::BYTES`).
 fn smem_bytes(head_dim: usize) -> usize {
     let stride = head_dim + 8;
-    (BLOCK_M * stride + 4 * BLOCK_N * stride) * 2 + 2 * BLOCK_N * (8 + 4 + 4)
+    (BLOCK_M * stride + 4 * BLOCK_N * stride) * 2 + 3 * BLOCK_N * 8
 }
 
 /// Out and lse of a forward, on the device: out like q, lse `[B, Hq, Nq]` or `[Hq, total_q]`.
@@ -147,7 +146,7 @@ pub fn forward_into<T: CudaElement>(
         &tables,
         &sel,
         &spec,
-        (q, k, v, bias),
+        (q, k, v),
         out,
         lse,
     )
@@ -162,7 +161,7 @@ fn attend<T: CudaElement>(
     tables: &DevicePlan,
     sel: &Selection,
     spec: &KernelSpec,
-    (q, k, v, bias): (&CudaSlice<T>, &CudaSlice<T>, &CudaSlice<T>, &CudaSlice<f32>),
+    (q, k, v): (&CudaSlice<T>, &CudaSlice<T>, &CudaSlice<T>),
     out: &mut CudaSlice<T>,
     lse: &mut CudaSlice<f32>,
 ) -> Result<()> {
@@ -194,7 +193,6 @@ fn attend<T: CudaElement>(
         .arg(q)
         .arg(k)
         .arg(v)
-        .arg(bias)
         .arg(&tables.seqs)
         .arg(&tables.blocks)
         .arg(&sel.cand)

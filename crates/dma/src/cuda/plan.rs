@@ -6,6 +6,8 @@ use crate::{DmaError, Params, Problem, Result};
 
 /// Query rows per block (`DMA_BLOCK_M` in kernels/common.cu).
 pub const BLOCK_M: usize = 128;
+/// Keys per shared-memory tile of the forward (`FWD_BN` in kernels/forward.cu).
+pub const BLOCK_N: usize = 64;
 
 /// The tables of one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +19,7 @@ pub(crate) struct Plan {
     pub lists: Vec<i32>,
     /// Per block of query rows: sequence, first row, end row, list.
     pub blocks: Vec<i32>,
-    /// Capacity of each candidate list.
+    /// Capacity of each candidate list, a multiple of BLOCK_N.
     pub cap: usize,
     /// The window clamped to the longest sequence's keys (the same selection, and fits in i32).
     pub window: i32,
@@ -64,7 +66,10 @@ impl Plan {
         int(problem.total_q)?;
         int(problem.total_k)?;
         let kept = params.window.min(max_nk);
-        let cap = if params.causal { kept + BLOCK_M } else { kept }.max(1);
+        // A multiple of BLOCK_N: the forward reads whole 16-byte-aligned tiles of a list.
+        let cap = if params.causal { kept + BLOCK_M } else { kept }
+            .max(1)
+            .next_multiple_of(BLOCK_N);
         int(cap)?;
         Ok(Plan {
             seqs,

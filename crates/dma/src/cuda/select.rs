@@ -24,8 +24,9 @@ pub(crate) fn spec(causal: bool) -> KernelSpec {
 /// The kept-key structure of one call, on the device. O(N·w / BLOCK_M) memory, no Nq x Nk.
 #[derive(Debug)]
 pub struct Selection {
-    /// `[lists, Hb, cap]` key indices within the sequence, ascending within each part.
-    pub(crate) cand: CudaSlice<u32>,
+    /// `[lists, Hb, cap]` the candidate keys as ranks (`dma::selection::rank`: the key's index
+    /// within its sequence in the low 32 bits, order-preserving bias bits above).
+    pub(crate) cand: CudaSlice<u64>,
     /// `[lists, Hb]` number of keys of each list.
     pub(crate) count: CudaSlice<u32>,
     /// `[Hb, total_q]` threshold rank of each query row (see `dma::selection::rank`); a row keeps
@@ -37,7 +38,8 @@ pub struct Selection {
 /// What a selection holds, copied to the host (for tests and inspection).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSelection {
-    pub cand: Vec<u32>,
+    /// Candidate ranks; `rank as u32` is the key index.
+    pub cand: Vec<u64>,
     pub count: Vec<u32>,
     pub thr: Vec<u64>,
     /// Capacity of each list in `cand`.

@@ -35,6 +35,12 @@ __device__ __forceinline__ u64 dma_rank(float bias, int j) {
     return ((u64)ordered << 32) | (u32)j;
 }
 
+// The bias a rank was made from (-0.0 comes back as +0.0, the same bias).
+__device__ __forceinline__ float rank_bias(u64 rank) {
+    const u32 ordered = (u32)(rank >> 32);
+    return __uint_as_float((ordered & 0x80000000u) ? (ordered & 0x7fffffffu) : ~ordered);
+}
+
 __device__ __forceinline__ u32 smem_addr(const void* p) {
     return (u32)__cvta_generic_to_shared(p);
 }

@@ -1,6 +1,8 @@
 // Forward: one CTA per (block of DMA_BLOCK_M query rows, query head), one warp per 16 rows.
-// The block's candidate keys (from select.cu) are gathered FWD_BN at a time into shared memory
-// (cp.async, 16-byte chunks, two stages), S = Q K^T and O += P V run on the tensor cores
+// The block's candidate keys (from select.cu, as ranks: index and bias in one u64) are gathered
+// FWD_BN at a time into shared memory with cp.async only: the ranks of tile t + 2, and the K/V
+// rows of tile t + 1 (16-byte chunks, two stages) fly while tile t is computed, so the loop has
+// one barrier and no synchronous global load. S = Q K^T and O += P V run on the tensor cores
 // (mma.sync m16n8k16, f32 accumulators), and an online softmax applies each row's keep test:
 // key j is kept by the row at position p iff rank_j >= thr_p (and j <= p when causal).
 
@@ -12,15 +14,15 @@ struct FwdSmem {
     static constexpr int STRIDE = D + 8;  // elements per row: 16 bytes of padding against conflicts
     static constexpr int Q = DMA_BLOCK_M * STRIDE;
     static constexpr int KV = FWD_BN * STRIDE;
-    // Layout (bytes): q | k[2] | v[2] | rank[2] | bias[2] | idx[2]
-    static constexpr int BYTES = (Q + 4 * KV) * 2 + 2 * FWD_BN * (8 + 4 + 4);
+    // Layout: q | k[2] | v[2] (T) | ranks[3] (u64)
+    static constexpr int BYTES = (Q + 4 * KV) * 2 + 3 * FWD_BN * 8;
 };
 
 template <typename T, int D, bool CAUSAL>
 __device__ __forceinline__ void forward_body(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-    const float* __restrict__ bias, const SeqInfo* __restrict__ seqs,
-    const int4* __restrict__ blocks, const u32* __restrict__ cand,
+    const SeqInfo* __restrict__ seqs,
+    const int4* __restrict__ blocks, const u64* __restrict__ cand,
     const u32* __restrict__ cand_count, const u64* __restrict__ thr, T* __restrict__ out,
     float* __restrict__ lse, int q_heads, int kv_heads, int bias_heads, int bias_head_stride,
     int lse_head_stride, int total_q, int cap, float scale_log2) {
@@ -33,9 +35,7 @@ __device__ __forceinline__ void forward_body(
     T* sQ = reinterpret_cast<T*>(smem_raw);
     T* sK = sQ + L::Q;
     T* sV = sK + 2 * L::KV;
-    u64* sRank = reinterpret_cast<u64*>(sV + 2 * L::KV);
-    float* sBias = reinterpret_cast<float*>(sRank + 2 * FWD_BN);
-    int* sIdx = reinterpret_cast<int*>(sBias + 2 * FWD_BN);
+    u64* sC = reinterpret_cast<u64*>(sV + 2 * L::KV);  // ranks of 3 tiles, a ring
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int4 B = blocks[blockIdx.x];  // (sequence, first row, end row, list)
@@ -44,11 +44,11 @@ __device__ __forceinline__ void forward_body(
     const int hb = h / (q_heads / bias_heads);
     const SeqInfo s = seqs[B.x];
     const i64 slot = (i64)B.w * bias_heads + hb;
-    const u32* list = cand + slot * cap;
+    const u64* list = cand + slot * cap;  // cap is a multiple of FWD_BN: 16-byte aligned tiles
     const int count = (int)cand_count[slot];
-    const float* b = bias + s.bias_offset + (i64)hb * bias_head_stride;
     const int offset = s.nk - s.nq;
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
+    const int tiles = (count + FWD_BN - 1) / FWD_BN;
 
     // Q tile (rows past the block's end are zero).
     for (int c = tid; c < DMA_BLOCK_M * CHUNKS; c += FWD_THREADS) {
@@ -57,38 +57,35 @@ __device__ __forceinline__ void forward_body(
         const T* src = valid ? q + (s.q_start + B.y + r) * q_row + h * D + ch * 8 : q;
         cp_async16(sQ + r * L::STRIDE + ch * 8, src, valid);
     }
-
-    const int tiles = (count + FWD_BN - 1) / FWD_BN;
-    auto load_tile = [&](int t, int stage) {
-        T* dk = sK + stage * L::KV;
-        T* dv = sV + stage * L::KV;
+    // The ranks of tile t into ring slot t % 3 (two per 16-byte chunk; entries past `count`
+    // are zero or stale and masked by the consumers).
+    auto load_ranks = [&](int t) {
+        if (tid < FWD_BN / 2) {
+            const int at = t * FWD_BN + 2 * tid;
+            cp_async16(sC + (t % 3) * FWD_BN + 2 * tid, at < count ? list + at : list, at < count);
+        }
+    };
+    // The K/V rows of tile t into stage t & 1, addressed by the ranks already in shared memory.
+    auto load_kv = [&](int t) {
+        T* dk = sK + (t & 1) * L::KV;
+        T* dv = sV + (t & 1) * L::KV;
+        const u64* ranks = sC + (t % 3) * FWD_BN;
         for (int c = tid; c < FWD_BN * CHUNKS; c += FWD_THREADS) {
             const int r = c / CHUNKS, ch = c % CHUNKS;
-            const int at = t * FWD_BN + r;
-            const bool valid = at < count;
-            const i64 row = valid ? (i64)(s.k_start + (int)list[at]) * kv_row + hkv * D + ch * 8 : 0;
+            const bool valid = t * FWD_BN + r < count;
+            const i64 row =
+                valid ? (i64)(s.k_start + (int)(u32)ranks[r]) * kv_row + hkv * D + ch * 8 : 0;
             cp_async16(dk + r * L::STRIDE + ch * 8, k + row, valid);
             cp_async16(dv + r * L::STRIDE + ch * 8, v + row, valid);
         }
-        if (tid < FWD_BN) {
-            const int at = t * FWD_BN + tid;
-            int j = 0x7fffffff;
-            float bj = 0.f;
-            u64 rk = DMA_NO_KEY;
-            if (at < count) {
-                j = (int)list[at];
-                bj = b[j];
-                rk = dma_rank(bj, j);
-            }
-            sIdx[stage * FWD_BN + tid] = j;
-            sBias[stage * FWD_BN + tid] = bj * LOG2E;
-            sRank[stage * FWD_BN + tid] = rk;
-        }
     };
-    if (tiles > 0) load_tile(0, 0);
+    if (tiles > 0) load_ranks(0);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
+    if (tiles > 0) load_kv(0);
+    if (tiles > 1) load_ranks(1);
+    cp_async_commit();
 
     // Q fragments (A operand) for the warp's 16 rows.
     u32 qf[D / 16][4];
@@ -115,10 +112,12 @@ __device__ __forceinline__ void forward_body(
 
     for (int t = 0; t < tiles; ++t) {
         const int stage = t & 1;
-        if (t + 1 < tiles) load_tile(t + 1, stage ^ 1);
+        cp_async_wait<0>();  // K/V of tile t and the ranks of tile t + 1 have landed
+        __syncthreads();     // ... for every thread, and tile t - 1 is done with its buffers
+        if (t + 1 < tiles) load_kv(t + 1);
+        if (t + 2 < tiles) load_ranks(t + 2);
         cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
+        const u64* ranks = sC + (t % 3) * FWD_BN;
 
         const T* tk = sK + stage * L::KV;
         const T* tv = sV + stage * L::KV;
@@ -143,11 +142,13 @@ __device__ __forceinline__ void forward_body(
         for (int nt = 0; nt < FWD_BN / 8; ++nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const int slot_k = stage * FWD_BN + nt * 8 + 2 * tq + (e & 1);
+                const int c = nt * 8 + 2 * tq + (e & 1);
                 const int r = e >> 1;
-                const bool keep =
-                    sRank[slot_k] >= rthr[r] && (!CAUSAL || sIdx[slot_k] <= pos[r]);
-                const float x = keep ? sc[nt][e] * scale_log2 + sBias[slot_k] : -DMA_INF;
+                const u64 rank = ranks[c];
+                const bool keep = t * FWD_BN + c < count && rank >= rthr[r] &&
+                                  (!CAUSAL || (int)(u32)rank <= pos[r]);
+                const float x =
+                    keep ? sc[nt][e] * scale_log2 + rank_bias(rank) * LOG2E : -DMA_INF;
                 sc[nt][e] = x;
                 mx[r] = fmaxf(mx[r], x);
             }
@@ -197,7 +198,6 @@ __device__ __forceinline__ void forward_body(
                 Elem<T>::mma(o[2 * dp + 1], pa, bf[2], bf[3]);
             }
         }
-        __syncthreads();  // the stage is overwritten by the next iteration's prefetch
     }
 
     // Normalise and write: out (the input type) and lse (natural log, f32).
@@ -222,11 +222,11 @@ __device__ __forceinline__ void forward_body(
 
 #define DMA_FORWARD_KERNEL(NAME, T, D, CAUSAL)                                                    \
     extern "C" __global__ void __launch_bounds__(FWD_THREADS)                                    \
-        NAME(const T* q, const T* k, const T* v, const float* bias, const SeqInfo* seqs,         \
-             const int4* blocks, const u32* cand, const u32* cand_count, const u64* thr, T* out, \
+        NAME(const T* q, const T* k, const T* v, const SeqInfo* seqs,                            \
+             const int4* blocks, const u64* cand, const u32* cand_count, const u64* thr, T* out, \
              float* lse, int q_heads, int kv_heads, int bias_heads, int bias_head_stride,         \
              int lse_head_stride, int total_q, int cap, float scale_log2) {                       \
-        forward_body<T, D, CAUSAL>(q, k, v, bias, seqs, blocks, cand, cand_count, thr, out, lse,  \
+        forward_body<T, D, CAUSAL>(q, k, v, seqs, blocks, cand, cand_count, thr, out, lse,  \
                                    q_heads, kv_heads, bias_heads, bias_head_stride,               \
                                    lse_head_stride, total_q, cap, scale_log2);                    \
     }

@@ -5,6 +5,7 @@
 // keys [P, E):
 //   tau   = the w-th best rank among keys [0, P) (radix select; every key when P <= w),
 //   list  = { j < P : rank_j >= tau } (ascending) ++ [P, E)        (at most w + DMA_BLOCK_M keys),
+//           stored as the keys' ranks (index in the low word, order-preserving bias bits above),
 //   thr_p = the w-th best rank among { list keys <= p } for each row p of the block,
 // and row p keeps key j iff j <= p and rank_j >= thr_p. Every row's kept set lies in the list
 // because the w-th best rank only rises with p. thr_p is found among the DMA_BLOCK_M + 1 smallest
@@ -37,13 +38,7 @@ __device__ u64 radix_select_largest(int n, u32 k, int index_bits, Get get, Selec
         __syncthreads();
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
             const u64 key = get(i);
-            const bool match = (key & mask) == prefix;
-            const u32 digit = (u32)(key >> shift) & 255u;
-            // Lanes with the same digit add once: biases cluster in a few top-byte bins, and
-            // 32 lanes hitting one shared-memory word would serialise.
-            const u32 lane = threadIdx.x & 31;
-            const u32 peers = __match_any_sync(__activemask(), match ? digit : 256u + lane);
-            if (match && lane == (u32)(__ffs(peers) - 1)) atomicAdd(&sh.hist[digit], __popc(peers));
+            if ((key & mask) == prefix) atomicAdd(&sh.hist[(key >> shift) & 255], 1u);
         }
         __syncthreads();
         if (threadIdx.x < 32) {
@@ -88,7 +83,7 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
                                             const SeqInfo* __restrict__ seqs,
                                             const int4* __restrict__ lists, int window, int cap,
                                             int bias_heads, int bias_head_stride, int total_q,
-                                            u32* __restrict__ cand, u32* __restrict__ cand_count,
+                                            u64* __restrict__ cand, u32* __restrict__ cand_count,
                                             u64* __restrict__ thr) {
     __shared__ SelectShared sh;
     const int4 L = lists[blockIdx.x];  // (sequence, first row, end row, unused)
@@ -96,7 +91,7 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     const SeqInfo s = seqs[L.x];
     const float* b = bias + s.bias_offset + (i64)hb * bias_head_stride;
     const i64 slot = (i64)blockIdx.x * bias_heads + hb;
-    u32* list = cand + slot * cap;
+    u64* list = cand + slot * cap;
     u64* row_thr = thr + (i64)hb * total_q + s.q_start;
     const int offset = s.nk - s.nq;  // position of query row 0
     int P = s.nk, E = s.nk;
@@ -115,7 +110,8 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     int base = 0;
     for (int start = 0; start < P; start += SEL_THREADS) {
         const int i = start + threadIdx.x;
-        const bool keep = i < P && (tau == DMA_KEEP_ALL || key_rank(i) >= tau);
+        const u64 rank = i < P ? key_rank(i) : 0;
+        const bool keep = i < P && rank >= tau;
         const u32 ballot = __ballot_sync(0xffffffffu, keep);
         if (lane == 0) sh.warp_counts[warp] = __popc(ballot);
         __syncthreads();
@@ -126,12 +122,12 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
             before += w < warp ? c : 0;
             total += c;
         }
-        if (keep) list[base + before + __popc(ballot & ((1u << lane) - 1u))] = (u32)i;
+        if (keep) list[base + before + __popc(ballot & ((1u << lane) - 1u))] = rank;
         __syncthreads();
         base += total;
     }
     const int kept_before = base;  // == min(P, window)
-    for (int i = P + threadIdx.x; i < E; i += SEL_THREADS) list[kept_before + i - P] = (u32)i;
+    for (int i = P + threadIdx.x; i < E; i += SEL_THREADS) list[kept_before + i - P] = key_rank(i);
     const int count = kept_before + (E - P);
     if (threadIdx.x == 0) cand_count[slot] = (u32)count;
 
@@ -142,10 +138,7 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     __syncthreads();  // the list, written above, is read below by every thread
 
     // Z: the DMA_BLOCK_M + 1 smallest ranks of the list, ascending.
-    auto list_rank = [&](int i) {
-        const int j = (int)list[i];
-        return dma_rank(b[j], j);
-    };
+    auto list_rank = [&](int i) { return list[i]; };
     u64 sigma = DMA_KEEP_NONE;
     if (count > DMA_BLOCK_M + 1)
         sigma = radix_select_largest(count, (u32)(count - DMA_BLOCK_M), index_bits, list_rank, sh);
@@ -192,7 +185,7 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
 #define DMA_SELECT_KERNEL(NAME, CAUSAL)                                                          \
     extern "C" __global__ void __launch_bounds__(SEL_THREADS)                                    \
         NAME(const float* bias, const SeqInfo* seqs, const int4* lists, int window, int cap,     \
-             int bias_heads, int bias_head_stride, int total_q, u32* cand, u32* cand_count,       \
+             int bias_heads, int bias_head_stride, int total_q, u64* cand, u32* cand_count,       \
              u64* thr) {                                                                         \
         select_body<CAUSAL>(bias, seqs, lists, window, cap, bias_heads, bias_head_stride,        \
                             total_q, cand, cand_count, thr);                                     \
