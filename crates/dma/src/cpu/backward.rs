@@ -1,10 +1,10 @@
-//! Backward, in two passes that each own their outputs (no atomics, deterministic):
-//! query-major for dq (blocks of query rows, like the forward), and key-major for dk, dv and
-//! dbias (blocks of keys; each key is kept by one interval of query rows, so a key visits
-//! exactly the rows that keep it).
+//! Backward in one query-major pass, like the forward: each block of query rows gathers its
+//! candidate keys once, computes its rows' dq, and sums the block's contributions to dk, dv and
+//! dbias into tile-sized partials. Partials are added into the full gradients in block order,
+//! wave by wave, so the result is deterministic and no thread writes another's memory.
 
 use super::forward::KeyTile;
-use super::tasks::{blocks, par_map_blocks, Block};
+use super::tasks::{blocks, split_rows, Block};
 use super::{axpy, dot, load_row, select_all, Gradients, Inputs};
 use crate::selection::KeySelection;
 use crate::{Element, Params, Problem, Result, Shape};
@@ -41,40 +41,38 @@ pub fn backward<T: Element>(
     };
 
     let mut dq = vec![T::from_f32(0.0); problem.q_len()];
+    let mut sums = KeyGradients {
+        dk: vec![0.0; problem.k_len()],
+        dv: vec![0.0; problem.k_len()],
+        dbias: vec![0.0; problem.bias_len()],
+    };
+    let row_blocks = blocks(&problem, false);
     let q_row = problem.heads.q * problem.head_dim;
-    par_map_blocks(&mut dq, q_row, &blocks(&problem, false), |b, dq| {
-        kernel.dq_block(b, dq)
-    });
-
-    let kv_row = problem.heads.kv * problem.head_dim;
-    let key_blocks = blocks(&problem, true);
-    let mut dk = vec![T::from_f32(0.0); problem.k_len()];
-    let mut dv = vec![T::from_f32(0.0); problem.k_len()];
-    let mut dkv: Vec<(&mut [T], &mut [T])> = Vec::with_capacity(key_blocks.len());
-    let (mut rest_k, mut rest_v) = (dk.as_mut_slice(), dv.as_mut_slice());
-    for b in &key_blocks {
-        let n = b.rows.len() * kv_row;
-        let (k_head, k_tail) = rest_k.split_at_mut(n);
-        let (v_head, v_tail) = rest_v.split_at_mut(n);
-        dkv.push((k_head, v_head));
-        (rest_k, rest_v) = (k_tail, v_tail);
-    }
-    let block_dbias: Vec<Vec<f32>> = key_blocks
-        .par_iter()
-        .zip(dkv.into_par_iter())
-        .map(|(b, (dk, dv))| kernel.dkv_block(b, dk, dv))
+    let mut jobs: Vec<(&Block, &mut [T])> = row_blocks
+        .iter()
+        .zip(split_rows(&mut dq, q_row, &row_blocks))
         .collect();
-
-    let mut dbias = vec![0.0f32; problem.bias_len()];
-    for (b, values) in key_blocks.iter().zip(block_dbias) {
-        let seq = &problem.sequences[b.seq];
-        for hb in 0..problem.heads.bias {
-            let range = problem.bias_range(seq, hb);
-            let dst = &mut dbias[range][b.rows.clone()];
-            dst.copy_from_slice(&values[hb * b.rows.len()..(hb + 1) * b.rows.len()]);
+    // A wave of blocks runs in parallel; its partials (bounded by the wave, not by N) are then
+    // added in block order.
+    let wave = 2 * rayon::current_num_threads();
+    while !jobs.is_empty() {
+        let batch: Vec<_> = jobs.drain(..wave.min(jobs.len())).collect();
+        let partials: Vec<Vec<Partial>> = batch
+            .into_par_iter()
+            .map(|(b, dq)| kernel.block(b, dq))
+            .collect();
+        for partial in partials.iter().flatten() {
+            partial.add_into(&problem, &mut sums);
         }
     }
-    Ok(Gradients { dq, dk, dv, dbias })
+
+    let to_t = |xs: Vec<f32>| xs.into_par_iter().map(T::from_f32).collect();
+    Ok(Gradients {
+        dq,
+        dk: to_t(sums.dk),
+        dv: to_t(sums.dv),
+        dbias: sums.dbias,
+    })
 }
 
 /// `Delta = <dout_i, out_i>` for every query row and head, as `[total_q, Hq]`.
@@ -84,6 +82,40 @@ fn row_deltas<T: Element>(problem: &Problem, out: &[T], dout: &[T]) -> Vec<f32> 
         .zip(dout.par_chunks(d))
         .map(|(o, g)| o.iter().zip(g).map(|(x, y)| x.to_f32() * y.to_f32()).sum())
         .collect()
+}
+
+/// dk, dv and dbias accumulated in f32.
+struct KeyGradients {
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+    dbias: Vec<f32>,
+}
+
+/// One block's contributions to the gradients of its candidate keys, for one kv head and bias
+/// head (the query heads of a group that share both share one partial).
+struct Partial<'a> {
+    seq: usize,
+    kv_head: usize,
+    bias_head: usize,
+    keys: &'a [u32],
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+    dbias: Vec<f32>,
+}
+
+impl Partial<'_> {
+    fn add_into(&self, problem: &Problem, sums: &mut KeyGradients) {
+        let d = problem.head_dim;
+        let seq = &problem.sequences[self.seq];
+        let row = problem.heads.kv * d;
+        let dbias = &mut sums.dbias[problem.bias_range(seq, self.bias_head)];
+        for (c, &j) in self.keys.iter().enumerate() {
+            let at = (seq.k_start + j as usize) * row + self.kv_head * d;
+            axpy(1.0, &self.dk[c * d..(c + 1) * d], &mut sums.dk[at..at + d]);
+            axpy(1.0, &self.dv[c * d..(c + 1) * d], &mut sums.dv[at..at + d]);
+            dbias[j as usize] += self.dbias[c];
+        }
+    }
 }
 
 struct Kernel<'a, T> {
@@ -96,7 +128,7 @@ struct Kernel<'a, T> {
     scale: f32,
 }
 
-impl<T: Element> Kernel<'_, T> {
+impl<'s, T: Element> Kernel<'s, T> {
     /// `(lse, Delta)` of query row `r` of sequence `seq` at head `h`.
     fn row_stats(&self, seq: usize, h: usize, r: usize) -> (f32, f32) {
         let p = self.problem;
@@ -105,18 +137,34 @@ impl<T: Element> Kernel<'_, T> {
         (lse, self.delta[(s.q_start + r) * p.heads.q + h])
     }
 
-    /// dq of one block of query rows, all heads.
-    fn dq_block(&self, b: &Block, dq: &mut [T]) {
+    /// One block of query rows, all heads: writes dq, returns the key-side partials.
+    fn block(&self, b: &Block, dq: &mut [T]) -> Vec<Partial<'s>> {
         let p = self.problem;
         let d = p.head_dim;
         let seq = &p.sequences[b.seq];
         let mut tile = KeyTile::default();
+        let mut partials: Vec<Partial<'s>> = Vec::new();
         let (mut q, mut g, mut acc) = (vec![0.0f32; d], vec![0.0f32; d], vec![0.0f32; d]);
         for h in 0..p.heads.q {
-            let hb = p.bias_head(h);
+            let (hb, hk) = (p.bias_head(h), p.kv_head(h));
             let sel = &self.selections[b.seq * p.heads.bias + hb];
             let keys = sel.candidates(b.index);
-            tile.gather(p, self.inputs, b.seq, hb, p.kv_head(h), keys);
+            tile.gather(p, self.inputs, b.seq, hb, hk, keys);
+            if !partials
+                .last()
+                .is_some_and(|x| (x.bias_head, x.kv_head) == (hb, hk))
+            {
+                partials.push(Partial {
+                    seq: b.seq,
+                    kv_head: hk,
+                    bias_head: hb,
+                    keys,
+                    dk: vec![0.0; keys.len() * d],
+                    dv: vec![0.0; keys.len() * d],
+                    dbias: vec![0.0; keys.len()],
+                });
+            }
+            let part = partials.last_mut().expect("pushed above");
             for (i, r) in b.rows.clone().enumerate() {
                 let (lse, delta) = self.row_stats(b.seq, h, r);
                 let at = (seq.q_start + r) * p.heads.q * d + h * d;
@@ -133,6 +181,9 @@ impl<T: Element> Kernel<'_, T> {
                         let prob = (self.scale * dot(&q, k) + tile.bias[c] - lse).exp();
                         let ds = prob * (dot(&g, v) - delta);
                         axpy(ds, k, &mut acc);
+                        axpy(self.scale * ds, &q, &mut part.dk[c * d..(c + 1) * d]);
+                        axpy(prob, &g, &mut part.dv[c * d..(c + 1) * d]);
+                        part.dbias[c] += ds;
                     }
                 }
                 let o = &mut dq[i * p.heads.q * d + h * d..][..d];
@@ -141,59 +192,6 @@ impl<T: Element> Kernel<'_, T> {
                 }
             }
         }
-    }
-
-    /// dk and dv of one block of keys, all kv heads; returns dbias as `[Hb][keys]`.
-    fn dkv_block(&self, b: &Block, dk_out: &mut [T], dv_out: &mut [T]) -> Vec<f32> {
-        let p = self.problem;
-        let d = p.head_dim;
-        let seq = &p.sequences[b.seq];
-        let n = b.rows.len();
-        let kv_row = p.heads.kv * d;
-        let mut dk = vec![0.0f32; n * kv_row];
-        let mut dv = vec![0.0f32; n * kv_row];
-        let mut dbias = vec![0.0f32; p.heads.bias * n];
-        let (mut k, mut v, mut q, mut g) = (
-            vec![0.0f32; d],
-            vec![0.0f32; d],
-            vec![0.0f32; d],
-            vec![0.0f32; d],
-        );
-        for h in 0..p.heads.q {
-            let (hb, hk) = (p.bias_head(h), p.kv_head(h));
-            let sel = &self.selections[b.seq * p.heads.bias + hb];
-            let bias = &self.inputs.bias[p.bias_range(seq, hb)];
-            for (c, j) in b.rows.clone().enumerate() {
-                let rows = sel.rows_keeping(j);
-                if rows.is_empty() {
-                    continue;
-                }
-                let at = (seq.k_start + j) * kv_row + hk * d;
-                load_row(&self.inputs.k[at..at + d], &mut k);
-                load_row(&self.inputs.v[at..at + d], &mut v);
-                let dk_j = &mut dk[c * kv_row + hk * d..][..d];
-                let dv_j = &mut dv[c * kv_row + hk * d..][..d];
-                let mut db = 0.0f32;
-                for r in rows {
-                    let (lse, delta) = self.row_stats(b.seq, h, r);
-                    let qa = (seq.q_start + r) * p.heads.q * d + h * d;
-                    load_row(&self.inputs.q[qa..qa + d], &mut q);
-                    load_row(&self.dout[qa..qa + d], &mut g);
-                    let prob = (self.scale * dot(&q, &k) + bias[j] - lse).exp();
-                    let ds = prob * (dot(&g, &v) - delta);
-                    axpy(prob, &g, dv_j);
-                    axpy(self.scale * ds, &q, dk_j);
-                    db += ds;
-                }
-                dbias[hb * n + c] += db;
-            }
-        }
-        for (o, x) in dk_out.iter_mut().zip(&dk) {
-            *o = T::from_f32(*x);
-        }
-        for (o, x) in dv_out.iter_mut().zip(&dv) {
-            *o = T::from_f32(*x);
-        }
-        dbias
+        partials
     }
 }

@@ -33,8 +33,24 @@ pub(crate) fn blocks(problem: &Problem, keys: bool) -> Vec<Block> {
     out
 }
 
-/// Runs `f` on every block in parallel, handing each the slice of `data` that holds its rows
-/// (`row_elems` elements a row), and collects what each returns in block order.
+/// Splits `data` into the slices that hold each block's rows (`row_elems` elements a row).
+pub(crate) fn split_rows<'a, T>(
+    data: &'a mut [T],
+    row_elems: usize,
+    blocks: &[Block],
+) -> Vec<&'a mut [T]> {
+    let mut slices = Vec::with_capacity(blocks.len());
+    let mut rest = data;
+    for b in blocks {
+        let (head, tail) = rest.split_at_mut(b.rows.len() * row_elems);
+        slices.push(head);
+        rest = tail;
+    }
+    slices
+}
+
+/// Runs `f` on every block in parallel, handing each the slice of `data` that holds its rows,
+/// and collects what each returns in block order.
 pub(crate) fn par_map_blocks<T, R, F>(
     data: &mut [T],
     row_elems: usize,
@@ -46,16 +62,9 @@ where
     R: Send,
     F: Fn(&Block, &mut [T]) -> R + Sync,
 {
-    let mut slices = Vec::with_capacity(blocks.len());
-    let mut rest = data;
-    for b in blocks {
-        let (head, tail) = rest.split_at_mut(b.rows.len() * row_elems);
-        slices.push(head);
-        rest = tail;
-    }
     blocks
         .par_iter()
-        .zip(slices.into_par_iter())
+        .zip(split_rows(data, row_elems, blocks).into_par_iter())
         .map(|(b, slice)| f(b, slice))
         .collect()
 }
