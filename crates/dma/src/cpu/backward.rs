@@ -150,9 +150,9 @@ impl<'s, T: Element> Kernel<'s, T> {
             let sel = &self.selections[b.seq * p.heads.bias + hb];
             let keys = sel.candidates(b.index);
             tile.gather(p, self.inputs, b.seq, hb, hk, keys);
-            if !partials
+            if partials
                 .last()
-                .is_some_and(|x| (x.bias_head, x.kv_head) == (hb, hk))
+                .is_none_or(|x| (x.bias_head, x.kv_head) != (hb, hk))
             {
                 partials.push(Partial {
                     seq: b.seq,
