@@ -65,7 +65,7 @@ pub(crate) fn spec<T: CudaElement>(head_dim: usize, causal: bool) -> Result<Kern
 /// Dynamic shared memory of the forward kernel (`FwdSmem::BYTES`).
 fn smem_bytes(head_dim: usize) -> usize {
     let stride = head_dim + 8;
-    (BLOCK_M * stride + 4 * BLOCK_N * stride) * 2 + 3 * BLOCK_N * 8
+    (BLOCK_M * stride + 4 * BLOCK_N * stride) * 2 + 3 * BLOCK_N * 8 + 2 * BLOCK_N * 4
 }
 
 /// Out and lse of a forward, on the device: out like q, lse `[B, Hq, Nq]` or `[Hq, total_q]`.

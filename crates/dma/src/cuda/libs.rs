@@ -12,12 +12,20 @@ const NVRTC: &[&str] = &[
     "libnvrtc.so.11.2",
 ];
 
+/// Opens the first of `names` that loads and keeps it open for the life of the process (cudarc
+/// opens it again anyway; closing it between the two is one suspect of a crash seen under
+/// compute-sanitizer's racecheck, docs/cuda-notes.md).
 fn loadable(names: &[&str]) -> bool {
-    // SAFETY: loading a CUDA library runs its initialisers, which have no preconditions here;
-    // the handle is dropped at once (cudarc keeps its own).
-    names
-        .iter()
-        .any(|name| unsafe { libloading::Library::new(*name) }.is_ok())
+    names.iter().any(|name| {
+        // SAFETY: loading a CUDA library runs its initialisers, which have no preconditions.
+        match unsafe { libloading::Library::new(*name) } {
+            Ok(lib) => {
+                std::mem::forget(lib);
+                true
+            }
+            Err(_) => false,
+        }
+    })
 }
 
 /// `Ok` when the CUDA driver library can be loaded.

@@ -11,6 +11,8 @@ typedef long long i64;
 
 // Query rows per block, shared by the selection lists and the forward tiles (cuda/plan.rs: BLOCK_M).
 #define DMA_BLOCK_M 128
+// Keys per forward tile; candidate lists are padded with DMA_NO_KEY to whole tiles (plan.rs: BLOCK_N).
+#define DMA_TILE_N 64
 
 // One sequence of the batch, as offsets (mirrors dma::Sequence; written by cuda/plan.rs).
 struct SeqInfo {

@@ -7,15 +7,15 @@
 // key j is kept by the row at position p iff rank_j >= thr_p (and j <= p when causal).
 
 #define FWD_THREADS (DMA_BLOCK_M * 2)  // one warp per 16 query rows
-#define FWD_BN 64
+#define FWD_BN DMA_TILE_N
 
 template <typename T, int D>
 struct FwdSmem {
     static constexpr int STRIDE = D + 8;  // elements per row: 16 bytes of padding against conflicts
     static constexpr int Q = DMA_BLOCK_M * STRIDE;
     static constexpr int KV = FWD_BN * STRIDE;
-    // Layout: q | k[2] | v[2] (T) | ranks[3] (u64)
-    static constexpr int BYTES = (Q + 4 * KV) * 2 + 3 * FWD_BN * 8;
+    // Layout: q | k[2] | v[2] (T) | ranks[3] (u64) | bias * log2(e) [2] (f32)
+    static constexpr int BYTES = (Q + 4 * KV) * 2 + 3 * FWD_BN * 8 + 2 * FWD_BN * 4;
 };
 
 template <typename T, int D, bool CAUSAL>
@@ -36,6 +36,7 @@ __device__ __forceinline__ void forward_body(
     T* sK = sQ + L::Q;
     T* sV = sK + 2 * L::KV;
     u64* sC = reinterpret_cast<u64*>(sV + 2 * L::KV);  // ranks of 3 tiles, a ring
+    float* sB = reinterpret_cast<float*>(sC + 3 * FWD_BN);  // their biases (log2 domain), 2 tiles
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int4 B = blocks[blockIdx.x];  // (sequence, first row, end row, list)
@@ -57,8 +58,8 @@ __device__ __forceinline__ void forward_body(
         const T* src = valid ? q + (s.q_start + B.y + r) * q_row + h * D + ch * 8 : q;
         cp_async16(sQ + r * L::STRIDE + ch * 8, src, valid);
     }
-    // The ranks of tile t into ring slot t % 3 (two per 16-byte chunk; entries past `count`
-    // are zero or stale and masked by the consumers).
+    // The ranks of tile t into ring slot t % 3, two per 16-byte chunk (select.cu pads each list
+    // with DMA_NO_KEY to a whole tile).
     auto load_ranks = [&](int t) {
         if (tid < FWD_BN / 2) {
             const int at = t * FWD_BN + 2 * tid;
@@ -79,10 +80,15 @@ __device__ __forceinline__ void forward_body(
             cp_async16(dv + r * L::STRIDE + ch * 8, v + row, valid);
         }
     };
+    // Bias of tile t (decoded from its ranks, which have landed) into slot t & 1.
+    auto decode_bias = [&](int t) {
+        if (tid < FWD_BN) sB[(t & 1) * FWD_BN + tid] = rank_bias(sC[(t % 3) * FWD_BN + tid]) * LOG2E;
+    };
     if (tiles > 0) load_ranks(0);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
+    if (tiles > 0) decode_bias(0);
     if (tiles > 0) load_kv(0);
     if (tiles > 1) load_ranks(1);
     cp_async_commit();
@@ -114,10 +120,14 @@ __device__ __forceinline__ void forward_body(
         const int stage = t & 1;
         cp_async_wait<0>();  // K/V of tile t and the ranks of tile t + 1 have landed
         __syncthreads();     // ... for every thread, and tile t - 1 is done with its buffers
-        if (t + 1 < tiles) load_kv(t + 1);
+        if (t + 1 < tiles) {
+            load_kv(t + 1);
+            decode_bias(t + 1);
+        }
         if (t + 2 < tiles) load_ranks(t + 2);
         cp_async_commit();
         const u64* ranks = sC + (t % 3) * FWD_BN;
+        const float* biases = sB + (t & 1) * FWD_BN;
 
         const T* tk = sK + stage * L::KV;
         const T* tv = sV + stage * L::KV;
@@ -144,11 +154,9 @@ __device__ __forceinline__ void forward_body(
             for (int e = 0; e < 4; ++e) {
                 const int c = nt * 8 + 2 * tq + (e & 1);
                 const int r = e >> 1;
-                const u64 rank = ranks[c];
-                const bool keep = t * FWD_BN + c < count && rank >= rthr[r] &&
-                                  (!CAUSAL || (int)(u32)rank <= pos[r]);
-                const float x =
-                    keep ? sc[nt][e] * scale_log2 + rank_bias(rank) * LOG2E : -DMA_INF;
+                const u64 rank = ranks[c];  // DMA_NO_KEY past the list's end
+                const bool keep = rank >= rthr[r] && (!CAUSAL || (int)(u32)rank <= pos[r]);
+                const float x = keep ? sc[nt][e] * scale_log2 + biases[c] : -DMA_INF;
                 sc[nt][e] = x;
                 mx[r] = fmaxf(mx[r], x);
             }

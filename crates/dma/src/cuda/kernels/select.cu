@@ -20,7 +20,8 @@
 struct SelectShared {
     u32 hist[256];
     u32 warp_counts[SEL_WARPS];
-    u32 digit, need, nz;
+    u32 digit, need, nz, exact;
+    u64 min_key;
     u64 z[DMA_BLOCK_M + 1];
     u64 zs[DMA_BLOCK_M + 1];
 };
@@ -64,16 +65,38 @@ __device__ u64 radix_select_largest(int n, u32 k, int index_bits, Get get, Selec
                     if (run + c[b] >= k) {
                         sh.digit = lane * 8 + b;
                         sh.need = k - run;
+                        sh.exact = c[b] == k - run;
                         break;
                     }
                     run += c[b];
                 }
             }
+            if (lane == 0) sh.min_key = ~0ull;
         }
         __syncthreads();
         prefix |= (u64)sh.digit << shift;
         mask |= 255ull << shift;
         k = sh.need;
+        if (sh.exact && pass + 1 < passes) {
+            // Every key of the chosen bucket is among the k largest: the answer is its smallest
+            // key, found in one pass instead of the remaining digits (random biases get here
+            // after two or three passes).
+            u64 m = ~0ull;
+            for (int i = threadIdx.x; i < n; i += blockDim.x) {
+                const u64 key = get(i);
+                if ((key & mask) == prefix && key < m) m = key;
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+                const u64 other = __shfl_xor_sync(0xffffffffu, m, o);
+                m = other < m ? other : m;
+            }
+            if ((threadIdx.x & 31) == 0) atomicMin(&sh.min_key, m);
+            __syncthreads();
+            const u64 result = sh.min_key;
+            __syncthreads();  // sh is reused by the caller
+            return result;
+        }
     }
     return prefix;
 }
@@ -130,6 +153,9 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     for (int i = P + threadIdx.x; i < E; i += SEL_THREADS) list[kept_before + i - P] = key_rank(i);
     const int count = kept_before + (E - P);
     if (threadIdx.x == 0) cand_count[slot] = (u32)count;
+    // Rank 0 (below every threshold) up to the next whole tile: the forward reads whole tiles.
+    const int padded = min((count + DMA_TILE_N - 1) / DMA_TILE_N * DMA_TILE_N, cap);
+    for (int i = count + threadIdx.x; i < padded; i += SEL_THREADS) list[i] = DMA_NO_KEY;
 
     if (!CAUSAL) {
         for (int r = threadIdx.x; r < s.nq; r += SEL_THREADS) row_thr[r] = tau;
