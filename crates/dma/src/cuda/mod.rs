@@ -45,7 +45,10 @@ pub use select::{HostSelection, Selection};
 pub fn all_kernels() -> Vec<compile::KernelSpec> {
     let mut specs = Vec::new();
     for causal in [false, true] {
-        specs.push(select::spec(causal));
+        specs.push(select::spec(causal, false));
+        if causal {
+            specs.push(select::spec(causal, true));
+        }
         for &d in HEAD_DIMS {
             for spec in [
                 forward::spec::<half::bf16>(d, causal),

@@ -6,17 +6,24 @@ use crate::{DmaError, Params, Problem, Result};
 
 /// Query rows per block (`DMA_BLOCK_M` in kernels/common.cu).
 pub const BLOCK_M: usize = 128;
-/// Keys per shared-memory tile of the forward (`FWD_BN` in kernels/forward.cu).
+/// Keys per shared-memory tile of the forward (`DMA_TILE_N` in kernels/common.cu).
 pub const BLOCK_N: usize = 64;
+/// Every this many causal lists of a sequence, one is an anchor that selects from all earlier
+/// keys; the lists in between select from their anchor's list (kernels/select.cu).
+pub const ANCHOR_EVERY: usize = 8;
 
 /// The tables of one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Plan {
     /// Per sequence: q_start, nq, k_start, nk, bias_offset, lse_offset, 0, 0 (`SeqInfo`).
     pub seqs: Vec<i32>,
-    /// Per selection list: sequence, first row, end row, 0. Causal: one list per block of query
-    /// rows; not causal: one list per sequence (every row keeps the same keys).
+    /// Per selection list: sequence, first row, end row, anchor list (-1 for an anchor). Causal:
+    /// one list per block of query rows; not causal: one list per sequence (every row keeps the
+    /// same keys), each an anchor.
     pub lists: Vec<i32>,
+    /// The anchor lists, then the others (selected in a second launch, after their anchors).
+    pub anchors: Vec<i32>,
+    pub dependents: Vec<i32>,
     /// Per block of query rows: sequence, first row, end row, list.
     pub blocks: Vec<i32>,
     /// Capacity of each candidate list, a multiple of BLOCK_N.
@@ -31,6 +38,7 @@ impl Plan {
         let mut seqs = Vec::with_capacity(problem.sequences.len() * 8);
         let mut lists = Vec::new();
         let mut blocks = Vec::new();
+        let (mut anchors, mut dependents) = (Vec::new(), Vec::new());
         let mut max_nk = 0;
         for (i, s) in problem.sequences.iter().enumerate() {
             // The largest element offsets the kernels form in 32 bits.
@@ -49,18 +57,27 @@ impl Plan {
             seqs.extend([0, 0]);
             max_nk = max_nk.max(s.nk);
             if !params.causal {
-                lists.extend([int(i)?, 0, int(s.nq)?, 0]);
+                anchors.push(int(lists.len() / 4)?);
+                lists.extend([int(i)?, 0, int(s.nq)?, -1]);
             }
-            for r0 in (0..s.nq).step_by(BLOCK_M) {
+            let first = lists.len() / 4;
+            for (k, r0) in (0..s.nq).step_by(BLOCK_M).enumerate() {
                 let r1 = (r0 + BLOCK_M).min(s.nq);
                 let list = if params.causal {
-                    let id = lists.len() / 4;
-                    lists.extend([int(i)?, int(r0)?, int(r1)?, 0]);
+                    let id = int(lists.len() / 4)?;
+                    let anchor = if k % ANCHOR_EVERY == 0 {
+                        anchors.push(id);
+                        -1
+                    } else {
+                        dependents.push(id);
+                        int(first + k - k % ANCHOR_EVERY)?
+                    };
+                    lists.extend([int(i)?, int(r0)?, int(r1)?, anchor]);
                     id
                 } else {
-                    i
+                    int(i)?
                 };
-                blocks.extend([int(i)?, int(r0)?, int(r1)?, int(list)?]);
+                blocks.extend([int(i)?, int(r0)?, int(r1)?, list]);
             }
         }
         int(problem.total_q)?;
@@ -74,6 +91,8 @@ impl Plan {
         Ok(Plan {
             seqs,
             lists,
+            anchors,
+            dependents,
             blocks,
             cap,
             window: int(kept.max(1))?,

@@ -11,14 +11,20 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 const SOURCE: &str = include_str!("kernels/select.cu");
 const THREADS: u32 = 256;
 
-/// The selection kernel for causal or non-causal masking.
-pub(crate) fn spec(causal: bool) -> KernelSpec {
+/// The selection kernel for causal or non-causal masking, for anchor lists (from all earlier
+/// keys) or the lists after them (from their anchor's list).
+pub(crate) fn spec(causal: bool, from_anchor: bool) -> KernelSpec {
     let c = if causal {
         ("causal", "true")
     } else {
         ("full", "false")
     };
-    KernelSpec::new(SOURCE, "DMA_SELECT_KERNEL", "dma_select", &[c])
+    let a = if from_anchor {
+        ("dependent", "true")
+    } else {
+        ("anchor", "false")
+    };
+    KernelSpec::new(SOURCE, "DMA_SELECT_KERNEL", "dma_select", &[c, a])
 }
 
 /// The kept-key structure of one call, on the device. O(N·w / BLOCK_M) memory, no Nq x Nk.
@@ -63,6 +69,8 @@ impl Selection {
 pub(crate) struct DevicePlan {
     pub seqs: CudaSlice<i32>,
     pub lists: CudaSlice<i32>,
+    pub anchors: CudaSlice<i32>,
+    pub dependents: CudaSlice<i32>,
     pub blocks: CudaSlice<i32>,
 }
 
@@ -77,6 +85,8 @@ impl DevicePlan {
         Ok(DevicePlan {
             seqs: up(&plan.seqs)?,
             lists: up(&plan.lists)?,
+            anchors: up(&plan.anchors)?,
+            dependents: up(&plan.dependents)?,
             blocks: up(&plan.blocks)?,
         })
     }
@@ -112,33 +122,43 @@ pub(crate) fn run(
     if lists == 0 {
         return Ok(sel);
     }
-    let f = dev.function(&spec(params.causal))?;
     let (cap, heads, stride, total_q) = (
         plan.cap as i32,
         hb as i32,
         problem.bias_head_stride as i32,
         problem.total_q as i32,
     );
-    let cfg = LaunchConfig {
-        grid_dim: (lists as u32, hb as u32, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let mut launch = dev.stream().launch_builder(&f);
-    launch
-        .arg(bias)
-        .arg(&tables.seqs)
-        .arg(&tables.lists)
-        .arg(&plan.window)
-        .arg(&cap)
-        .arg(&heads)
-        .arg(&stride)
-        .arg(&total_q)
-        .arg(&mut sel.cand)
-        .arg(&mut sel.count)
-        .arg(&mut sel.thr);
-    // SAFETY: the arguments match the kernel's signature (kernels/select.cu) and every buffer
-    // holds what the plan's geometry indexes.
-    unsafe { launch.launch(cfg) }.map_err(error::driver)?;
+    // Anchors first, then the lists that read their anchor's list (stream order).
+    for (ids, count, from_anchor) in [
+        (&tables.anchors, plan.anchors.len(), false),
+        (&tables.dependents, plan.dependents.len(), true),
+    ] {
+        if count == 0 {
+            continue;
+        }
+        let f = dev.function(&spec(params.causal, from_anchor))?;
+        let cfg = LaunchConfig {
+            grid_dim: (count as u32, hb as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = dev.stream().launch_builder(&f);
+        launch
+            .arg(bias)
+            .arg(&tables.seqs)
+            .arg(&tables.lists)
+            .arg(ids)
+            .arg(&plan.window)
+            .arg(&cap)
+            .arg(&heads)
+            .arg(&stride)
+            .arg(&total_q)
+            .arg(&mut sel.cand)
+            .arg(&mut sel.count)
+            .arg(&mut sel.thr);
+        // SAFETY: the arguments match the kernel's signature (kernels/select.cu) and every
+        // buffer holds what the plan's geometry indexes.
+        unsafe { launch.launch(cfg) }.map_err(error::driver)?;
+    }
     Ok(sel)
 }

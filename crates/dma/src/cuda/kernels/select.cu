@@ -11,8 +11,10 @@
 // because the w-th best rank only rises with p. thr_p is found among the DMA_BLOCK_M + 1 smallest
 // ranks of the list (at most DMA_BLOCK_M keys of the list are added or absent per row).
 //
-// Cost: the radix select reads all P earlier keys, so a sequence of N queries costs O(N^2 / BM)
-// bias reads per head; memory is O(N * w / BM) for the lists. See docs/cuda-notes.md.
+// Anchors (every DMA_ANCHOR_EVERY-th list of a sequence) radix-select over all P earlier keys:
+// O(N^2 / (BM * DMA_ANCHOR_EVERY)) bias reads per head. The lists between anchors select over
+// their anchor's list plus the keys since it (at most w + DMA_ANCHOR_EVERY * BM keys), launched
+// after the anchors: O(N * (w + ANCHOR * BM) / BM). Memory is O(N * w / BM). docs/cuda-notes.md.
 
 #define SEL_THREADS 256
 #define SEL_WARPS (SEL_THREADS / 32)
@@ -101,19 +103,21 @@ __device__ u64 radix_select_largest(int n, u32 k, int index_bits, Get get, Selec
     return prefix;
 }
 
-template <bool CAUSAL>
+template <bool CAUSAL, bool FROM_ANCHOR>
 __device__ __forceinline__ void select_body(const float* __restrict__ bias,
                                             const SeqInfo* __restrict__ seqs,
-                                            const int4* __restrict__ lists, int window, int cap,
+                                            const int4* __restrict__ lists,
+                                            const int* __restrict__ ids, int window, int cap,
                                             int bias_heads, int bias_head_stride, int total_q,
                                             u64* __restrict__ cand, u32* __restrict__ cand_count,
                                             u64* __restrict__ thr) {
     __shared__ SelectShared sh;
-    const int4 L = lists[blockIdx.x];  // (sequence, first row, end row, unused)
+    const int id = ids[blockIdx.x];
+    const int4 L = lists[id];  // (sequence, first row, end row, anchor list or -1)
     const int hb = blockIdx.y;
     const SeqInfo s = seqs[L.x];
     const float* b = bias + s.bias_offset + (i64)hb * bias_head_stride;
-    const i64 slot = (i64)blockIdx.x * bias_heads + hb;
+    const i64 slot = (i64)id * bias_heads + hb;
     u64* list = cand + slot * cap;
     u64* row_thr = thr + (i64)hb * total_q + s.q_start;
     const int offset = s.nk - s.nq;  // position of query row 0
@@ -125,16 +129,32 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     const int index_bits = 32 - __clz(max(s.nk - 1, 1));
     auto key_rank = [&](int i) { return dma_rank(b[i], i); };
 
-    u64 tau = DMA_KEEP_ALL;
-    if (P > window) tau = radix_select_largest(P, (u32)window, index_bits, key_rank, sh);
+    // The keys that may be among the w best before P: all of [0, P) for an anchor; for a list
+    // after its anchor a, the anchor's list (the w best before P_a and the keys [P_a, E_a)) and
+    // the keys [E_a, P), since a key outside the w best before P_a stays outside after it.
+    int n = P, from_list = 0, range_start = 0;
+    const u64* anchor_list = list;
+    if (FROM_ANCHOR) {
+        const i64 anchor_slot = (i64)L.w * bias_heads + hb;
+        anchor_list = cand + anchor_slot * cap;
+        from_list = (int)cand_count[anchor_slot];
+        range_start = min(max(offset + lists[L.w].z, 0), s.nk);
+        n = from_list + (P - range_start);
+    }
+    auto source = [&](int i) {
+        return i < from_list ? anchor_list[i] : key_rank(range_start + (i - from_list));
+    };
 
-    // Ordered compaction of the keys [0, P) ranked at least tau.
+    u64 tau = DMA_KEEP_ALL;
+    if (n > window) tau = radix_select_largest(n, (u32)window, index_bits, source, sh);
+
+    // Ordered compaction of the source keys ranked at least tau (ascending key order).
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int base = 0;
-    for (int start = 0; start < P; start += SEL_THREADS) {
+    for (int start = 0; start < n; start += SEL_THREADS) {
         const int i = start + threadIdx.x;
-        const u64 rank = i < P ? key_rank(i) : 0;
-        const bool keep = i < P && rank >= tau;
+        const u64 rank = i < n ? source(i) : 0;
+        const bool keep = i < n && rank >= tau;
         const u32 ballot = __ballot_sync(0xffffffffu, keep);
         if (lane == 0) sh.warp_counts[warp] = __popc(ballot);
         __syncthreads();
@@ -208,11 +228,11 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     }
 }
 
-#define DMA_SELECT_KERNEL(NAME, CAUSAL)                                                          \
+#define DMA_SELECT_KERNEL(NAME, CAUSAL, FROM_ANCHOR)                                             \
     extern "C" __global__ void __launch_bounds__(SEL_THREADS)                                    \
-        NAME(const float* bias, const SeqInfo* seqs, const int4* lists, int window, int cap,     \
-             int bias_heads, int bias_head_stride, int total_q, u64* cand, u32* cand_count,       \
-             u64* thr) {                                                                         \
-        select_body<CAUSAL>(bias, seqs, lists, window, cap, bias_heads, bias_head_stride,        \
-                            total_q, cand, cand_count, thr);                                     \
+        NAME(const float* bias, const SeqInfo* seqs, const int4* lists, const int* ids,          \
+             int window, int cap, int bias_heads, int bias_head_stride, int total_q, u64* cand,   \
+             u32* cand_count, u64* thr) {                                                        \
+        select_body<CAUSAL, FROM_ANCHOR>(bias, seqs, lists, ids, window, cap, bias_heads,        \
+                                         bias_head_stride, total_q, cand, cand_count, thr);      \
     }
