@@ -71,11 +71,6 @@ impl KeySelection {
         sel
     }
 
-    /// Number of keys of the sequence.
-    pub fn num_keys(&self) -> usize {
-        self.nk
-    }
-
     /// Whether the query at position `p` (query row `r` sits at `p = Nk - Nq + r`) keeps key `j`.
     #[inline]
     pub fn keeps(&self, p: i64, j: usize) -> bool {
@@ -95,11 +90,6 @@ impl KeySelection {
         let lo = (first - offset).clamp(0, self.nq as i64) as usize;
         let hi = end.saturating_sub(offset).clamp(0, self.nq as i64) as usize;
         lo..hi.max(lo)
-    }
-
-    /// Query rows per candidate block.
-    pub fn block_rows(&self) -> usize {
-        self.block_rows
     }
 
     /// The keys kept by at least one query row of block `block` (rows
