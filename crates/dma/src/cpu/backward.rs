@@ -5,7 +5,7 @@
 
 use super::forward::KeyTile;
 use super::tasks::{blocks, split_rows, Block};
-use super::{axpy, dot, load_row, select_all, Gradients, Inputs};
+use super::{axpy, dot, load_row, prepare, Gradients, Inputs};
 use crate::selection::KeySelection;
 use crate::{Element, Params, Problem, Result, Shape};
 use rayon::prelude::*;
@@ -22,14 +22,10 @@ pub fn backward<T: Element>(
     lse: &[f32],
     dout: &[T],
 ) -> Result<Gradients<T>> {
-    params.validate()?;
-    let problem = shape.problem()?;
-    inputs.check(&problem)?;
+    let (problem, selections) = prepare(params, shape, inputs)?;
     problem.check_rows("out", "q", out.len())?;
     problem.check_rows("dout", "q", dout.len())?;
     problem.check_len("lse", problem.lse_len(), lse.len())?;
-
-    let selections = select_all(params, &problem, inputs.bias);
     let kernel = Kernel {
         problem: &problem,
         inputs,

@@ -2,7 +2,7 @@
 //! into f32 tiles, then give each row a softmax over the candidates it keeps.
 
 use super::tasks::{blocks, par_map_blocks, Block};
-use super::{dot, load_row, select_all, Forward, Inputs};
+use super::{dot, load_row, prepare, Forward, Inputs};
 use crate::selection::KeySelection;
 use crate::{Element, Params, Problem, Result, Shape};
 
@@ -15,10 +15,7 @@ pub fn forward<T: Element>(
     shape: &Shape,
     inputs: &Inputs<'_, T>,
 ) -> Result<Forward<T>> {
-    params.validate()?;
-    let problem = shape.problem()?;
-    inputs.check(&problem)?;
-    let selections = select_all(params, &problem, inputs.bias);
+    let (problem, selections) = prepare(params, shape, inputs)?;
     let kernel = Kernel {
         problem: &problem,
         inputs,

@@ -50,7 +50,20 @@ pub struct Gradients<T> {
     pub dbias: Vec<f32>,
 }
 
-/// Selections of every (sequence, bias head), indexed `sequence * Hb + bias_head`.
+/// Validates a call and selects its keys: the problem and the selection of every (sequence,
+/// bias head), indexed `sequence * Hb + bias_head`.
+fn prepare<T: Element>(
+    params: &Params,
+    shape: &crate::Shape,
+    inputs: &Inputs<'_, T>,
+) -> Result<(Problem, Vec<KeySelection>)> {
+    params.validate()?;
+    let problem = shape.problem()?;
+    inputs.check(&problem)?;
+    let selections = select_all(params, &problem, inputs.bias);
+    Ok((problem, selections))
+}
+
 fn select_all(params: &Params, problem: &Problem, bias: &[f32]) -> Vec<KeySelection> {
     let hb = problem.heads.bias;
     (0..problem.sequences.len() * hb)
