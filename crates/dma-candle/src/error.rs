@@ -1,0 +1,52 @@
+//! The errors of this crate. They reach callers as `candle_core::Error` (candle's functions and
+//! traits return it), with these messages.
+
+use candle_core::DType;
+
+/// What went wrong in the op or the layer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    #[error("`{name}` must have shape {expected}, got {actual:?}")]
+    Rank {
+        name: &'static str,
+        expected: &'static str,
+        actual: Vec<usize>,
+    },
+    #[error("`{name}` has shape {actual:?} but must have the shape of `{like}`, {expected:?}")]
+    NotLike {
+        name: &'static str,
+        actual: Vec<usize>,
+        like: &'static str,
+        expected: Vec<usize>,
+    },
+    #[error("`{name}` has {what} {actual} but {expected} is needed ({reason})")]
+    Mismatch {
+        name: &'static str,
+        what: &'static str,
+        actual: usize,
+        expected: usize,
+        reason: &'static str,
+    },
+    #[error("`{name}` has dtype {actual:?}, expected {expected}")]
+    DType {
+        name: &'static str,
+        actual: DType,
+        expected: String,
+    },
+    #[error("the cuda backend of dma-candle is not built yet")]
+    CudaNotBuilt,
+    #[error("dma-candle supports cpu storage (and later cuda), not {0}")]
+    UnsupportedDevice(&'static str),
+    #[error("invalid DmaAttention config: {0}")]
+    Config(String),
+    #[error("internal error: backward ran before its forward saved the log-sum-exp")]
+    NoSavedForward,
+    #[error(transparent)]
+    Op(#[from] dma::DmaError),
+}
+
+impl From<Error> for candle_core::Error {
+    fn from(e: Error) -> Self {
+        candle_core::Error::wrap(e)
+    }
+}

@@ -1,0 +1,156 @@
+//! DMA as a candle custom op with backward.
+//!
+//! candle's custom ops take at most three tensors and their backward sees only the inputs, the
+//! result and its gradient. So k and v travel stacked as one `kv` input `[2, B, Nk, Hkv, D]`
+//! (`Tensor::stack`, whose backward splits the gradient again; k and v stay contiguous halves,
+//! so the kernels read them in place), and the op keeps the forward's log-sum-exp for its
+//! backward instead of recomputing the forward.
+
+use crate::{cpu, shape, Error};
+use candle_core::{CpuStorage, CudaStorage, Device, Layout, Result, Shape, Tensor};
+use dma::Params;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Dynamic Mask Attention of q `[B, Nq, Hq, D]` over k, v `[B, Nk, Hkv, D]` with the per-key
+/// bias `[B, Hb, Nk]` (f32): out `[B, Nq, Hq, D]`, differentiable in q, k, v and bias.
+///
+/// q, k and v are f32, bf16 or f16 (all the same); any layout is accepted. `params` gives the
+/// window, causality and scale (see SPEC.md for the exact function).
+pub fn dma_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    params: &Params,
+) -> Result<Tensor> {
+    Ok(run(q, k, v, bias, params)?.0)
+}
+
+/// [`dma_attention`] that also returns the log-sum-exp of every row, `[B, Hq, Nq]` in f32
+/// (`-inf` for a row that keeps no key). The lse carries no gradient.
+pub fn dma_attention_with_lse(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    params: &Params,
+) -> Result<(Tensor, Tensor)> {
+    let (out, lse) = run(q, k, v, bias, params)?;
+    let lse = saved(&lse)?.clone().ok_or(Error::NoSavedForward)?;
+    Ok((out, lse))
+}
+
+fn run(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    params: &Params,
+) -> Result<(Tensor, Arc<Mutex<Option<Tensor>>>)> {
+    shape::dense(q.dims(), k.dims(), bias.dims())?;
+    if v.dims() != k.dims() {
+        return Err(Error::NotLike {
+            name: "v",
+            actual: v.dims().to_vec(),
+            like: "k",
+            expected: k.dims().to_vec(),
+        }
+        .into());
+    }
+    if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
+        let (name, actual) = if k.dtype() != q.dtype() {
+            ("k", k.dtype())
+        } else {
+            ("v", v.dtype())
+        };
+        return Err(Error::DType {
+            name,
+            actual,
+            expected: format!("{:?} like q", q.dtype()),
+        }
+        .into());
+    }
+    // candle 0.11's `cat` panics on an empty view that starts past the end of its storage (a
+    // narrowed empty tensor); a fresh layout avoids that.
+    let fresh = |t: &Tensor| match t.elem_count() {
+        0 => t.force_contiguous(),
+        _ => Ok(t.clone()),
+    };
+    let kv = Tensor::stack(&[fresh(k)?, fresh(v)?], 0)?;
+    let lse = Arc::new(Mutex::new(None));
+    let op = DmaOp {
+        params: *params,
+        lse: lse.clone(),
+    };
+    Ok((q.apply_op3(&kv, bias, op)?, lse))
+}
+
+/// One application of the op: its parameters, and the lse its forward saved for its backward.
+struct DmaOp {
+    params: Params,
+    lse: Arc<Mutex<Option<Tensor>>>,
+}
+
+fn saved(lse: &Mutex<Option<Tensor>>) -> Result<MutexGuard<'_, Option<Tensor>>> {
+    // A panic elsewhere while the lock was held leaves the saved tensor intact.
+    Ok(lse.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+}
+
+impl candle_core::CustomOp3 for DmaOp {
+    fn name(&self) -> &'static str {
+        "dma-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        lq: &Layout,
+        kv: &CpuStorage,
+        lkv: &Layout,
+        bias: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let geometry = shape::dense(lq.dims(), shape::unpack_kv(lkv.dims())?, lb.dims())?;
+        let (out, lse) = cpu::forward(&self.params, &geometry, (q, lq), (kv, lkv), (bias, lb))?;
+        let dims = lq.dims(); // [B, Nq, Hq, D], as checked above
+        let lse = Tensor::from_vec(lse, (dims[0], dims[2], dims[1]), &Device::Cpu)?;
+        *saved(&self.lse)? = Some(lse);
+        Ok((out, lq.shape().clone()))
+    }
+
+    /// The seam of the CUDA path: it needs `dma::cuda` with a backward, and then this forward
+    /// and the CUDA arm of [`Self::bwd`].
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        Err(Error::CudaNotBuilt.into())
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        kv: &Tensor,
+        bias: &Tensor,
+        out: &Tensor,
+        dout: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let lse = saved(&self.lse)?.clone().ok_or(Error::NoSavedForward)?;
+        let geometry = shape::dense(q.dims(), shape::unpack_kv(kv.dims())?, bias.dims())?;
+        let saved = cpu::Saved {
+            q,
+            kv,
+            bias,
+            out,
+            dout,
+            lse: &lse,
+        };
+        let (dq, dkv, dbias) = cpu::backward(&self.params, &geometry, &saved)?;
+        Ok((Some(dq), Some(dkv), Some(dbias)))
+    }
+}
