@@ -68,6 +68,8 @@ pub enum DmaError {
         head_dim: usize,
         supported: &'static str,
     },
+    #[error("the selection passed in was made for another call: {0}")]
+    SelectionMismatch(String),
     #[error("CUDA error: {0}")]
     Cuda(String),
 }

@@ -161,7 +161,13 @@ fn cases(small: bool) -> Vec<Case> {
             }
         }
     }
-    out
+    // DMA_CUDA_EVERY=n keeps every n-th configuration (for the sanitizers).
+    let every = std::env::var("DMA_CUDA_EVERY")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    out.into_iter().step_by(every).collect()
 }
 
 fn random_inputs<T: Element>(
@@ -260,6 +266,120 @@ fn forward_matches_cpu() {
         );
     }
     eprintln!("worst relative error {worst:.2e}");
+}
+
+fn check_backward<T: cuda::CudaElement>(dev: &Device, case: &Case, seed: u64) -> [f64; 4] {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let shape = case.shape();
+    let (q, k, v, bias) = random_inputs::<T>(&mut rng, &shape, case.ties);
+    let dout: Vec<T> = (0..q.len())
+        .map(|_| T::from_f32(rng.random_range(-1.0f32..1.0)))
+        .collect();
+    let inputs = cpu::Inputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        bias: &bias,
+    };
+    let params = Params::new(case.window).causal(case.causal);
+    // Both backends get the same out and lse (the CPU forward's).
+    let fwd = cpu::forward(&params, &shape, &inputs).unwrap();
+    let want = cpu::backward(&params, &shape, &inputs, &fwd.out, &fwd.lse, &dout).unwrap();
+    // backward_host poisons every gradient with NaN before the kernels run.
+    let got = cuda::backward_host(dev, &params, &shape, &inputs, &fwd.out, &fwd.lse, &dout)
+        .unwrap_or_else(|e| panic!("{}: {e}", case.label()));
+    let f = |x: &[T]| x.iter().map(|y| y.to_f32()).collect::<Vec<f32>>();
+    let err = |name: &str, a: Vec<f32>, b: Vec<f32>| {
+        rel_err(&a, &b).unwrap_or_else(|e| panic!("{} ({}): {name}: {e}", case.label(), T::DTYPE))
+    };
+    [
+        err("dq", f(&got.dq), f(&want.dq)),
+        err("dk", f(&got.dk), f(&want.dk)),
+        err("dv", f(&got.dv), f(&want.dv)),
+        err("dbias", got.dbias.clone(), want.dbias.clone()),
+    ]
+}
+
+/// Backward dq, dk, dv, dbias against the CPU backend, bf16 and f16, every configuration.
+#[test]
+fn backward_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let small = std::env::var_os("DMA_CUDA_SMALL").is_some();
+    let seed = fresh_seed();
+    eprintln!("seed {seed} (DMA_SEED reproduces)");
+    let mut worst = 0.0f64;
+    for (i, case) in cases(small).iter().enumerate() {
+        let s = seed.wrapping_add(i as u64);
+        let b = check_backward::<bf16>(&dev, case, s);
+        let h = check_backward::<f16>(&dev, case, s ^ 0x9e37);
+        eprintln!(
+            "{:<80} bf16 dq {:.2e} dk {:.2e} dv {:.2e} dbias {:.2e} | f16 dq {:.2e} dk {:.2e} dv {:.2e} dbias {:.2e}",
+            case.label(),
+            b[0], b[1], b[2], b[3], h[0], h[1], h[2], h[3]
+        );
+        for e in b.iter().chain(&h) {
+            worst = worst.max(*e);
+        }
+        assert!(
+            b.iter().chain(&h).all(|&e| e <= 1e-2),
+            "{}: error above 1e-2",
+            case.label()
+        );
+    }
+    eprintln!("worst relative error {worst:.2e} (backward)");
+}
+
+/// The backward over the forward's own selection equals the backward that selects again, and a
+/// selection made for another call is refused with a typed error.
+#[test]
+fn backward_reuses_forward_selection() {
+    let Some(dev) = device() else { return };
+    let mut rng = StdRng::seed_from_u64(fresh_seed());
+    let case = &cases(true)[5];
+    let shape = case.shape();
+    let (q, k, v, bias) = random_inputs::<bf16>(&mut rng, &shape, case.ties);
+    let params = Params::new(case.window).causal(case.causal);
+    let s = dev.stream();
+    let (q, k, v, bias) = (
+        s.clone_htod(&q).unwrap(),
+        s.clone_htod(&k).unwrap(),
+        s.clone_htod(&v).unwrap(),
+        s.clone_htod(&bias).unwrap(),
+    );
+    let mut out = s.alloc_zeros::<bf16>(q.len()).unwrap();
+    let mut lse = s
+        .alloc_zeros::<f32>(shape.problem().unwrap().lse_len())
+        .unwrap();
+    let sel = cuda::forward_into_with_selection(
+        &dev, &params, &shape, &q, &k, &v, &bias, &mut out, &mut lse,
+    )
+    .unwrap();
+    let x = cuda::BackwardInputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        bias: &bias,
+        out: &out,
+        lse: &lse,
+        dout: &out,
+    };
+    let a = cuda::backward(&dev, &params, &shape, &x, Some(&sel)).unwrap();
+    let b = cuda::backward(&dev, &params, &shape, &x, None).unwrap();
+    let host = |g: &cuda::DeviceGradients<bf16>| {
+        (
+            s.clone_dtoh(&g.dq).unwrap(),
+            s.clone_dtoh(&g.dk).unwrap(),
+            s.clone_dtoh(&g.dbias).unwrap(),
+        )
+    };
+    let (ha, hb) = (host(&a), host(&b));
+    assert_eq!(ha.0, hb.0, "dq");
+    let f = |x: &[bf16]| x.iter().map(|y| y.to_f32()).collect::<Vec<f32>>();
+    assert!(rel_err(&f(&ha.1), &f(&hb.1)).unwrap() < 1e-3, "dk");
+    assert!(rel_err(&ha.2, &hb.2).unwrap() < 1e-4, "dbias");
+    let other = Params::new(case.window + 1).causal(case.causal);
+    let err = cuda::backward(&dev, &other, &shape, &x, Some(&sel)).unwrap_err();
+    assert!(matches!(err, DmaError::SelectionMismatch(_)), "{err}");
 }
 
 /// The GPU selection keeps exactly the CPU selection's keys, row by row.
@@ -441,6 +561,111 @@ fn bench_forward() {
             "BENCH dma forward N={n} Hq={h} Hkv={hkv} D={d} w={w} bf16 causal: {t_all:.3} ms \
              (selection {t_sel:.3} ms, attend ~{:.3} ms), effective {tflops:.0} TFLOP/s",
             t_all - t_sel
+        );
+    }
+}
+
+/// Forward + backward timing: like `bench_forward` (B=1, Hq=16, Hkv=DMA_BENCH_HKV, Hb=Hkv, D=128,
+/// bf16, w=2048, causal, N in DMA_BENCH_N), the forward keeping its selection and the backward
+/// reusing it; medians of CUDA-event times over the whole calls (planning, allocations, scratch
+/// zeroing and dk/dv conversion included), and over the backward alone.
+#[test]
+#[ignore = "timing, run on the GPU with --ignored"]
+fn bench_backward() {
+    let Some(dev) = device() else { return };
+    let sizes: Vec<usize> = std::env::var("DMA_BENCH_N")
+        .unwrap_or_else(|_| "16384,32768".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let (h, d, w) = (16usize, 128usize, 2048usize);
+    let hkv: usize = std::env::var("DMA_BENCH_HKV")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(h);
+    let mut rng = StdRng::seed_from_u64(fresh_seed());
+    let s = dev.stream().clone();
+    for n in sizes {
+        let shape = Shape::dense(1, n, n, Heads::new(h, hkv), d);
+        let params = Params::new(w);
+        let mut rnd = |len: usize| -> Vec<bf16> {
+            (0..len)
+                .map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)))
+                .collect()
+        };
+        let (q, k, v, dout) = (
+            rnd(n * h * d),
+            rnd(n * hkv * d),
+            rnd(n * hkv * d),
+            rnd(n * h * d),
+        );
+        let bias: Vec<f32> = (0..hkv * n)
+            .map(|_| rng.random_range(-4.0f32..4.0))
+            .collect();
+        let up = |x: &Vec<bf16>| s.clone_htod(x).unwrap();
+        let (q, k, v, dout) = (up(&q), up(&k), up(&v), up(&dout));
+        let bias = s.clone_htod(&bias).unwrap();
+        let mut out = s.alloc_zeros::<bf16>(n * h * d).unwrap();
+        let mut lse = s.alloc_zeros::<f32>(n * h).unwrap();
+        let mut grads = cuda::DeviceGradients {
+            dq: s.alloc_zeros::<bf16>(n * h * d).unwrap(),
+            dk: s.alloc_zeros::<bf16>(n * hkv * d).unwrap(),
+            dv: s.alloc_zeros::<bf16>(n * hkv * d).unwrap(),
+            dbias: s.alloc_zeros::<f32>(n * hkv).unwrap(),
+        };
+        let ctx = dev.context();
+        let time = |f: &mut dyn FnMut()| -> f64 {
+            for _ in 0..3 {
+                f();
+            }
+            let mut ms = Vec::new();
+            for _ in 0..15 {
+                let a = ctx.new_event(Some(CU_EVENT_DEFAULT)).unwrap();
+                let b = ctx.new_event(Some(CU_EVENT_DEFAULT)).unwrap();
+                a.record(&s).unwrap();
+                f();
+                b.record(&s).unwrap();
+                b.synchronize().unwrap();
+                ms.push(a.elapsed_ms(&b).unwrap() as f64);
+            }
+            ms.sort_by(|x, y| x.total_cmp(y));
+            ms[ms.len() / 2]
+        };
+        let sel = cuda::forward_into_with_selection(
+            &dev, &params, &shape, &q, &k, &v, &bias, &mut out, &mut lse,
+        )
+        .unwrap();
+        let t_bwd = time(&mut || {
+            let x = cuda::BackwardInputs {
+                q: &q,
+                k: &k,
+                v: &v,
+                bias: &bias,
+                out: &out,
+                lse: &lse,
+                dout: &dout,
+            };
+            cuda::backward_into(&dev, &params, &shape, &x, Some(&sel), &mut grads).unwrap()
+        });
+        let t_all = time(&mut || {
+            let sel = cuda::forward_into_with_selection(
+                &dev, &params, &shape, &q, &k, &v, &bias, &mut out, &mut lse,
+            )
+            .unwrap();
+            let x = cuda::BackwardInputs {
+                q: &q,
+                k: &k,
+                v: &v,
+                bias: &bias,
+                out: &out,
+                lse: &lse,
+                dout: &dout,
+            };
+            cuda::backward_into(&dev, &params, &shape, &x, Some(&sel), &mut grads).unwrap()
+        });
+        println!(
+            "BENCH dma fwd+bwd N={n} Hq={h} Hkv={hkv} D={d} w={w} bf16 causal: {t_all:.3} ms \
+             (backward alone {t_bwd:.3} ms)"
         );
     }
 }

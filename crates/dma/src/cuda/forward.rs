@@ -37,8 +37,12 @@ impl CudaElement for f16 {
     const SHORT: &'static str = "f16";
 }
 
-/// The forward kernel for one element type, head dim and masking.
-pub(crate) fn spec<T: CudaElement>(head_dim: usize, causal: bool) -> Result<KernelSpec> {
+/// A template argument: its short name (in the kernel's symbol) and its C++ text.
+pub(crate) type TemplateArg = (&'static str, &'static str);
+
+/// The template arguments (short, C++) for a head dim and masking, or the typed error for a
+/// head dim without a kernel.
+pub(crate) fn spec_args(head_dim: usize, causal: bool) -> Result<(TemplateArg, TemplateArg)> {
     let d = match head_dim {
         64 => ("d64", "64"),
         128 => ("d128", "128"),
@@ -54,6 +58,12 @@ pub(crate) fn spec<T: CudaElement>(head_dim: usize, causal: bool) -> Result<Kern
     } else {
         ("full", "false")
     };
+    Ok((d, c))
+}
+
+/// The forward kernel for one element type, head dim and masking.
+pub(crate) fn spec<T: CudaElement>(head_dim: usize, causal: bool) -> Result<KernelSpec> {
+    let (d, c) = spec_args(head_dim, causal)?;
     Ok(KernelSpec::new(
         SOURCE,
         "DMA_FORWARD_KERNEL",
@@ -126,6 +136,23 @@ pub fn forward_into<T: CudaElement>(
     out: &mut CudaSlice<T>,
     lse: &mut CudaSlice<f32>,
 ) -> Result<()> {
+    forward_into_with_selection(dev, params, shape, q, k, v, bias, out, lse).map(|_| ())
+}
+
+/// [`forward_into`] that also returns its selection, for the backward of the same call
+/// ([`backward`](super::backward)), so that the backward does not select again.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_into_with_selection<T: CudaElement>(
+    dev: &Device,
+    params: &Params,
+    shape: &Shape,
+    q: &CudaSlice<T>,
+    k: &CudaSlice<T>,
+    v: &CudaSlice<T>,
+    bias: &CudaSlice<f32>,
+    out: &mut CudaSlice<T>,
+    lse: &mut CudaSlice<f32>,
+) -> Result<Selection> {
     params.validate()?;
     let problem = shape.problem()?;
     check_inputs(&problem, q, k, v, bias)?;
@@ -133,11 +160,11 @@ pub fn forward_into<T: CudaElement>(
     problem.check_len("lse", problem.lse_len(), lse.len())?;
     let spec = spec::<T>(problem.head_dim, params.causal)?;
     let plan = Plan::new(params, &problem)?;
-    if plan.num_blocks() == 0 {
-        return Ok(());
-    }
     let tables = DevicePlan::upload(dev, &plan)?;
     let sel = select::run(dev, params, &problem, &plan, &tables, bias)?;
+    if plan.num_blocks() == 0 {
+        return Ok(sel);
+    }
     attend(
         dev,
         params,
@@ -149,7 +176,8 @@ pub fn forward_into<T: CudaElement>(
         (q, k, v),
         out,
         lse,
-    )
+    )?;
+    Ok(sel)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -26,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+mod backward;
 pub mod compile;
 mod device;
 mod error;
@@ -34,9 +35,11 @@ mod libs;
 mod plan;
 mod select;
 
+pub use backward::{backward, backward_host, backward_into, BackwardInputs, DeviceGradients};
 pub use device::{Arch, Device};
 pub use forward::{
-    forward, forward_host, forward_into, select, CudaElement, DeviceForward, HEAD_DIMS,
+    forward, forward_host, forward_into, forward_into_with_selection, select, CudaElement,
+    DeviceForward, HEAD_DIMS,
 };
 pub use plan::BLOCK_M;
 pub use select::{HostSelection, Selection};
@@ -53,6 +56,8 @@ pub fn all_kernels() -> Vec<compile::KernelSpec> {
             for spec in [
                 forward::spec::<half::bf16>(d, causal),
                 forward::spec::<half::f16>(d, causal),
+                backward::spec::<half::bf16>(d, causal),
+                backward::spec::<half::f16>(d, causal),
             ]
             .into_iter()
             .flatten()
@@ -61,5 +66,7 @@ pub fn all_kernels() -> Vec<compile::KernelSpec> {
             }
         }
     }
+    specs.push(backward::convert_spec::<half::bf16>());
+    specs.push(backward::convert_spec::<half::f16>());
     specs
 }

@@ -5,7 +5,7 @@ use super::compile::KernelSpec;
 use super::device::Device;
 use super::error;
 use super::plan::Plan;
-use crate::{Params, Problem, Result};
+use crate::{DmaError, Params, Problem, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 const SOURCE: &str = include_str!("kernels/select.cu");
@@ -39,6 +39,8 @@ pub struct Selection {
     /// key j iff rank_j >= threshold (and j <= its position when causal).
     pub(crate) thr: CudaSlice<u64>,
     pub(crate) cap: usize,
+    /// What it was made for: (window, causal, lists, Hb, total_q), checked on reuse.
+    made_for: (usize, bool, usize, usize, usize),
 }
 
 /// What a selection holds, copied to the host (for tests and inspection).
@@ -53,6 +55,20 @@ pub struct HostSelection {
 }
 
 impl Selection {
+    /// Checks that this selection was made for `params` and `problem` (their geometry: the
+    /// bias values themselves cannot be checked and must be the same).
+    pub(crate) fn check(&self, params: &Params, problem: &Problem, plan: &Plan) -> Result<()> {
+        let want = made_for(params, problem, plan);
+        if self.made_for == want && self.cap == plan.cap {
+            Ok(())
+        } else {
+            Err(DmaError::SelectionMismatch(format!(
+                "made for (window, causal, lists, bias heads, total_q) = {:?}, this call needs {:?}",
+                self.made_for, want
+            )))
+        }
+    }
+
     /// Copies the selection to the host.
     pub fn to_host(&self, dev: &Device) -> Result<HostSelection> {
         let s = dev.stream();
@@ -102,6 +118,16 @@ fn alloc<T: cudarc::driver::DeviceRepr>(
     unsafe { dev.stream().alloc::<T>(n) }.map_err(error::alloc(what, n * std::mem::size_of::<T>()))
 }
 
+fn made_for(params: &Params, problem: &Problem, plan: &Plan) -> (usize, bool, usize, usize, usize) {
+    (
+        params.window,
+        params.causal,
+        plan.num_lists(),
+        problem.heads.bias,
+        problem.total_q,
+    )
+}
+
 /// Runs the selection kernel. `bias` must be finite (checked by the host entry points).
 pub(crate) fn run(
     dev: &Device,
@@ -118,6 +144,7 @@ pub(crate) fn run(
         count: alloc(dev, "candidate counts", lists * hb)?,
         thr: alloc(dev, "row thresholds", hb * problem.total_q)?,
         cap: plan.cap,
+        made_for: made_for(params, problem, plan),
     };
     if lists == 0 {
         return Ok(sel);

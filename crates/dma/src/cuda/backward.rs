@@ -1,0 +1,308 @@
+//! The backward on device buffers (kernels/backward.cu): dq, dk, dv in the input type and dbias
+//! in f32, from q, k, v, bias, out, lse and dout, over the forward's selection (passed in, or
+//! recomputed: the selection alone, never the forward).
+
+use super::compile::KernelSpec;
+use super::device::Device;
+use super::error;
+use super::forward::{self, CudaElement};
+use super::plan::{Plan, BLOCK_M, BLOCK_N};
+use super::select::{self, DevicePlan, Selection};
+use crate::{cpu, Params, Problem, Result, Shape};
+use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+const SOURCE: &str = include_str!("kernels/backward.cu");
+const THREADS: u32 = (BLOCK_M * 2) as u32;
+
+/// The backward kernel for one element type, head dim and masking.
+pub(crate) fn spec<T: CudaElement>(head_dim: usize, causal: bool) -> Result<KernelSpec> {
+    let (d, c) = forward::spec_args(head_dim, causal)?;
+    Ok(KernelSpec::new(
+        SOURCE,
+        "DMA_BACKWARD_KERNEL",
+        "dma_backward",
+        &[(T::SHORT, T::C_TYPE), d, c],
+    ))
+}
+
+/// The f32 -> T conversion of the dk and dv scratch buffers.
+pub(crate) fn convert_spec<T: CudaElement>() -> KernelSpec {
+    KernelSpec::new(
+        SOURCE,
+        "DMA_CONVERT_KERNEL",
+        "dma_convert",
+        &[(T::SHORT, T::C_TYPE)],
+    )
+}
+
+/// Dynamic shared memory of the backward kernel (`BwdSmem::BYTES`).
+fn smem_bytes(head_dim: usize) -> usize {
+    let stride = head_dim + 8;
+    let pstride = BLOCK_N + 8;
+    let warps = BLOCK_M * 2 / 32;
+    (2 * BLOCK_M * stride + 4 * BLOCK_N * stride + 2 * BLOCK_M * pstride) * 2
+        + 3 * BLOCK_N * 8
+        + (2 * BLOCK_N + warps * BLOCK_N + BLOCK_M) * 4
+}
+
+/// What the backward reads, on the device: the forward's inputs, its out and lse, and dout
+/// (the gradient of out, like q).
+#[derive(Debug, Clone, Copy)]
+pub struct BackwardInputs<'a, T> {
+    pub q: &'a CudaSlice<T>,
+    pub k: &'a CudaSlice<T>,
+    pub v: &'a CudaSlice<T>,
+    pub bias: &'a CudaSlice<f32>,
+    pub out: &'a CudaSlice<T>,
+    pub lse: &'a CudaSlice<f32>,
+    pub dout: &'a CudaSlice<T>,
+}
+
+/// Gradients on the device: dq like q, dk and dv like k, dbias like the bias (f32).
+#[derive(Debug)]
+pub struct DeviceGradients<T> {
+    pub dq: CudaSlice<T>,
+    pub dk: CudaSlice<T>,
+    pub dv: CudaSlice<T>,
+    pub dbias: CudaSlice<f32>,
+}
+
+fn check_inputs<T>(problem: &Problem, x: &BackwardInputs<'_, T>) -> Result<()> {
+    problem.check_rows("q", "q", x.q.len())?;
+    problem.check_rows("k", "k", x.k.len())?;
+    problem.check_rows("v", "k", x.v.len())?;
+    problem.check_len("bias", problem.bias_len(), x.bias.len())?;
+    problem.check_rows("out", "q", x.out.len())?;
+    problem.check_rows("dout", "q", x.dout.len())?;
+    problem.check_len("lse", problem.lse_len(), x.lse.len())
+}
+
+fn alloc<T: cudarc::driver::DeviceRepr>(
+    dev: &Device,
+    what: &'static str,
+    n: usize,
+) -> Result<CudaSlice<T>> {
+    // SAFETY: the backward writes every element of each gradient before it is read.
+    unsafe { dev.stream().alloc::<T>(n) }.map_err(error::alloc(what, n * std::mem::size_of::<T>()))
+}
+
+/// DMA backward on device buffers, allocating the gradients. `selection` is the forward's
+/// (from [`forward_into_with_selection`](super::forward_into_with_selection)) for the same
+/// params, shape and bias; `None` recomputes the selection (not the forward).
+pub fn backward<T: CudaElement>(
+    dev: &Device,
+    params: &Params,
+    shape: &Shape,
+    inputs: &BackwardInputs<'_, T>,
+    selection: Option<&Selection>,
+) -> Result<DeviceGradients<T>> {
+    let problem = shape.problem()?;
+    let mut grads = DeviceGradients {
+        dq: alloc(dev, "dq", problem.q_len())?,
+        dk: alloc(dev, "dk", problem.k_len())?,
+        dv: alloc(dev, "dv", problem.k_len())?,
+        dbias: alloc(dev, "dbias", problem.bias_len())?,
+    };
+    backward_into(dev, params, shape, inputs, selection, &mut grads)?;
+    Ok(grads)
+}
+
+/// DMA backward on device buffers into caller-provided gradients (every element is written).
+pub fn backward_into<T: CudaElement>(
+    dev: &Device,
+    params: &Params,
+    shape: &Shape,
+    inputs: &BackwardInputs<'_, T>,
+    selection: Option<&Selection>,
+    grads: &mut DeviceGradients<T>,
+) -> Result<()> {
+    params.validate()?;
+    let problem = shape.problem()?;
+    check_inputs(&problem, inputs)?;
+    problem.check_rows("dq", "q", grads.dq.len())?;
+    problem.check_rows("dk", "k", grads.dk.len())?;
+    problem.check_rows("dv", "k", grads.dv.len())?;
+    problem.check_len("dbias", problem.bias_len(), grads.dbias.len())?;
+    let spec = spec::<T>(problem.head_dim, params.causal)?;
+    let plan = Plan::new(params, &problem)?;
+    let s = dev.stream();
+    // dq rows of empty blocks do not exist; dk, dv and dbias of keys no query keeps are zero.
+    s.memset_zeros(&mut grads.dbias).map_err(error::driver)?;
+    let mut dk_acc = s
+        .alloc_zeros::<f32>(problem.k_len().max(1))
+        .map_err(error::alloc("dk scratch (f32)", problem.k_len() * 4))?;
+    let mut dv_acc = s
+        .alloc_zeros::<f32>(problem.k_len().max(1))
+        .map_err(error::alloc("dv scratch (f32)", problem.k_len() * 4))?;
+    if plan.num_blocks() > 0 {
+        let tables = DevicePlan::upload(dev, &plan)?;
+        let owned;
+        let sel = match selection {
+            Some(sel) => {
+                sel.check(params, &problem, &plan)?;
+                sel
+            }
+            None => {
+                owned = select::run(dev, params, &problem, &plan, &tables, inputs.bias)?;
+                &owned
+            }
+        };
+        launch(
+            dev,
+            params,
+            &problem,
+            &plan,
+            &tables,
+            sel,
+            &spec,
+            inputs,
+            grads,
+            (&mut dk_acc, &mut dv_acc),
+        )?;
+    }
+    convert::<T>(dev, &dk_acc, &mut grads.dk, problem.k_len())?;
+    convert::<T>(dev, &dv_acc, &mut grads.dv, problem.k_len())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch<T: CudaElement>(
+    dev: &Device,
+    params: &Params,
+    problem: &Problem,
+    plan: &Plan,
+    tables: &DevicePlan,
+    sel: &Selection,
+    spec: &KernelSpec,
+    x: &BackwardInputs<'_, T>,
+    grads: &mut DeviceGradients<T>,
+    (dk_acc, dv_acc): (&mut CudaSlice<f32>, &mut CudaSlice<f32>),
+) -> Result<()> {
+    let f = dev.function(spec)?;
+    let smem = smem_bytes(problem.head_dim);
+    f.set_attribute(
+        Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        smem as i32,
+    )
+    .map_err(error::driver)?;
+    let h = &problem.heads;
+    let ints = [
+        h.q as i32,
+        h.kv as i32,
+        h.bias as i32,
+        problem.bias_head_stride as i32,
+        problem.lse_head_stride as i32,
+        problem.total_q as i32,
+        plan.cap as i32,
+    ];
+    let scale = params.scale_for(problem.head_dim);
+    let scale_log2 = scale * std::f32::consts::LOG2_E;
+    let cfg = LaunchConfig {
+        grid_dim: (plan.num_blocks() as u32, h.q as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: smem as u32,
+    };
+    let mut l = dev.stream().launch_builder(&f);
+    l.arg(x.q)
+        .arg(x.k)
+        .arg(x.v)
+        .arg(x.out)
+        .arg(x.dout)
+        .arg(x.lse)
+        .arg(&tables.seqs)
+        .arg(&tables.blocks)
+        .arg(&sel.cand)
+        .arg(&sel.count)
+        .arg(&sel.thr)
+        .arg(&mut grads.dq)
+        .arg(dk_acc)
+        .arg(dv_acc)
+        .arg(&mut grads.dbias);
+    for x in &ints {
+        l.arg(x);
+    }
+    l.arg(&scale).arg(&scale_log2);
+    // SAFETY: the arguments match the kernel's signature (kernels/backward.cu), the buffers were
+    // checked against the geometry, and the selection was made for this plan.
+    unsafe { l.launch(cfg) }.map_err(error::driver)?;
+    Ok(())
+}
+
+/// `dst[i] = src[i] as T` for the first `n` elements.
+fn convert<T: CudaElement>(
+    dev: &Device,
+    src: &CudaSlice<f32>,
+    dst: &mut CudaSlice<T>,
+    n: usize,
+) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let f = dev.function(&convert_spec::<T>())?;
+    let blocks = n.div_ceil(256).min(132 * 16) as u32;
+    let cfg = LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let n = n as i64;
+    let mut l = dev.stream().launch_builder(&f);
+    l.arg(src).arg(dst).arg(&n);
+    // SAFETY: both buffers hold at least n elements (checked by the caller).
+    unsafe { l.launch(cfg) }.map_err(error::driver)?;
+    Ok(())
+}
+
+/// DMA backward from host slices, like [`cpu::backward`]: uploads, runs [`backward_into`] on
+/// gradients poisoned with NaN, and copies them back. Checks the bias on the host.
+pub fn backward_host<T: CudaElement>(
+    dev: &Device,
+    params: &Params,
+    shape: &Shape,
+    inputs: &cpu::Inputs<'_, T>,
+    out: &[T],
+    lse: &[f32],
+    dout: &[T],
+) -> Result<cpu::Gradients<T>> {
+    params.validate()?;
+    let problem = shape.problem()?;
+    problem.check_rows("q", "q", inputs.q.len())?;
+    problem.check_rows("k", "k", inputs.k.len())?;
+    problem.check_rows("v", "k", inputs.v.len())?;
+    problem.check_bias(inputs.bias)?;
+    problem.check_rows("out", "q", out.len())?;
+    problem.check_rows("dout", "q", dout.len())?;
+    problem.check_len("lse", problem.lse_len(), lse.len())?;
+    let s = dev.stream();
+    let up = |x: &[T], what| {
+        s.clone_htod(x)
+            .map_err(error::alloc(what, std::mem::size_of_val(x)))
+    };
+    let upf = |x: &[f32], what| s.clone_htod(x).map_err(error::alloc(what, x.len() * 4));
+    let (q, k, v) = (up(inputs.q, "q")?, up(inputs.k, "k")?, up(inputs.v, "v")?);
+    let (o, d) = (up(out, "out")?, up(dout, "dout")?);
+    let (bias, l) = (upf(inputs.bias, "bias")?, upf(lse, "lse")?);
+    let nan = T::from_f32(f32::NAN);
+    let mut grads = DeviceGradients {
+        dq: up(&vec![nan; q.len()], "dq")?,
+        dk: up(&vec![nan; k.len()], "dk")?,
+        dv: up(&vec![nan; k.len()], "dv")?,
+        dbias: upf(&vec![f32::NAN; bias.len()], "dbias")?,
+    };
+    let x = BackwardInputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        bias: &bias,
+        out: &o,
+        lse: &l,
+        dout: &d,
+    };
+    backward_into(dev, params, shape, &x, None, &mut grads)?;
+    Ok(cpu::Gradients {
+        dq: s.clone_dtoh(&grads.dq).map_err(error::driver)?,
+        dk: s.clone_dtoh(&grads.dk).map_err(error::driver)?,
+        dv: s.clone_dtoh(&grads.dv).map_err(error::driver)?,
+        dbias: s.clone_dtoh(&grads.dbias).map_err(error::driver)?,
+    })
+}
