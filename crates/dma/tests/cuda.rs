@@ -382,6 +382,95 @@ fn backward_reuses_forward_selection() {
     assert!(matches!(err, DmaError::SelectionMismatch(_)), "{err}");
 }
 
+/// Decoding (few queries, long cache) against the CPU forward: Nq in {1, 4}, Nk around the
+/// window and long, causal (and not), GQA, both bias-head layouts, ties, a varlen batch.
+#[test]
+fn decode_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let seed = fresh_seed();
+    eprintln!("seed {seed} (DMA_SEED reproduces)");
+    let small = std::env::var_os("DMA_CUDA_SMALL").is_some();
+    let w = 512usize;
+    let lengths: &[usize] = if small {
+        &[1, 511, 512, 513, 5000]
+    } else {
+        &[1, 511, 512, 513, 5000, 40000]
+    };
+    let mut worst = 0.0f64;
+    let mut i = 0u64;
+    for &nq in &[1usize, 4] {
+        for &nk in lengths {
+            i += 1;
+            let d = if i % 2 == 0 { 64 } else { 128 };
+            let (hq, hkv) = if i % 3 == 0 { (8, 8) } else { (8, 2) };
+            let case = Case {
+                d,
+                causal: i % 7 != 3,
+                hq,
+                hkv,
+                hb_is_q: i % 2 == 1,
+                varlen: (i % 5 == 4).then(|| {
+                    let n = nk as i32;
+                    (vec![nq as i32, 0, nq as i32], vec![n, 7, n / 2 + 1])
+                }),
+                batch: 1,
+                nq,
+                nk,
+                window: w,
+                ties: i % 4 == 2,
+            };
+            let shape = case.shape();
+            let params = Params::new(case.window).causal(case.causal);
+            for dtype in 0..2 {
+                let s = seed.wrapping_add(i * 2 + dtype);
+                let (eo, el) = if dtype == 0 {
+                    check_decode::<bf16>(&dev, &case, &shape, &params, s)
+                } else {
+                    check_decode::<f16>(&dev, &case, &shape, &params, s)
+                };
+                eprintln!(
+                    "decode {:<80} {} out {eo:.2e} lse {el:.2e}",
+                    case.label(),
+                    ["bf16", "f16"][dtype as usize]
+                );
+                worst = worst.max(eo).max(el);
+                assert!(
+                    eo <= 1e-2 && el <= 1e-2,
+                    "{}: error above 1e-2",
+                    case.label()
+                );
+            }
+        }
+    }
+    eprintln!("worst relative error {worst:.2e} (decode)");
+}
+
+fn check_decode<T: cuda::CudaElement>(
+    dev: &Device,
+    case: &Case,
+    shape: &Shape,
+    params: &Params,
+    seed: u64,
+) -> (f64, f64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (q, k, v, bias) = random_inputs::<T>(&mut rng, shape, case.ties);
+    let inputs = cpu::Inputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        bias: &bias,
+    };
+    let want = cpu::forward(params, shape, &inputs).unwrap();
+    let got = cuda::decode_host(dev, params, shape, &inputs)
+        .unwrap_or_else(|e| panic!("{}: {e}", case.label()));
+    let f = |x: &[T]| x.iter().map(|y| y.to_f32()).collect::<Vec<f32>>();
+    let eo = rel_err(&f(&got.out), &f(&want.out))
+        .unwrap_or_else(|e| panic!("{} ({}): out: {e}", case.label(), T::DTYPE));
+    let el = rel_err(&got.lse, &want.lse)
+        .unwrap_or_else(|e| panic!("{} ({}): lse: {e}", case.label(), T::DTYPE));
+    (eo, el)
+}
+
 /// The GPU selection keeps exactly the CPU selection's keys, row by row.
 #[test]
 fn selection_matches_cpu() {
@@ -666,6 +755,74 @@ fn bench_backward() {
         println!(
             "BENCH dma fwd+bwd N={n} Hq={h} Hkv={hkv} D={d} w={w} bf16 causal: {t_all:.3} ms \
              (backward alone {t_bwd:.3} ms)"
+        );
+    }
+}
+
+/// Decode timing: B=1, one query, Hq=32, Hkv=8, Hb=Hkv, D=128, bf16, w=2048, causal, context in
+/// DMA_BENCH_CTX (default 8192,32768,131072); medians of CUDA-event times over the whole
+/// `decode_into` call (planning, selection, split-K attend and combine), and the general
+/// forward on the same inputs for comparison.
+#[test]
+#[ignore = "timing, run on the GPU with --ignored"]
+fn bench_decode() {
+    let Some(dev) = device() else { return };
+    let sizes: Vec<usize> = std::env::var("DMA_BENCH_CTX")
+        .unwrap_or_else(|_| "8192,32768,131072".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let (hq, hkv, d, w, nq) = (32usize, 8usize, 128usize, 2048usize, 1usize);
+    let mut rng = StdRng::seed_from_u64(fresh_seed());
+    let s = dev.stream().clone();
+    for n in sizes {
+        let shape = Shape::dense(1, nq, n, Heads::new(hq, hkv), d);
+        let params = Params::new(w);
+        let mut rnd = |len: usize| -> Vec<bf16> {
+            (0..len)
+                .map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)))
+                .collect()
+        };
+        let (q, k, v) = (rnd(nq * hq * d), rnd(n * hkv * d), rnd(n * hkv * d));
+        let bias: Vec<f32> = (0..hkv * n)
+            .map(|_| rng.random_range(-4.0f32..4.0))
+            .collect();
+        let (q, k, v) = (
+            s.clone_htod(&q).unwrap(),
+            s.clone_htod(&k).unwrap(),
+            s.clone_htod(&v).unwrap(),
+        );
+        let bias = s.clone_htod(&bias).unwrap();
+        let mut out = s.alloc_zeros::<bf16>(nq * hq * d).unwrap();
+        let mut lse = s.alloc_zeros::<f32>(nq * hq).unwrap();
+        let ctx = dev.context();
+        let time = |f: &mut dyn FnMut()| -> f64 {
+            for _ in 0..5 {
+                f();
+            }
+            let mut ms = Vec::new();
+            for _ in 0..50 {
+                let a = ctx.new_event(Some(CU_EVENT_DEFAULT)).unwrap();
+                let b = ctx.new_event(Some(CU_EVENT_DEFAULT)).unwrap();
+                a.record(&s).unwrap();
+                f();
+                b.record(&s).unwrap();
+                b.synchronize().unwrap();
+                ms.push(a.elapsed_ms(&b).unwrap() as f64);
+            }
+            ms.sort_by(|x, y| x.total_cmp(y));
+            ms[ms.len() / 2]
+        };
+        let t_dec = time(&mut || {
+            cuda::decode_into(&dev, &params, &shape, &q, &k, &v, &bias, &mut out, &mut lse).unwrap()
+        });
+        let t_fwd = time(&mut || {
+            cuda::forward_into(&dev, &params, &shape, &q, &k, &v, &bias, &mut out, &mut lse)
+                .unwrap()
+        });
+        println!(
+            "BENCH dma decode ctx={n} Hq={hq} Hkv={hkv} D={d} w={w} bf16 Nq={nq}: {t_dec:.4} ms \
+             (general forward path {t_fwd:.4} ms)"
         );
     }
 }

@@ -158,7 +158,7 @@ pub fn forward_into_with_selection<T: CudaElement>(
     check_inputs(&problem, q, k, v, bias)?;
     problem.check_rows("out", "q", out.len())?;
     problem.check_len("lse", problem.lse_len(), lse.len())?;
-    let spec = spec::<T>(problem.head_dim, params.causal)?;
+    spec::<T>(problem.head_dim, params.causal)?;
     let plan = Plan::new(params, &problem)?;
     let tables = DevicePlan::upload(dev, &plan)?;
     let sel = select::run(dev, params, &problem, &plan, &tables, bias)?;
@@ -172,28 +172,32 @@ pub fn forward_into_with_selection<T: CudaElement>(
         &plan,
         &tables,
         &sel,
-        &spec,
         (q, k, v),
         out,
         lse,
+        None,
     )?;
     Ok(sel)
 }
 
+/// The gather-and-attend launch over a selection. With `split = Some((splits, part))` each
+/// (block, head) runs as `splits` CTAs over slices of its list, writing unnormalised partials to
+/// `part` (see [`split_part_len`]), and the combine kernel writes out and lse.
 #[allow(clippy::too_many_arguments)]
-fn attend<T: CudaElement>(
+pub(crate) fn attend<T: CudaElement>(
     dev: &Device,
     params: &Params,
     problem: &Problem,
     plan: &Plan,
     tables: &DevicePlan,
     sel: &Selection,
-    spec: &KernelSpec,
     (q, k, v): (&CudaSlice<T>, &CudaSlice<T>, &CudaSlice<T>),
     out: &mut CudaSlice<T>,
     lse: &mut CudaSlice<f32>,
+    split: Option<(usize, &mut CudaSlice<f32>)>,
 ) -> Result<()> {
-    let f = dev.function(spec)?;
+    let spec = spec::<T>(problem.head_dim, params.causal)?;
+    let f = dev.function(&spec)?;
     let smem = smem_bytes(problem.head_dim);
     f.set_attribute(
         Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -211,11 +215,13 @@ fn attend<T: CudaElement>(
         plan.cap as i32,
     ];
     let scale_log2 = params.scale_for(problem.head_dim) * std::f32::consts::LOG2_E;
+    let splits = split.as_ref().map_or(1, |(n, _)| *n);
     let cfg = LaunchConfig {
-        grid_dim: (plan.num_blocks() as u32, h.q as u32, 1),
+        grid_dim: (plan.num_blocks() as u32, h.q as u32, splits as u32),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: smem as u32,
     };
+    let null = 0u64;
     let mut launch = dev.stream().launch_builder(&f);
     launch
         .arg(q)
@@ -226,15 +232,85 @@ fn attend<T: CudaElement>(
         .arg(&sel.cand)
         .arg(&sel.count)
         .arg(&sel.thr)
-        .arg(out)
-        .arg(lse);
+        .arg(&mut *out)
+        .arg(&mut *lse);
+    let part: Option<&CudaSlice<f32>> = split.map(|(_, p)| &*p);
+    match part {
+        Some(p) if p.len() < split_part_len(problem, splits) => {
+            return Err(DmaError::Cuda("split-K scratch too small".into()))
+        }
+        Some(p) => launch.arg(p),
+        None => launch.arg(&null),
+    };
     for x in &ints {
         launch.arg(x);
     }
     launch.arg(&scale_log2);
     // SAFETY: the arguments match the kernel's signature (kernels/forward.cu), the buffers were
-    // checked against the geometry, and the selection was made for this plan.
+    // checked against the geometry, and the selection was made for this plan. The null partial
+    // buffer is only read when gridDim.z > 1.
     unsafe { launch.launch(cfg) }.map_err(error::driver)?;
+    if let Some(part) = part {
+        combine::<T>(dev, problem, tables, part, splits, out, lse)?;
+    }
+    Ok(())
+}
+
+/// f32 elements of the split-K scratch: `splits` partial outputs plus their (m, l) pairs.
+pub(crate) fn split_part_len(problem: &Problem, splits: usize) -> usize {
+    splits * problem.total_q * problem.heads.q * (problem.head_dim + 2)
+}
+
+/// The split-K combine kernel for one element type and head dim.
+pub(crate) fn combine_spec<T: CudaElement>(head_dim: usize) -> Result<KernelSpec> {
+    let (d, _) = spec_args(head_dim, false)?;
+    Ok(KernelSpec::new(
+        SOURCE,
+        "DMA_COMBINE_KERNEL",
+        "dma_combine",
+        &[(T::SHORT, T::C_TYPE), d],
+    ))
+}
+
+fn combine<T: CudaElement>(
+    dev: &Device,
+    problem: &Problem,
+    tables: &DevicePlan,
+    part: &CudaSlice<f32>,
+    splits: usize,
+    out: &mut CudaSlice<T>,
+    lse: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let items = problem.total_q * problem.heads.q;
+    if items == 0 {
+        return Ok(());
+    }
+    let f = dev.function(&combine_spec::<T>(problem.head_dim)?)?;
+    let cfg = LaunchConfig {
+        grid_dim: (items.div_ceil(8) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let ints = [
+        problem.sequences.len() as i32,
+        problem.heads.q as i32,
+        problem.lse_head_stride as i32,
+        problem.total_q as i32,
+        splits as i32,
+    ];
+    let mut l = dev.stream().launch_builder(&f);
+    l.arg(part)
+        .arg(&tables.seqs)
+        .arg(&ints[0])
+        .arg(out)
+        .arg(lse)
+        .arg(&ints[1])
+        .arg(&ints[2])
+        .arg(&ints[3])
+        .arg(&ints[4]);
+    // SAFETY: the arguments match kernels/forward.cu's combine kernel; `part` holds the partials
+    // of `splits` CTAs per (row, head) written by the forward launch just before.
+    unsafe { l.launch(cfg) }.map_err(error::driver)?;
     Ok(())
 }
 

@@ -28,6 +28,7 @@
 
 mod backward;
 pub mod compile;
+mod decode;
 mod device;
 mod error;
 mod forward;
@@ -36,6 +37,7 @@ mod plan;
 mod select;
 
 pub use backward::{backward, backward_host, backward_into, BackwardInputs, DeviceGradients};
+pub use decode::{decode_host, decode_into, DECODE_MAX_Q};
 pub use device::{Arch, Device};
 pub use forward::{
     forward, forward_host, forward_into, forward_into_with_selection, select, CudaElement,
@@ -64,6 +66,19 @@ pub fn all_kernels() -> Vec<compile::KernelSpec> {
             {
                 specs.push(spec);
             }
+        }
+    }
+    specs.extend(decode::specs(false));
+    specs.extend(decode::specs(true));
+    for &d in HEAD_DIMS {
+        for spec in [
+            forward::combine_spec::<half::bf16>(d),
+            forward::combine_spec::<half::f16>(d),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            specs.push(spec);
         }
     }
     specs.push(backward::convert_spec::<half::bf16>());

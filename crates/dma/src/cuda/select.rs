@@ -128,6 +128,24 @@ fn made_for(params: &Params, problem: &Problem, plan: &Plan) -> (usize, bool, us
     )
 }
 
+/// The selection buffers of a plan (filled by the kernels).
+pub(crate) fn alloc_selection(
+    dev: &Device,
+    params: &Params,
+    problem: &Problem,
+    plan: &Plan,
+) -> Result<Selection> {
+    let hb = problem.heads.bias;
+    let lists = plan.num_lists();
+    Ok(Selection {
+        cand: alloc(dev, "candidate lists", lists * hb * plan.cap)?,
+        count: alloc(dev, "candidate counts", lists * hb)?,
+        thr: alloc(dev, "row thresholds", hb * problem.total_q)?,
+        cap: plan.cap,
+        made_for: made_for(params, problem, plan),
+    })
+}
+
 /// Runs the selection kernel. `bias` must be finite (checked by the host entry points).
 pub(crate) fn run(
     dev: &Device,
@@ -137,17 +155,45 @@ pub(crate) fn run(
     tables: &DevicePlan,
     bias: &CudaSlice<f32>,
 ) -> Result<Selection> {
+    let mut sel = alloc_selection(dev, params, problem, plan)?;
+    // Anchors first, then the lists that read their anchor's list (stream order).
+    launch_lists(dev, params, problem, plan, tables, bias, &mut sel, false)?;
+    launch_lists(dev, params, problem, plan, tables, bias, &mut sel, true)?;
+    Ok(sel)
+}
+
+/// The lists after their anchors (the anchors' lists must be complete, earlier in the stream).
+pub(crate) fn launch_dependents(
+    dev: &Device,
+    params: &Params,
+    problem: &Problem,
+    plan: &Plan,
+    tables: &DevicePlan,
+    bias: &CudaSlice<f32>,
+    sel: &mut Selection,
+) -> Result<()> {
+    launch_lists(dev, params, problem, plan, tables, bias, sel, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_lists(
+    dev: &Device,
+    params: &Params,
+    problem: &Problem,
+    plan: &Plan,
+    tables: &DevicePlan,
+    bias: &CudaSlice<f32>,
+    sel: &mut Selection,
+    from_anchor: bool,
+) -> Result<()> {
     let hb = problem.heads.bias;
-    let lists = plan.num_lists();
-    let mut sel = Selection {
-        cand: alloc(dev, "candidate lists", lists * hb * plan.cap)?,
-        count: alloc(dev, "candidate counts", lists * hb)?,
-        thr: alloc(dev, "row thresholds", hb * problem.total_q)?,
-        cap: plan.cap,
-        made_for: made_for(params, problem, plan),
+    let (ids, count) = if from_anchor {
+        (&tables.dependents, plan.dependents.len())
+    } else {
+        (&tables.anchors, plan.anchors.len())
     };
-    if lists == 0 {
-        return Ok(sel);
+    if count == 0 {
+        return Ok(());
     }
     let (cap, heads, stride, total_q) = (
         plan.cap as i32,
@@ -155,37 +201,28 @@ pub(crate) fn run(
         problem.bias_head_stride as i32,
         problem.total_q as i32,
     );
-    // Anchors first, then the lists that read their anchor's list (stream order).
-    for (ids, count, from_anchor) in [
-        (&tables.anchors, plan.anchors.len(), false),
-        (&tables.dependents, plan.dependents.len(), true),
-    ] {
-        if count == 0 {
-            continue;
-        }
-        let f = dev.function(&spec(params.causal, from_anchor))?;
-        let cfg = LaunchConfig {
-            grid_dim: (count as u32, hb as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut launch = dev.stream().launch_builder(&f);
-        launch
-            .arg(bias)
-            .arg(&tables.seqs)
-            .arg(&tables.lists)
-            .arg(ids)
-            .arg(&plan.window)
-            .arg(&cap)
-            .arg(&heads)
-            .arg(&stride)
-            .arg(&total_q)
-            .arg(&mut sel.cand)
-            .arg(&mut sel.count)
-            .arg(&mut sel.thr);
-        // SAFETY: the arguments match the kernel's signature (kernels/select.cu) and every
-        // buffer holds what the plan's geometry indexes.
-        unsafe { launch.launch(cfg) }.map_err(error::driver)?;
-    }
-    Ok(sel)
+    let f = dev.function(&spec(params.causal, from_anchor))?;
+    let cfg = LaunchConfig {
+        grid_dim: (count as u32, hb as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = dev.stream().launch_builder(&f);
+    launch
+        .arg(bias)
+        .arg(&tables.seqs)
+        .arg(&tables.lists)
+        .arg(ids)
+        .arg(&plan.window)
+        .arg(&cap)
+        .arg(&heads)
+        .arg(&stride)
+        .arg(&total_q)
+        .arg(&mut sel.cand)
+        .arg(&mut sel.count)
+        .arg(&mut sel.thr);
+    // SAFETY: the arguments match the kernel's signature (kernels/select.cu) and every
+    // buffer holds what the plan's geometry indexes.
+    unsafe { launch.launch(cfg) }.map_err(error::driver)?;
+    Ok(())
 }

@@ -24,8 +24,9 @@ __device__ __forceinline__ void forward_body(
     const SeqInfo* __restrict__ seqs,
     const int4* __restrict__ blocks, const u64* __restrict__ cand,
     const u32* __restrict__ cand_count, const u64* __restrict__ thr, T* __restrict__ out,
-    float* __restrict__ lse, int q_heads, int kv_heads, int bias_heads, int bias_head_stride,
-    int lse_head_stride, int total_q, int cap, float scale_log2) {
+    float* __restrict__ lse, float* __restrict__ part, int q_heads, int kv_heads,
+    int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,
+    float scale_log2) {
     typedef FwdSmem<T, D> L;
     constexpr float LOG2E = 1.4426950408889634f;
     constexpr float LN2 = 0.6931471805599453f;
@@ -50,6 +51,9 @@ __device__ __forceinline__ void forward_body(
     const int offset = s.nk - s.nq;
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
     const int tiles = (count + FWD_BN - 1) / FWD_BN;
+    // Split-K (gridDim.z > 1, decode): this CTA runs tiles [t0, t1) and writes a partial result.
+    const int per = (tiles + gridDim.z - 1) / gridDim.z;
+    const int t0 = min((int)blockIdx.z * per, tiles), t1 = min(t0 + per, tiles);
 
     // Q tile (rows past the block's end are zero).
     for (int c = tid; c < DMA_BLOCK_M * CHUNKS; c += FWD_THREADS) {
@@ -84,13 +88,13 @@ __device__ __forceinline__ void forward_body(
     auto decode_bias = [&](int t) {
         if (tid < FWD_BN) sB[(t & 1) * FWD_BN + tid] = rank_bias(sC[(t % 3) * FWD_BN + tid]) * LOG2E;
     };
-    if (tiles > 0) load_ranks(0);
+    if (t0 < t1) load_ranks(t0);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
-    if (tiles > 0) decode_bias(0);
-    if (tiles > 0) load_kv(0);
-    if (tiles > 1) load_ranks(1);
+    if (t0 < t1) decode_bias(t0);
+    if (t0 < t1) load_kv(t0);
+    if (t0 + 1 < t1) load_ranks(t0 + 1);
     cp_async_commit();
 
     // Q fragments (A operand) for the warp's 16 rows.
@@ -116,15 +120,15 @@ __device__ __forceinline__ void forward_body(
     for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float m[2] = {-DMA_INF, -DMA_INF}, l[2] = {0.f, 0.f};
 
-    for (int t = 0; t < tiles; ++t) {
+    for (int t = t0; t < t1; ++t) {
         const int stage = t & 1;
         cp_async_wait<0>();  // K/V of tile t and the ranks of tile t + 1 have landed
         __syncthreads();     // ... for every thread, and tile t - 1 is done with its buffers
-        if (t + 1 < tiles) {
+        if (t + 1 < t1) {
             load_kv(t + 1);
             decode_bias(t + 1);
         }
-        if (t + 2 < tiles) load_ranks(t + 2);
+        if (t + 2 < t1) load_ranks(t + 2);
         cp_async_commit();
         const u64* ranks = sC + (t % 3) * FWD_BN;
         const float* biases = sB + (t & 1) * FWD_BN;
@@ -214,6 +218,25 @@ __device__ __forceinline__ void forward_body(
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
     }
+    if (gridDim.z > 1) {
+        // Partial: unnormalised o (f32) at part[z][row][h][D], then (m, l) (log2 domain) at
+        // part[splits * total_q * q_heads * D + ((z * total_q + row) * q_heads + h) * 2].
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            if (row[r] >= B.z) continue;
+            const i64 qr = (i64)blockIdx.z * total_q + s.q_start + row[r];
+            float* dst = part + (qr * q_heads + h) * D + 2 * tq;
+#pragma unroll
+            for (int i = 0; i < D / 8; ++i)
+                *reinterpret_cast<float2*>(dst + i * 8) = make_float2(o[i][2 * r], o[i][2 * r + 1]);
+            if (tq == 0) {
+                float* ml = part + (i64)gridDim.z * total_q * q_heads * D + (qr * q_heads + h) * 2;
+                ml[0] = m[r];
+                ml[1] = l[r];
+            }
+        }
+        return;
+    }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         if (row[r] >= B.z) continue;
@@ -232,9 +255,60 @@ __device__ __forceinline__ void forward_body(
     extern "C" __global__ void __launch_bounds__(FWD_THREADS)                                    \
         NAME(const T* q, const T* k, const T* v, const SeqInfo* seqs,                            \
              const int4* blocks, const u64* cand, const u32* cand_count, const u64* thr, T* out, \
-             float* lse, int q_heads, int kv_heads, int bias_heads, int bias_head_stride,         \
-             int lse_head_stride, int total_q, int cap, float scale_log2) {                       \
-        forward_body<T, D, CAUSAL>(q, k, v, seqs, blocks, cand, cand_count, thr, out, lse,  \
+             float* lse, float* part, int q_heads, int kv_heads, int bias_heads,                 \
+             int bias_head_stride, int lse_head_stride, int total_q, int cap, float scale_log2) { \
+        forward_body<T, D, CAUSAL>(q, k, v, seqs, blocks, cand, cand_count, thr, out, lse, part, \
                                    q_heads, kv_heads, bias_heads, bias_head_stride,               \
                                    lse_head_stride, total_q, cap, scale_log2);                    \
+    }
+
+// Split-K combine: one warp per (query row, query head) of `rows` = total_q * q_heads; out and lse
+// from the `splits` partials of forward_body (the same row may hold no keys: out 0, lse -inf).
+template <typename T, int D>
+__device__ __forceinline__ void combine_body(const float* __restrict__ part,
+                                             const SeqInfo* __restrict__ seqs, int num_seqs,
+                                             T* __restrict__ out, float* __restrict__ lse,
+                                             int q_heads, int lse_head_stride, int total_q,
+                                             int splits) {
+    constexpr float LN2 = 0.6931471805599453f;
+    const int lane = threadIdx.x & 31;
+    const i64 item = (i64)blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+    if (item >= (i64)total_q * q_heads) return;
+    const int qrow = (int)(item / q_heads), h = (int)(item % q_heads);
+    const float* ml = part + (i64)splits * total_q * q_heads * D;
+    float mx = -DMA_INF;
+    for (int z = 0; z < splits; ++z) mx = fmaxf(mx, ml[(((i64)z * total_q + qrow) * q_heads + h) * 2]);
+    const float use = mx == -DMA_INF ? 0.f : mx;
+    float l = 0.f;
+    float acc[D / 32];
+#pragma unroll
+    for (int i = 0; i < D / 32; ++i) acc[i] = 0.f;
+    for (int z = 0; z < splits; ++z) {
+        const i64 at = ((i64)z * total_q + qrow) * q_heads + h;
+        const float w = fast_exp2(ml[at * 2] - use);
+        l += ml[at * 2 + 1] * w;
+#pragma unroll
+        for (int i = 0; i < D / 32; ++i) acc[i] += part[at * D + i * 32 + lane] * w;
+    }
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    T* dst = out + item * D;
+#pragma unroll
+    for (int i = 0; i < D / 32; ++i) dst[i * 32 + lane] = (T)(acc[i] * inv);
+    if (lane == 0) {
+        // The lse row of qrow: find its sequence (few sequences in a decode batch).
+        int si = 0;
+        while (si + 1 < num_seqs && !(qrow >= seqs[si].q_start && qrow < seqs[si].q_start + seqs[si].nq))
+            ++si;
+        const SeqInfo s = seqs[si];
+        lse[s.lse_offset + (i64)h * lse_head_stride + (qrow - s.q_start)] =
+            l > 0.f ? (mx + __log2f(l)) * LN2 : -DMA_INF;
+    }
+}
+
+#define DMA_COMBINE_KERNEL(NAME, T, D)                                                            \
+    extern "C" __global__ void NAME(const float* part, const SeqInfo* seqs, int num_seqs, T* out, \
+                                    float* lse, int q_heads, int lse_head_stride, int total_q,   \
+                                    int splits) {                                                 \
+        combine_body<T, D>(part, seqs, num_seqs, out, lse, q_heads, lse_head_stride, total_q,     \
+                           splits);                                                               \
     }

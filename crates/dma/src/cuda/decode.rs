@@ -1,0 +1,321 @@
+//! Decoding (few queries per sequence, long cache): the top-w selection over the cached biases
+//! runs over many CTAs (kernels/decode_select.cu), then the forward kernel reads only the kept K/V
+//! rows, each (sequence, query head) split over several CTAs whose partials are combined
+//! (split-K). Cost is nearly flat in the context length: the bias (4 bytes a key) is the only
+//! thing read for every key.
+
+use super::compile::KernelSpec;
+use super::device::Device;
+use super::error;
+use super::forward::{self, CudaElement};
+use super::plan::{Plan, BLOCK_M, BLOCK_N};
+use super::select::{self, DevicePlan, Selection};
+use crate::{cpu, DmaError, Params, Problem, Result, Shape};
+use cudarc::driver::sys::CUdevice_attribute_enum as DevAttr;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+const SOURCE: &str = include_str!("kernels/decode_select.cu");
+/// Keys per CTA of the decode selection (`DSEL_CHUNK`).
+const CHUNK: usize = 4096;
+const THREADS: u32 = 256;
+/// u64 words of one slot's `DecodeState`.
+const STATE_WORDS: usize = 5;
+
+/// The most query rows a sequence may have for the decode path; longer ones take the general
+/// forward (same result).
+pub const DECODE_MAX_Q: usize = BLOCK_M;
+
+/// The three decode-selection kernels (histogram pass, digit pick, gather) for a masking.
+pub(crate) fn specs(causal: bool) -> [KernelSpec; 3] {
+    let c = if causal {
+        ("causal", "true")
+    } else {
+        ("full", "false")
+    };
+    [
+        KernelSpec::new(SOURCE, "DMA_DECODE_HIST_KERNEL", "dma_decode_hist", &[c]),
+        KernelSpec::new(SOURCE, "DMA_DECODE_PICK_KERNEL", "dma_decode_pick", &[c]),
+        KernelSpec::new(
+            SOURCE,
+            "DMA_DECODE_GATHER_KERNEL",
+            "dma_decode_gather",
+            &[c],
+        ),
+    ]
+}
+
+/// The tables of a decode call: per sequence, causal: an anchor list (the w best keys before the
+/// first query, rows [0, 0)) and the real list after it (rows [0, nq)); not causal: one list.
+/// `Plan` is reused, so the forward and select.cu's dependent kernel read it unchanged.
+struct DecodePlan {
+    plan: Plan,
+    /// The lists the decode selection fills (anchors when causal), one per sequence.
+    targets: Vec<i32>,
+    /// The largest number of keys before a sequence's first query.
+    max_before: usize,
+}
+
+fn decode_plan(params: &Params, problem: &Problem) -> Result<DecodePlan> {
+    let mut plan = Plan::new(params, problem)?;
+    let int = |x: usize| i32::try_from(x).map_err(|_| DmaError::TooLong(x));
+    let (mut lists, mut blocks, mut targets, mut dependents) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut max_before = 0;
+    for (i, s) in problem.sequences.iter().enumerate() {
+        let before = if params.causal {
+            s.nk.saturating_sub(s.nq)
+        } else {
+            s.nk
+        };
+        max_before = max_before.max(before);
+        let first = int(lists.len() / 4)?;
+        targets.push(first);
+        if params.causal {
+            lists.extend([int(i)?, 0, 0, -1]);
+            dependents.push(first + 1);
+            lists.extend([int(i)?, 0, int(s.nq)?, first]);
+        } else {
+            lists.extend([int(i)?, 0, int(s.nq)?, -1]);
+        }
+        if s.nq > 0 {
+            blocks.extend([int(i)?, 0, int(s.nq)?, *dependents.last().unwrap_or(&first)]);
+        }
+    }
+    plan.lists = lists;
+    plan.blocks = blocks;
+    plan.anchors = targets.clone();
+    plan.dependents = dependents;
+    Ok(DecodePlan {
+        plan,
+        targets,
+        max_before,
+    })
+}
+
+/// DMA forward for decoding on device buffers, into caller-provided out and lse: the same result
+/// as [`forward_into`](super::forward_into), faster when every sequence has few queries
+/// (at most [`DECODE_MAX_Q`]; otherwise it runs the general forward).
+#[allow(clippy::too_many_arguments)]
+pub fn decode_into<T: CudaElement>(
+    dev: &Device,
+    params: &Params,
+    shape: &Shape,
+    q: &CudaSlice<T>,
+    k: &CudaSlice<T>,
+    v: &CudaSlice<T>,
+    bias: &CudaSlice<f32>,
+    out: &mut CudaSlice<T>,
+    lse: &mut CudaSlice<f32>,
+) -> Result<()> {
+    params.validate()?;
+    let problem = shape.problem()?;
+    if problem.sequences.iter().any(|s| s.nq > DECODE_MAX_Q) {
+        return super::forward_into(dev, params, shape, q, k, v, bias, out, lse);
+    }
+    problem.check_rows("q", "q", q.len())?;
+    problem.check_rows("k", "k", k.len())?;
+    problem.check_rows("v", "k", v.len())?;
+    problem.check_len("bias", problem.bias_len(), bias.len())?;
+    problem.check_rows("out", "q", out.len())?;
+    problem.check_len("lse", problem.lse_len(), lse.len())?;
+    forward::spec::<T>(problem.head_dim, params.causal)?;
+    let dp = decode_plan(params, &problem)?;
+    if dp.plan.num_blocks() == 0 {
+        return Ok(());
+    }
+    let tables = DevicePlan::upload(dev, &dp.plan)?;
+    let sel = select_decode(dev, params, &problem, &dp, &tables, bias)?;
+    let splits = splits_for(dev, &dp.plan, &problem)?;
+    if splits <= 1 {
+        return forward::attend(
+            dev,
+            params,
+            &problem,
+            &dp.plan,
+            &tables,
+            &sel,
+            (q, k, v),
+            out,
+            lse,
+            None,
+        );
+    }
+    let n = forward::split_part_len(&problem, splits);
+    // SAFETY: the forward writes every partial the combine reads (each split, row and head).
+    let mut part =
+        unsafe { dev.stream().alloc::<f32>(n) }.map_err(error::alloc("split-K partials", n * 4))?;
+    forward::attend(
+        dev,
+        params,
+        &problem,
+        &dp.plan,
+        &tables,
+        &sel,
+        (q, k, v),
+        out,
+        lse,
+        Some((splits, &mut part)),
+    )
+}
+
+/// CTAs per (sequence, query head): enough for two per SM, at most one per tile of the list.
+fn splits_for(dev: &Device, plan: &Plan, problem: &Problem) -> Result<usize> {
+    let sms = dev
+        .context()
+        .attribute(DevAttr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(error::driver)?
+        .max(1) as usize;
+    let ctas = plan.num_blocks() * problem.heads.q;
+    let tiles = plan.cap / BLOCK_N;
+    Ok((2 * sms).div_ceil(ctas.max(1)).clamp(1, tiles.max(1)))
+}
+
+/// The decode selection: the radix passes over all cached keys, the gather, and (causal) the
+/// dependent lists of select.cu.
+fn select_decode(
+    dev: &Device,
+    params: &Params,
+    problem: &Problem,
+    dp: &DecodePlan,
+    tables: &DevicePlan,
+    bias: &CudaSlice<f32>,
+) -> Result<Selection> {
+    let plan = &dp.plan;
+    let hb = problem.heads.bias;
+    let mut sel = select::alloc_selection(dev, params, problem, plan)?;
+    let s = dev.stream();
+    let slots = dp.targets.len() * hb;
+    let ids = s
+        .clone_htod(&dp.targets)
+        .map_err(error::alloc("decode list ids", dp.targets.len() * 4))?;
+    let mut state = s
+        .alloc_zeros::<u64>(slots * STATE_WORDS)
+        .map_err(error::alloc(
+            "decode selection state",
+            slots * STATE_WORDS * 8,
+        ))?;
+    let mut hist = s
+        .alloc_zeros::<u32>(slots * 256)
+        .map_err(error::alloc("decode histograms", slots * 1024))?;
+    let [hist_k, pick_k, gather_k] = specs(params.causal).map(|sp| dev.function(&sp));
+    let (hist_k, pick_k, gather_k) = (hist_k?, pick_k?, gather_k?);
+    let chunks = dp.max_before.div_ceil(CHUNK).max(1) as u32;
+    let n_ids = dp.targets.len() as u32;
+    let (window, cap, heads, stride, total_q) = (
+        plan.window,
+        plan.cap as i32,
+        hb as i32,
+        problem.bias_head_stride as i32,
+        problem.total_q as i32,
+    );
+    // The digits of a rank: 4 of the bias, then those of the index that can be non-zero.
+    let max_nk = problem.sequences.iter().map(|s| s.nk).max().unwrap_or(0);
+    let index_bits = usize::BITS - max_nk.saturating_sub(1).max(1).leading_zeros();
+    let low = index_bits.div_ceil(8) as i32;
+    let shifts: Vec<i32> = [56, 48, 40, 32]
+        .into_iter()
+        .chain((0..low).rev().map(|d| 8 * d))
+        .collect();
+    if dp.max_before > window as usize {
+        for (pass, &shift) in shifts.iter().enumerate() {
+            let cfg = LaunchConfig {
+                grid_dim: (chunks, n_ids, hb as u32),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut l = s.launch_builder(&hist_k);
+            l.arg(bias)
+                .arg(&tables.seqs)
+                .arg(&tables.lists)
+                .arg(&ids)
+                .arg(&window)
+                .arg(&heads)
+                .arg(&stride)
+                .arg(&state)
+                .arg(&mut hist)
+                .arg(&shift);
+            // SAFETY: matches kernels/decode_select.cu's histogram kernel; every slot's state
+            // and histogram lie in the buffers sized above.
+            unsafe { l.launch(cfg) }.map_err(error::driver)?;
+            let (first, last) = (i32::from(pass == 0), i32::from(pass + 1 == shifts.len()));
+            let cfg = LaunchConfig {
+                grid_dim: (n_ids, hb as u32, 1),
+                block_dim: (32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut l = s.launch_builder(&pick_k);
+            l.arg(&tables.seqs)
+                .arg(&tables.lists)
+                .arg(&ids)
+                .arg(&window)
+                .arg(&heads)
+                .arg(&mut state)
+                .arg(&mut hist)
+                .arg(&shift)
+                .arg(&first)
+                .arg(&last);
+            // SAFETY: matches the pick kernel; one warp per slot.
+            unsafe { l.launch(cfg) }.map_err(error::driver)?;
+        }
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (chunks, n_ids, hb as u32),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut l = s.launch_builder(&gather_k);
+    l.arg(bias)
+        .arg(&tables.seqs)
+        .arg(&tables.lists)
+        .arg(&ids)
+        .arg(&window)
+        .arg(&cap)
+        .arg(&heads)
+        .arg(&stride)
+        .arg(&total_q)
+        .arg(&mut state)
+        .arg(&mut sel.cand)
+        .arg(&mut sel.count)
+        .arg(&mut sel.thr);
+    // SAFETY: matches the gather kernel; each slot writes at most min(P, w) <= cap keys into its
+    // own list (tau is the w-th best rank, ranks are distinct).
+    unsafe { l.launch(cfg) }.map_err(error::driver)?;
+    if params.causal {
+        select::launch_dependents(dev, params, problem, plan, tables, bias, &mut sel)?;
+    }
+    Ok(sel)
+}
+
+/// Decoding from host slices, like [`forward_host`](super::forward_host): uploads, runs
+/// [`decode_into`] on outputs poisoned with NaN, and copies out and lse back.
+pub fn decode_host<T: CudaElement>(
+    dev: &Device,
+    params: &Params,
+    shape: &Shape,
+    inputs: &cpu::Inputs<'_, T>,
+) -> Result<cpu::Forward<T>> {
+    params.validate()?;
+    let problem = shape.problem()?;
+    problem.check_rows("q", "q", inputs.q.len())?;
+    problem.check_rows("k", "k", inputs.k.len())?;
+    problem.check_rows("v", "k", inputs.v.len())?;
+    problem.check_bias(inputs.bias)?;
+    let s = dev.stream();
+    let up = |x: &[T], what| {
+        s.clone_htod(x)
+            .map_err(error::alloc(what, std::mem::size_of_val(x)))
+    };
+    let (q, k, v) = (up(inputs.q, "q")?, up(inputs.k, "k")?, up(inputs.v, "v")?);
+    let bias = s
+        .clone_htod(inputs.bias)
+        .map_err(error::alloc("bias", inputs.bias.len() * 4))?;
+    let mut out = up(&vec![T::from_f32(f32::NAN); inputs.q.len()], "out")?;
+    let mut lse = s
+        .clone_htod(&vec![f32::NAN; problem.lse_len()])
+        .map_err(error::alloc("lse", problem.lse_len() * 4))?;
+    decode_into(dev, params, shape, &q, &k, &v, &bias, &mut out, &mut lse)?;
+    Ok(cpu::Forward {
+        out: s.clone_dtoh(&out).map_err(error::driver)?,
+        lse: s.clone_dtoh(&lse).map_err(error::driver)?,
+    })
+}
