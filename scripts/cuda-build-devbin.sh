@@ -15,3 +15,8 @@ mkdir -p .devbin
 cp "$bin" .devbin/dma-cuda-tests
 strip .devbin/dma-cuda-tests
 ls -la .devbin/dma-cuda-tests
+# The `dma` CLI with the cuda device (`dma selftest --device cuda`, `dma op --device cuda`).
+cargo build -p dma-cli --features cuda --release 2>/dev/null
+cp "$CARGO_TARGET_DIR/release/dma" .devbin/dma
+strip .devbin/dma
+ls -la .devbin/dma

@@ -1,9 +1,11 @@
-//! The `dma` command: Dynamic Mask Attention on safetensors files (`dma op`) and a CPU scaling
-//! benchmark (`dma bench`).
+//! The `dma` command: Dynamic Mask Attention on safetensors files (`dma op`), a CPU scaling
+//! benchmark (`dma bench`), and (feature `cuda`) the GPU against the CPU (`dma selftest`).
 
 mod bench;
+mod gpu;
 mod layout;
 mod op;
+mod selftest;
 mod tensors;
 
 use anyhow::{bail, Result};
@@ -28,10 +30,13 @@ enum Command {
     Op(OpArgs),
     /// Time the operator on random inputs at several lengths and show how it scales.
     Bench(BenchArgs),
+    /// Check a device's kernels against the CPU backend (forward, backward, decode) on fresh
+    /// random inputs; prints a table and PASS or FAIL (exit code 1 on failure).
+    Selftest(SelftestArgs),
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Device {
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub enum Device {
     Cpu,
     Cuda,
 }
@@ -40,9 +45,30 @@ impl Device {
     fn require_cpu(self) -> Result<()> {
         match self {
             Device::Cpu => Ok(()),
+            Device::Cuda if gpu::BUILT => bail!("this command runs on the cpu device only"),
             Device::Cuda => bail!("the cuda device is not built in this binary (only cpu is)"),
         }
     }
+
+    /// The CPU, or the GPU when this binary has it (feature `cuda`).
+    fn require_built(self) -> Result<()> {
+        match self {
+            Device::Cuda if !gpu::BUILT => {
+                bail!("the cuda device is not built in this binary (only cpu is)")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Args)]
+struct SelftestArgs {
+    /// The device to check against the CPU backend.
+    #[arg(long, value_enum, default_value_t = Device::Cuda)]
+    device: Device,
+    /// Random seed (default: from the clock; printed).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Args)]
@@ -94,12 +120,12 @@ struct BenchArgs {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Op(a) => {
-            a.device.require_cpu()?;
+            a.device.require_built()?;
             let mut params = dma::Params::new(a.window).causal(!a.no_causal);
             if let Some(s) = a.scale {
                 params = params.scale(s);
             }
-            op::run(&params, &a.input, &a.output)
+            op::run(a.device, &params, &a.input, &a.output)
         }
         Command::Bench(a) => {
             a.device.require_cpu()?;
@@ -111,6 +137,13 @@ fn run(cli: Cli) -> Result<()> {
                 reps: a.reps,
                 backward: a.backward,
             })
+        }
+        Command::Selftest(a) => {
+            a.device.require_built()?;
+            if a.device == Device::Cpu {
+                bail!("selftest checks a device against the cpu backend: use --device cuda");
+            }
+            selftest::run(a.seed)
         }
     }
 }

@@ -302,6 +302,7 @@ fn window_zero() {
 }
 
 #[test]
+#[cfg(not(feature = "cuda"))]
 fn cuda_device_is_not_built() {
     let input = dense_input("cuda.safetensors", |_| {});
     let e = op_error(path_str(&input), &["--window", "2", "--device", "cuda"]);
