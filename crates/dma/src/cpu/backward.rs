@@ -3,7 +3,7 @@
 //! dbias into tile-sized partials. Partials are added into the full gradients in block order,
 //! wave by wave, so the result is deterministic and no thread writes another's memory.
 
-use super::forward::KeyTile;
+use super::forward::{load_scaled, KeyTile};
 use super::tasks::{blocks, split_rows, Block};
 use super::{axpy, dot, load_row, prepare, Gradients, Inputs};
 use crate::selection::KeySelection;
@@ -12,6 +12,11 @@ use rayon::prelude::*;
 
 /// Computes the gradients of q, k, v and bias on the CPU, given the forward's `out` and `lse`
 /// and the gradient `dout` of the output (same layout as q).
+///
+/// `Delta_i = <dout_i, out_i>` (SPEC.md) is computed here as the equal sum
+/// `sum_j P_ij <dout_i, v_j>` in f32, from the same values as dS, so that `out` rounded to bf16
+/// or f16 adds no cancellation error; `out` is checked for its shape and kept in the signature
+/// so every backend (FlashAttention-style GPU kernels read Delta from it) takes the same inputs.
 ///
 /// The selection is a step function of the bias and gets no gradient (SPEC.md, "Gradients").
 pub fn backward<T: Element>(
@@ -31,7 +36,6 @@ pub fn backward<T: Element>(
         inputs,
         lse,
         dout,
-        delta: row_deltas(&problem, out, dout),
         selections: &selections,
         scale: params.scale_for(problem.head_dim),
     };
@@ -69,15 +73,6 @@ pub fn backward<T: Element>(
         dv: to_t(sums.dv),
         dbias: sums.dbias,
     })
-}
-
-/// `Delta = <dout_i, out_i>` for every query row and head, as `[total_q, Hq]`.
-fn row_deltas<T: Element>(problem: &Problem, out: &[T], dout: &[T]) -> Vec<f32> {
-    let d = problem.head_dim;
-    out.par_chunks(d)
-        .zip(dout.par_chunks(d))
-        .map(|(o, g)| o.iter().zip(g).map(|(x, y)| x.to_f32() * y.to_f32()).sum())
-        .collect()
 }
 
 /// dk, dv and dbias accumulated in f32.
@@ -119,20 +114,11 @@ struct Kernel<'a, T> {
     inputs: &'a Inputs<'a, T>,
     lse: &'a [f32],
     dout: &'a [T],
-    delta: Vec<f32>,
     selections: &'a [KeySelection],
     scale: f32,
 }
 
 impl<'s, T: Element> Kernel<'s, T> {
-    /// `(lse, Delta)` of query row `r` of sequence `seq` at head `h`.
-    fn row_stats(&self, seq: usize, h: usize, r: usize) -> (f32, f32) {
-        let p = self.problem;
-        let s = &p.sequences[seq];
-        let lse = self.lse[p.lse_index(s, h, r)];
-        (lse, self.delta[(s.q_start + r) * p.heads.q + h])
-    }
-
     /// One block of query rows, all heads: writes dq, returns the key-side partials.
     fn block(&self, b: &Block, dq: &mut [T]) -> Vec<Partial<'s>> {
         let p = self.problem;
@@ -141,6 +127,8 @@ impl<'s, T: Element> Kernel<'s, T> {
         let mut tile = KeyTile::default();
         let mut partials: Vec<Partial<'s>> = Vec::new();
         let (mut q, mut g, mut acc) = (vec![0.0f32; d], vec![0.0f32; d], vec![0.0f32; d]);
+        // (candidate, P_ij, dP_ij) of the keys one row keeps.
+        let mut kept: Vec<(usize, f32, f32)> = Vec::new();
         for h in 0..p.heads.q {
             let (hb, hk) = (p.bias_head(h), p.kv_head(h));
             let sel = &self.selections[b.seq * p.heads.bias + hb];
@@ -162,25 +150,33 @@ impl<'s, T: Element> Kernel<'s, T> {
             }
             let part = partials.last_mut().expect("pushed above");
             for (i, r) in b.rows.clone().enumerate() {
-                let (lse, delta) = self.row_stats(b.seq, h, r);
+                let lse = self.lse[p.lse_index(seq, h, r)];
                 let at = (seq.q_start + r) * p.heads.q * d + h * d;
-                load_row(&self.inputs.q[at..at + d], &mut q);
+                load_scaled(&self.inputs.q[at..at + d], self.scale, &mut q);
                 load_row(&self.dout[at..at + d], &mut g);
                 acc.fill(0.0);
+                kept.clear();
+                // Delta = sum_j P_ij dP_ij, which equals <dout_i, out_i> but is taken from the
+                // same f32 P and dP as dS: no cancellation error from an out rounded to T.
+                let mut delta = 0.0f32;
                 if lse.is_finite() {
                     let pos = seq.query_offset() + r as i64;
                     for (c, &j) in keys.iter().enumerate() {
-                        if !sel.keeps(pos, j as usize) {
-                            continue;
+                        if sel.keeps(pos, j as usize) {
+                            let prob = (tile.score(&q, c) - lse).exp();
+                            let dp = dot(&g, &tile.v[c * d..(c + 1) * d]);
+                            delta += prob * dp;
+                            kept.push((c, prob, dp));
                         }
-                        let (k, v) = (&tile.k[c * d..(c + 1) * d], &tile.v[c * d..(c + 1) * d]);
-                        let prob = (self.scale * dot(&q, k) + tile.bias[c] - lse).exp();
-                        let ds = prob * (dot(&g, v) - delta);
-                        axpy(ds, k, &mut acc);
-                        axpy(self.scale * ds, &q, &mut part.dk[c * d..(c + 1) * d]);
-                        axpy(prob, &g, &mut part.dv[c * d..(c + 1) * d]);
-                        part.dbias[c] += ds;
                     }
+                }
+                for &(c, prob, dp) in &kept {
+                    let ds = prob * (dp - delta);
+                    axpy(ds, &tile.k[c * d..(c + 1) * d], &mut acc);
+                    // scale * dS * q, with q already scaled.
+                    axpy(ds, &q, &mut part.dk[c * d..(c + 1) * d]);
+                    axpy(prob, &g, &mut part.dv[c * d..(c + 1) * d]);
+                    part.dbias[c] += ds;
                 }
                 let o = &mut dq[i * p.heads.q * d + h * d..][..d];
                 for (oi, ai) in o.iter_mut().zip(&acc) {

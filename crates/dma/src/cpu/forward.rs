@@ -90,6 +90,24 @@ impl KeyTile {
     }
 }
 
+impl KeyTile {
+    /// Score `scale * <q, k_c> + bias_c` of candidate `c` for a query already multiplied by the
+    /// scale. Forward and backward both score through here, so that the backward's
+    /// probabilities are bit for bit those whose log-sum-exp the forward returned.
+    #[inline]
+    pub fn score(&self, scaled_q: &[f32], c: usize) -> f32 {
+        let d = scaled_q.len();
+        dot(scaled_q, &self.k[c * d..(c + 1) * d]) + self.bias[c]
+    }
+}
+
+/// Converts one query row to f32 and multiplies it by the softmax scale.
+#[inline]
+pub(super) fn load_scaled<T: Element>(src: &[T], scale: f32, dst: &mut [f32]) {
+    load_row(src, dst);
+    dst.iter_mut().for_each(|x| *x *= scale);
+}
+
 impl<T: Element> Kernel<'_, T> {
     /// One block of query rows, all heads; writes `out` rows and returns lse as `[Hq][rows]`.
     fn block(&self, b: &Block, out: &mut [T]) -> Vec<f32> {
@@ -108,14 +126,13 @@ impl<T: Element> Kernel<'_, T> {
             for (i, r) in b.rows.clone().enumerate() {
                 let pos = seq.query_offset() + r as i64;
                 let at = (seq.q_start + r) * p.heads.q * d + h * d;
-                load_row(&self.inputs.q[at..at + d], &mut q);
-                q.iter_mut().for_each(|x| *x *= self.scale);
+                load_scaled(&self.inputs.q[at..at + d], self.scale, &mut q);
 
                 scores.clear();
                 let mut max = f32::NEG_INFINITY;
                 for (c, &j) in keys.iter().enumerate() {
                     if sel.keeps(pos, j as usize) {
-                        let s = dot(&q, &tile.k[c * d..(c + 1) * d]) + tile.bias[c];
+                        let s = tile.score(&q, c);
                         max = max.max(s);
                         scores.push((c, s));
                     }
