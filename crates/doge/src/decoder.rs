@@ -1,0 +1,80 @@
+//! One Doge block (transformers' DogeDecoderLayer): RMSNorm, DMA self-attention, a learned
+//! per-channel scale on the residual; RMSNorm, MLP, another residual scale.
+
+use crate::mlp::Mlp;
+use crate::norm::RmsNorm;
+use crate::{DogeConfig, KvCache, ModelOptions};
+use candle_core::{Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+use dma_candle::DmaAttention;
+
+#[derive(Debug, Clone)]
+pub(crate) struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: DmaAttention,
+    input_residual: Tensor,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+    post_attention_residual: Tensor,
+    index: usize,
+}
+
+impl DecoderLayer {
+    pub(crate) fn new(
+        c: &DogeConfig,
+        options: &ModelOptions,
+        index: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let h = c.hidden_size;
+        Ok(DecoderLayer {
+            input_layernorm: RmsNorm::new(h, c.rms_norm_eps, vb.pp("input_layernorm"))?,
+            self_attn: DmaAttention::new(
+                c.attention(options.kind, options.bias_fn),
+                vb.pp("self_attn"),
+            )?,
+            input_residual: vb.get_with_hints(h, "input_residual", Init::Const(1.0))?,
+            post_attention_layernorm: RmsNorm::new(
+                h,
+                c.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
+            mlp: Mlp::new(
+                h,
+                c.intermediate_size,
+                c.mlp_bias,
+                c.hidden_act,
+                vb.pp("mlp"),
+            )?,
+            post_attention_residual: vb.get_with_hints(
+                h,
+                "post_attention_residual",
+                Init::Const(1.0),
+            )?,
+            index,
+        })
+    }
+
+    /// `x` `[B, N, hidden]` at positions `offset..offset + N`. With a cache, the new keys join
+    /// the cached ones and the queries attend to all of them.
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let attn = &self.self_attn;
+        let (q, k, v) = attn.project(&self.input_layernorm.forward(x)?, offset)?;
+        let bias = attn.key_bias(&v)?;
+        let (k, v, bias) = match cache {
+            Some(cache) => cache.append(self.index, k, v, bias)?,
+            None => (k, v, bias),
+        };
+        let attended = attn.attend(&q, &k, &v, &bias)?;
+        let x = (x.broadcast_mul(&self.input_residual)? + attended)?;
+        let mlp = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&x)?)?;
+        x.broadcast_mul(&self.post_attention_residual)? + mlp
+    }
+}
