@@ -200,3 +200,13 @@ impl DogeForCausalLM {
         Ok(())
     }
 }
+
+impl std::fmt::Debug for DogeForCausalLM {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DogeForCausalLM")
+            .field("config", &self.config)
+            .field("options", &self.options)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
