@@ -18,23 +18,22 @@ const SOURCE: &str = include_str!("kernels/decode_select.cu");
 /// Keys per CTA of the decode selection (`DSEL_CHUNK`).
 const CHUNK: usize = 4096;
 const THREADS: u32 = 256;
-/// u64 words of one slot's `DecodeState`.
+/// u64 words of one slot's `DecodeState` (kernels/decode_select.cu).
 const STATE_WORDS: usize = 5;
 
 /// The most query rows a sequence may have for the decode path; longer ones take the general
 /// forward (same result).
 pub const DECODE_MAX_Q: usize = BLOCK_M;
 
-/// The three decode-selection kernels (histogram pass, digit pick, gather) for a masking.
-pub(crate) fn specs(causal: bool) -> [KernelSpec; 3] {
+/// The decode-selection kernels (one radix pass, the gather) for a masking.
+pub(crate) fn specs(causal: bool) -> [KernelSpec; 2] {
     let c = if causal {
         ("causal", "true")
     } else {
         ("full", "false")
     };
     [
-        KernelSpec::new(SOURCE, "DMA_DECODE_HIST_KERNEL", "dma_decode_hist", &[c]),
-        KernelSpec::new(SOURCE, "DMA_DECODE_PICK_KERNEL", "dma_decode_pick", &[c]),
+        KernelSpec::new(SOURCE, "DMA_DECODE_PASS_KERNEL", "dma_decode_pass", &[c]),
         KernelSpec::new(
             SOURCE,
             "DMA_DECODE_GATHER_KERNEL",
@@ -158,7 +157,8 @@ pub fn decode_into<T: CudaElement>(
     )
 }
 
-/// CTAs per (sequence, query head): enough for two per SM, at most one per tile of the list.
+/// CTAs per (sequence, query head): one wave (the forward kernel runs one CTA per SM), at most
+/// one per tile of the list (docs/cuda-notes.md, decode).
 fn splits_for(dev: &Device, plan: &Plan, problem: &Problem) -> Result<usize> {
     let sms = dev
         .context()
@@ -167,7 +167,7 @@ fn splits_for(dev: &Device, plan: &Plan, problem: &Problem) -> Result<usize> {
         .max(1) as usize;
     let ctas = plan.num_blocks() * problem.heads.q;
     let tiles = plan.cap / BLOCK_N;
-    Ok((2 * sms).div_ceil(ctas.max(1)).clamp(1, tiles.max(1)))
+    Ok((sms / ctas.max(1)).clamp(1, tiles.max(1)))
 }
 
 /// The decode selection: the radix passes over all cached keys, the gather, and (causal) the
@@ -184,23 +184,20 @@ fn select_decode(
     let hb = problem.heads.bias;
     let mut sel = select::alloc_selection(dev, params, problem, plan)?;
     let s = dev.stream();
-    let slots = dp.targets.len() * hb;
-    let ids = s
-        .clone_htod(&dp.targets)
-        .map_err(error::alloc("decode list ids", dp.targets.len() * 4))?;
-    let mut state = s
-        .alloc_zeros::<u64>(slots * STATE_WORDS)
-        .map_err(error::alloc(
-            "decode selection state",
-            slots * STATE_WORDS * 8,
-        ))?;
-    let mut hist = s
-        .alloc_zeros::<u32>(slots * 256)
-        .map_err(error::alloc("decode histograms", slots * 1024))?;
-    let [hist_k, pick_k, gather_k] = specs(params.causal).map(|sp| dev.function(&sp));
-    let (hist_k, pick_k, gather_k) = (hist_k?, pick_k?, gather_k?);
-    let chunks = dp.max_before.div_ceil(CHUNK).max(1) as u32;
-    let n_ids = dp.targets.len() as u32;
+    let seqs = dp.targets.len();
+    let slots = seqs * hb;
+    // State (STATE_WORDS u64), histogram (256 u32) and arrival count (u32) per slot.
+    let words = slots * STATE_WORDS + (slots * 257).div_ceil(2);
+    let mut ws = s
+        .alloc_zeros::<u64>(words)
+        .map_err(error::alloc("decode selection workspace", words * 8))?;
+    let [pass_k, gather_k] = specs(params.causal).map(|sp| dev.function(&sp));
+    let (pass_k, gather_k) = (pass_k?, gather_k?);
+    let grid = (
+        dp.max_before.div_ceil(CHUNK).max(1) as u32,
+        seqs as u32,
+        hb as u32,
+    );
     let (window, cap, heads, stride, total_q) = (
         plan.window,
         plan.cap as i32,
@@ -216,64 +213,38 @@ fn select_decode(
         .into_iter()
         .chain((0..low).rev().map(|d| 8 * d))
         .collect();
-    if dp.max_before > window as usize {
-        for (pass, &shift) in shifts.iter().enumerate() {
-            let cfg = LaunchConfig {
-                grid_dim: (chunks, n_ids, hb as u32),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut l = s.launch_builder(&hist_k);
-            l.arg(bias)
-                .arg(&tables.seqs)
-                .arg(&tables.lists)
-                .arg(&ids)
-                .arg(&window)
-                .arg(&heads)
-                .arg(&stride)
-                .arg(&state)
-                .arg(&mut hist)
-                .arg(&shift);
-            // SAFETY: matches kernels/decode_select.cu's histogram kernel; every slot's state
-            // and histogram lie in the buffers sized above.
-            unsafe { l.launch(cfg) }.map_err(error::driver)?;
-            let (first, last) = (i32::from(pass == 0), i32::from(pass + 1 == shifts.len()));
-            let cfg = LaunchConfig {
-                grid_dim: (n_ids, hb as u32, 1),
-                block_dim: (32, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut l = s.launch_builder(&pick_k);
-            l.arg(&tables.seqs)
-                .arg(&tables.lists)
-                .arg(&ids)
-                .arg(&window)
-                .arg(&heads)
-                .arg(&mut state)
-                .arg(&mut hist)
-                .arg(&shift)
-                .arg(&first)
-                .arg(&last);
-            // SAFETY: matches the pick kernel; one warp per slot.
-            unsafe { l.launch(cfg) }.map_err(error::driver)?;
-        }
-    }
     let cfg = LaunchConfig {
-        grid_dim: (chunks, n_ids, hb as u32),
+        grid_dim: grid,
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
+    if dp.max_before > window as usize {
+        for (pass, &shift) in shifts.iter().enumerate() {
+            let (first, last) = (i32::from(pass == 0), i32::from(pass + 1 == shifts.len()));
+            let mut l = s.launch_builder(&pass_k);
+            l.arg(bias)
+                .arg(&tables.seqs)
+                .arg(&window)
+                .arg(&heads)
+                .arg(&stride)
+                .arg(&mut ws)
+                .arg(&shift)
+                .arg(&first)
+                .arg(&last);
+            // SAFETY: matches kernels/decode_select.cu's pass kernel; the workspace holds every
+            // slot's state, histogram and arrival count (grid.y sequences x Hb slots).
+            unsafe { l.launch(cfg) }.map_err(error::driver)?;
+        }
+    }
     let mut l = s.launch_builder(&gather_k);
     l.arg(bias)
         .arg(&tables.seqs)
-        .arg(&tables.lists)
-        .arg(&ids)
         .arg(&window)
         .arg(&cap)
         .arg(&heads)
         .arg(&stride)
         .arg(&total_q)
-        .arg(&mut state)
+        .arg(&mut ws)
         .arg(&mut sel.cand)
         .arg(&mut sel.count)
         .arg(&mut sel.thr);

@@ -2,12 +2,13 @@
 // sequence and bias head, found by a radix select spread over many CTAs, so that its cost stays
 // nearly flat in the context length.
 //
-// For each (list, bias head) slot, with P = the number of keys before the sequence's first query
-// (every key when not causal): pass by pass (8-bit digits of the rank, most significant first),
-//   dma_decode_hist: CTAs over chunks of [0, P) count the keys matching the prefix so far by their
-//                    next digit (shared-memory histogram, then global atomics);
-//   dma_decode_pick: one warp per slot picks the digit holding the w-th best key, extends the
-//                    prefix, and clears the histogram for the next pass;
+// For each (sequence, bias head) slot, with P = the number of keys before the sequence's first
+// query (every key when not causal), one launch per 8-bit digit of the rank, most significant
+// first:
+//   dma_decode_pass: CTAs over chunks of [0, P) count the keys matching the prefix so far by their
+//                    next digit (shared-memory histogram, then global atomics); the last CTA of
+//                    the slot to finish picks the digit holding the w-th best key, extends the
+//                    prefix and clears the histogram;
 // after the last pass the prefix is tau, the w-th best rank itself (ranks are distinct). Then
 //   dma_decode_gather: CTAs over the chunks write the keys ranked >= tau into the slot's list
 //                      (any order; min(P, w) of them).
@@ -17,6 +18,7 @@
 
 #define DSEL_THREADS 256
 #define DSEL_CHUNK 4096  // keys per CTA (cuda/decode.rs: CHUNK)
+#define DSEL_PER (DSEL_CHUNK / DSEL_THREADS)  // keys per thread
 
 // Per slot, in a zero-initialised buffer.
 struct DecodeState {
@@ -29,64 +31,34 @@ __device__ __forceinline__ int keys_before(const SeqInfo& s) {
     return CAUSAL ? min(max(s.nk - s.nq, 0), s.nk) : s.nk;
 }
 
+// The workspace of a call (one zero-initialised buffer): per slot a DecodeState, then per slot a
+// 256-bin histogram, then per slot the count of CTAs that finished the current pass.
+struct Workspace {
+    DecodeState* state;
+    u32* hist;
+    u32* arrivals;
+    __device__ Workspace(u64* ws, int slots)
+        : state(reinterpret_cast<DecodeState*>(ws)),
+          hist(reinterpret_cast<u32*>(ws + (i64)slots * (sizeof(DecodeState) / 8))),
+          arrivals(hist + (i64)slots * 256) {}
+};
+
+// The list a sequence's decode selection fills: causal, its anchor (lists 2i, 2i + 1 per
+// sequence); not causal, its only list (cuda/decode.rs).
 template <bool CAUSAL>
-__device__ __forceinline__ void decode_hist_body(const float* __restrict__ bias,
-                                                 const SeqInfo* __restrict__ seqs,
-                                                 const int4* __restrict__ lists,
-                                                 const int* __restrict__ ids, int window,
-                                                 int bias_heads, int bias_head_stride,
-                                                 const DecodeState* __restrict__ state,
-                                                 u32* __restrict__ hist, int shift) {
-    __shared__ u32 sh[256];
-    const int hb = blockIdx.z;
-    const SeqInfo s = seqs[lists[ids[blockIdx.y]].x];
-    const int P = keys_before<CAUSAL>(s);
-    const i64 slot = (i64)blockIdx.y * bias_heads + hb;
-    const DecodeState st = state[slot];
-    const int start = blockIdx.x * DSEL_CHUNK;
-    if (P <= window || st.done || start >= P) return;
-    const int end = min(start + DSEL_CHUNK, P);
-    const float* b = bias + s.bias_offset + (i64)hb * bias_head_stride;
-    for (int i = threadIdx.x; i < 256; i += DSEL_THREADS) sh[i] = 0;
-    __syncthreads();
-    for (int i = start + threadIdx.x; i < end; i += DSEL_THREADS) {
-        const u64 key = dma_rank(b[i], i);
-        if ((key & st.mask) == st.prefix) atomicAdd(&sh[(key >> shift) & 255], 1u);
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < 256; i += DSEL_THREADS)
-        if (sh[i]) atomicAdd(&hist[slot * 256 + i], sh[i]);
+__device__ __forceinline__ int target_list(int seq) {
+    return CAUSAL ? 2 * seq : seq;
 }
 
-// One warp per slot.
-template <bool CAUSAL>
-__device__ __forceinline__ void decode_pick_body(const SeqInfo* __restrict__ seqs,
-                                                 const int4* __restrict__ lists,
-                                                 const int* __restrict__ ids, int window,
-                                                 int bias_heads, DecodeState* __restrict__ state,
-                                                 u32* __restrict__ hist, int shift, int first,
-                                                 int last) {
+// Warp 0 of the last CTA of a pass: the digit holding the k-th best key (k = w on the first
+// pass, what is still needed after), extends the prefix, clears the histogram for the next pass.
+__device__ __forceinline__ void pick_digit(DecodeState* st, u32* h, u32 k, int shift, bool last) {
     const int lane = threadIdx.x;
-    const int hb = blockIdx.y;
-    const SeqInfo s = seqs[lists[ids[blockIdx.x]].x];
-    const int P = keys_before<CAUSAL>(s);
-    const i64 slot = (i64)blockIdx.x * bias_heads + hb;
-    DecodeState* st = state + slot;
-    if (P <= window) {
-        if (lane == 0) {
-            st->tau = DMA_KEEP_ALL;
-            st->done = 1;
-        }
-        return;
-    }
-    if (st->done) return;
-    const u32 k = first ? (u32)window : st->need;
-    u32* h = hist + slot * 256;
     u32 c[8];
     u32 sum = 0;
 #pragma unroll
     for (int b = 0; b < 8; ++b) {
-        c[b] = h[lane * 8 + b];
+        c[b] = __ldcg(h + lane * 8 + b);  // the other CTAs' atomics, at L2
         sum += c[b];
     }
     u32 suffix = sum;  // keys in digits >= lane * 8
@@ -96,9 +68,8 @@ __device__ __forceinline__ void decode_pick_body(const SeqInfo* __restrict__ seq
         if (lane + o < 32) suffix += v;
     }
     const u32 above = suffix - sum;
-    __syncwarp();
 #pragma unroll
-    for (int b = 0; b < 8; ++b) h[lane * 8 + b] = 0;  // for the next pass
+    for (int b = 0; b < 8; ++b) h[lane * 8 + b] = 0;
     if (above < k && suffix >= k) {
         u32 run = above;
 #pragma unroll
@@ -119,27 +90,88 @@ __device__ __forceinline__ void decode_pick_body(const SeqInfo* __restrict__ seq
     }
 }
 
+// One pass: CTAs over chunks of [0, P) histogram the next digit of the keys matching the prefix;
+// the last CTA of each slot to finish picks the digit.
+template <bool CAUSAL>
+__device__ __forceinline__ void decode_pass_body(const float* __restrict__ bias,
+                                                 const SeqInfo* __restrict__ seqs, int window,
+                                                 int bias_heads, int bias_head_stride, u64* ws_raw,
+                                                 int shift, int first, int last) {
+    __shared__ u32 sh[256];
+    __shared__ bool is_last;
+    const int hb = blockIdx.z;
+    const SeqInfo s = seqs[blockIdx.y];
+    const int P = keys_before<CAUSAL>(s);
+    const int slots = gridDim.y * bias_heads;
+    Workspace ws(ws_raw, slots);
+    const i64 slot = (i64)blockIdx.y * bias_heads + hb;
+    DecodeState* st = ws.state + slot;
+    const int start = blockIdx.x * DSEL_CHUNK;
+    if (P <= window || start >= P) return;
+    const u64 prefix = st->prefix, mask = st->mask;
+    const int end = min(start + DSEL_CHUNK, P);
+    const float* b = bias + s.bias_offset + (i64)hb * bias_head_stride;
+    for (int i = threadIdx.x; i < 256; i += DSEL_THREADS) sh[i] = 0;
+    __syncthreads();
+    // Every load of the chunk in flight at once (the loop was latency-bound one load at a time).
+    float vals[DSEL_PER];
+#pragma unroll
+    for (int u = 0; u < DSEL_PER; ++u) {
+        const int i = start + u * DSEL_THREADS + threadIdx.x;
+        vals[u] = i < end ? b[i] : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < DSEL_PER; ++u) {
+        const int i = start + u * DSEL_THREADS + threadIdx.x;
+        const u64 key = dma_rank(vals[u], i);
+        if (i < end && (key & mask) == prefix) atomicAdd(&sh[(key >> shift) & 255], 1u);
+    }
+    __syncthreads();
+    u32* h = ws.hist + slot * 256;
+    for (int i = threadIdx.x; i < 256; i += DSEL_THREADS)
+        if (sh[i]) atomicAdd(&h[i], sh[i]);
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const u32 ctas = (u32)((P + DSEL_CHUNK - 1) / DSEL_CHUNK);
+        is_last = atomicAdd(&ws.arrivals[slot], 1u) == ctas - 1;
+        if (is_last) ws.arrivals[slot] = 0;  // for the next pass (a later launch)
+    }
+    __syncthreads();
+    if (!is_last || threadIdx.x >= 32) return;
+    __threadfence();
+    pick_digit(st, h, first ? (u32)window : st->need, shift, last != 0);
+}
+
 template <bool CAUSAL>
 __device__ __forceinline__ void decode_gather_body(
-    const float* __restrict__ bias, const SeqInfo* __restrict__ seqs,
-    const int4* __restrict__ lists, const int* __restrict__ ids, int window, int cap,
-    int bias_heads, int bias_head_stride, int total_q, DecodeState* __restrict__ state,
-    u64* __restrict__ cand, u32* __restrict__ cand_count, u64* __restrict__ thr) {
+    const float* __restrict__ bias, const SeqInfo* __restrict__ seqs, int window, int cap,
+    int bias_heads, int bias_head_stride, int total_q, u64* ws_raw, u64* __restrict__ cand,
+    u32* __restrict__ cand_count, u64* __restrict__ thr) {
     const int hb = blockIdx.z;
-    const int id = ids[blockIdx.y];
-    const SeqInfo s = seqs[lists[id].x];
+    const int id = target_list<CAUSAL>(blockIdx.y);
+    const SeqInfo s = seqs[blockIdx.y];
     const int P = keys_before<CAUSAL>(s);
-    DecodeState* st = state + (i64)blockIdx.y * bias_heads + hb;
+    Workspace ws(ws_raw, gridDim.y * bias_heads);
+    DecodeState* st = ws.state + (i64)blockIdx.y * bias_heads + hb;
     const u64 tau = P <= window ? DMA_KEEP_ALL : st->tau;
     const i64 slot = (i64)id * bias_heads + hb;
     u64* list = cand + slot * cap;
     const float* b = bias + s.bias_offset + (i64)hb * bias_head_stride;
     const int start = blockIdx.x * DSEL_CHUNK, end = min(start + DSEL_CHUNK, P);
     const int lane = threadIdx.x & 31;
-    // Whole warps iterate together (the ballot), each claiming its slots with one atomic.
-    for (int i0 = start + (threadIdx.x & ~31); i0 < end; i0 += DSEL_THREADS) {
-        const int i = i0 + lane;
-        const u64 key = i < end ? dma_rank(b[i], i) : 0;
+    // Every load of the chunk in flight at once; whole warps iterate together (the ballot), each
+    // claiming its slots with one atomic.
+    float vals[DSEL_PER];
+#pragma unroll
+    for (int u = 0; u < DSEL_PER; ++u) {
+        const int i = start + u * DSEL_THREADS + threadIdx.x;
+        vals[u] = i < end ? b[i] : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < DSEL_PER; ++u) {
+        const int i = start + u * DSEL_THREADS + threadIdx.x;
+        const u64 key = dma_rank(vals[u], i);
         const bool keep = i < end && key >= tau;
         const u32 ballot = __ballot_sync(0xffffffffu, keep);
         u32 base = 0;
@@ -159,28 +191,18 @@ __device__ __forceinline__ void decode_gather_body(
     }
 }
 
-#define DMA_DECODE_HIST_KERNEL(NAME, CAUSAL)                                                     \
+#define DMA_DECODE_PASS_KERNEL(NAME, CAUSAL)                                                     \
     extern "C" __global__ void __launch_bounds__(DSEL_THREADS)                                   \
-        NAME(const float* bias, const SeqInfo* seqs, const int4* lists, const int* ids,          \
-             int window, int bias_heads, int bias_head_stride, const DecodeState* state,         \
-             u32* hist, int shift) {                                                             \
-        decode_hist_body<CAUSAL>(bias, seqs, lists, ids, window, bias_heads, bias_head_stride,   \
-                                 state, hist, shift);                                            \
-    }
-
-#define DMA_DECODE_PICK_KERNEL(NAME, CAUSAL)                                                     \
-    extern "C" __global__ void __launch_bounds__(32)                                             \
-        NAME(const SeqInfo* seqs, const int4* lists, const int* ids, int window, int bias_heads, \
-             DecodeState* state, u32* hist, int shift, int first, int last) {                    \
-        decode_pick_body<CAUSAL>(seqs, lists, ids, window, bias_heads, state, hist, shift,       \
+        NAME(const float* bias, const SeqInfo* seqs, int window, int bias_heads,                 \
+             int bias_head_stride, u64* ws, int shift, int first, int last) {                    \
+        decode_pass_body<CAUSAL>(bias, seqs, window, bias_heads, bias_head_stride, ws, shift,    \
                                  first, last);                                                   \
     }
 
 #define DMA_DECODE_GATHER_KERNEL(NAME, CAUSAL)                                                   \
     extern "C" __global__ void __launch_bounds__(DSEL_THREADS)                                   \
-        NAME(const float* bias, const SeqInfo* seqs, const int4* lists, const int* ids,          \
-             int window, int cap, int bias_heads, int bias_head_stride, int total_q,             \
-             DecodeState* state, u64* cand, u32* cand_count, u64* thr) {                         \
-        decode_gather_body<CAUSAL>(bias, seqs, lists, ids, window, cap, bias_heads,              \
-                                   bias_head_stride, total_q, state, cand, cand_count, thr);     \
+        NAME(const float* bias, const SeqInfo* seqs, int window, int cap, int bias_heads,        \
+             int bias_head_stride, int total_q, u64* ws, u64* cand, u32* cand_count, u64* thr) { \
+        decode_gather_body<CAUSAL>(bias, seqs, window, cap, bias_heads, bias_head_stride,        \
+                                   total_q, ws, cand, cand_count, thr);                          \
     }
