@@ -2,8 +2,11 @@
 //! benchmark (`dma bench`), and (feature `cuda`) the GPU against the CPU (`dma selftest`).
 
 mod bench;
+mod generate;
 mod gpu;
 mod layout;
+mod logits;
+mod model_args;
 mod op;
 mod selftest;
 mod tensors;
@@ -33,6 +36,11 @@ enum Command {
     /// Check a device's kernels against the CPU backend (forward, backward, decode) on fresh
     /// random inputs; prints a table and PASS or FAIL (exit code 1 on failure).
     Selftest(SelftestArgs),
+    /// Logits of a Doge model (config.json + model.safetensors) for int32 `input_ids` [B, N]
+    /// from a safetensors file, written as f32 `logits` [B, N, vocab].
+    Logits(logits::LogitsArgs),
+    /// Continue a prompt with a Doge model, streaming the text.
+    Generate(generate::GenerateArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
@@ -145,6 +153,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             selftest::run(a.seed)
         }
+        Command::Logits(a) => logits::run(&a),
+        Command::Generate(a) => generate::run(&a),
     }
 }
 
