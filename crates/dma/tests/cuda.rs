@@ -562,6 +562,24 @@ fn errors_are_typed() {
         matches!(err, DmaError::NoKernelForHeadDim { head_dim: 32, .. }),
         "{err}"
     );
+    let lse = vec![0.0f32; 2 * 8];
+    let err =
+        cuda::backward_host(&dev, &Params::new(4), &shape, &inputs, &x, &lse, &x).unwrap_err();
+    assert!(
+        matches!(err, DmaError::NoKernelForHeadDim { head_dim: 32, .. }),
+        "{err}"
+    );
+    let err =
+        cuda::backward_host(&dev, &Params::new(4), &shape, &inputs, &x, &lse[1..], &x).unwrap_err();
+    assert!(
+        matches!(err, DmaError::ShapeMismatch { name: "lse", .. }),
+        "{err}"
+    );
+    let err = cuda::decode_host(&dev, &Params::new(4), &shape, &inputs).unwrap_err();
+    assert!(
+        matches!(err, DmaError::NoKernelForHeadDim { head_dim: 32, .. }),
+        "{err}"
+    );
     let mut nan_bias = vec![0.0f32; 8];
     nan_bias[3] = f32::NAN;
     let shape = Shape::dense(1, 8, 8, Heads::new(2, 1), 64);

@@ -9,7 +9,9 @@
 //                    next digit (shared-memory histogram, then global atomics); the last CTA of
 //                    the slot to finish picks the digit holding the w-th best key, extends the
 //                    prefix and clears the histogram;
-// after the last pass the prefix is tau, the w-th best rank itself (ranks are distinct). Then
+// after the last pass the prefix is tau, the w-th best rank itself (ranks are distinct). When a
+// pass finds the digit's bucket holds exactly the keys still needed, the next pass takes their
+// minimum as tau and the later passes return at once (random biases: about 3 passes + 1). Then
 //   dma_decode_gather: CTAs over the chunks write the keys ranked >= tau into the slot's list
 //                      (any order; min(P, w) of them).
 // Causal: that list is the anchor of the sequence's real list, which select.cu's dependent kernel
@@ -23,7 +25,9 @@
 // Per slot, in a zero-initialised buffer.
 struct DecodeState {
     u64 prefix, mask, tau;
-    u32 need, done, counter, pad;
+    // exact: every key matching the prefix is kept, so tau is their smallest, found by the next
+    // pass (atomicMin into tau) instead of the remaining digits; done: tau is final.
+    u32 need, done, counter, exact;
 };
 
 template <bool CAUSAL>
@@ -82,6 +86,9 @@ __device__ __forceinline__ void pick_digit(DecodeState* st, u32* h, u32 k, int s
                 if (last) {
                     st->tau = prefix;
                     st->done = 1;
+                } else if (c[b] == k - run) {
+                    st->tau = ~0ull;
+                    st->exact = 1;
                 }
                 break;
             }
@@ -107,8 +114,9 @@ __device__ __forceinline__ void decode_pass_body(const float* __restrict__ bias,
     const i64 slot = (i64)blockIdx.y * bias_heads + hb;
     DecodeState* st = ws.state + slot;
     const int start = blockIdx.x * DSEL_CHUNK;
-    if (P <= window || start >= P) return;
+    if (P <= window || start >= P || st->done) return;
     const u64 prefix = st->prefix, mask = st->mask;
+    const bool exact = st->exact != 0;
     const int end = min(start + DSEL_CHUNK, P);
     const float* b = bias + s.bias_offset + (i64)hb * bias_head_stride;
     for (int i = threadIdx.x; i < 256; i += DSEL_THREADS) sh[i] = 0;
@@ -120,16 +128,33 @@ __device__ __forceinline__ void decode_pass_body(const float* __restrict__ bias,
         const int i = start + u * DSEL_THREADS + threadIdx.x;
         vals[u] = i < end ? b[i] : 0.f;
     }
-#pragma unroll
-    for (int u = 0; u < DSEL_PER; ++u) {
-        const int i = start + u * DSEL_THREADS + threadIdx.x;
-        const u64 key = dma_rank(vals[u], i);
-        if (i < end && (key & mask) == prefix) atomicAdd(&sh[(key >> shift) & 255], 1u);
-    }
-    __syncthreads();
     u32* h = ws.hist + slot * 256;
-    for (int i = threadIdx.x; i < 256; i += DSEL_THREADS)
-        if (sh[i]) atomicAdd(&h[i], sh[i]);
+    if (exact) {
+        // The smallest key matching the prefix is tau.
+        u64 m = ~0ull;
+#pragma unroll
+        for (int u = 0; u < DSEL_PER; ++u) {
+            const int i = start + u * DSEL_THREADS + threadIdx.x;
+            const u64 key = dma_rank(vals[u], i);
+            if (i < end && (key & mask) == prefix && key < m) m = key;
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const u64 other = __shfl_xor_sync(0xffffffffu, m, o);
+            m = other < m ? other : m;
+        }
+        if ((threadIdx.x & 31) == 0 && m != ~0ull) atomicMin(&st->tau, m);
+    } else {
+#pragma unroll
+        for (int u = 0; u < DSEL_PER; ++u) {
+            const int i = start + u * DSEL_THREADS + threadIdx.x;
+            const u64 key = dma_rank(vals[u], i);
+            if (i < end && (key & mask) == prefix) atomicAdd(&sh[(key >> shift) & 255], 1u);
+        }
+        __syncthreads();
+        for (int i = threadIdx.x; i < 256; i += DSEL_THREADS)
+            if (sh[i]) atomicAdd(&h[i], sh[i]);
+    }
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -140,6 +165,10 @@ __device__ __forceinline__ void decode_pass_body(const float* __restrict__ bias,
     __syncthreads();
     if (!is_last || threadIdx.x >= 32) return;
     __threadfence();
+    if (exact) {
+        if (threadIdx.x == 0) st->done = 1;  // tau is the minimum gathered above
+        return;
+    }
     pick_digit(st, h, first ? (u32)window : st->need, shift, last != 0);
 }
 

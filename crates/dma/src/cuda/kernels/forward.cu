@@ -130,6 +130,9 @@ __device__ __forceinline__ void forward_body(
         }
         if (t + 2 < t1) load_ranks(t + 2);
         cp_async_commit();
+        // A warp whose 16 rows all lie past the block's end only helps load (decode: Nq < 16
+        // leaves 7 of 8 warps idle, and the tensor cores to the one that computes).
+        if (B.y + warp * 16 >= B.z) continue;
         const u64* ranks = sC + (t % 3) * FWD_BN;
         const float* biases = sB + (t & 1) * FWD_BN;
 
