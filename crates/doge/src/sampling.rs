@@ -107,3 +107,55 @@ fn argmax(logits: &[f32]) -> u32 {
     }
     best as u32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampler(temperature: f64, top_p: f64, seed: u64) -> Sampler {
+        Sampler::new(SamplingParams {
+            temperature,
+            top_p,
+            seed,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn greedy_takes_the_first_largest() {
+        let mut s = sampler(0.0, 1.0, 0);
+        assert_eq!(s.sample(&[0.5, 2.0, -1.0, 2.0]).unwrap(), 1);
+        assert_eq!(s.sample(&[f32::NEG_INFINITY, -3.0]).unwrap(), 1);
+    }
+
+    #[test]
+    fn top_p_keeps_the_nucleus_only() {
+        // Probabilities 0.5, 0.3, 0.2 (logits are their logs, temperature 1).
+        let logits = [0.2f32.ln(), 0.5f32.ln(), 0.3f32.ln()];
+        let mut counts = [0usize; 3];
+        let mut s = sampler(1.0, 0.75, 1);
+        for _ in 0..4000 {
+            counts[s.sample(&logits).unwrap() as usize] += 1;
+        }
+        // top_p 0.75 keeps {1, 2} (0.5 + 0.3 >= 0.75), renormalised to 5/8 and 3/8.
+        assert_eq!(counts[0], 0);
+        let share = counts[1] as f64 / 4000.0;
+        assert!((share - 0.625).abs() < 0.03, "{counts:?}");
+        // A tiny top_p is greedy.
+        let mut s = sampler(1.0, 1e-9, 2);
+        assert!((0..50).all(|_| s.sample(&logits).unwrap() == 1));
+    }
+
+    #[test]
+    fn bad_logits_and_params_are_errors() {
+        let mut s = sampler(1.0, 1.0, 0);
+        assert!(s.sample(&[]).is_err());
+        assert!(s.sample(&[1.0, f32::NAN]).is_err());
+        assert!(Sampler::new(SamplingParams {
+            temperature: f64::INFINITY,
+            top_p: 1.0,
+            seed: 0
+        })
+        .is_err());
+    }
+}

@@ -69,4 +69,11 @@ fn a_tiny_model_trains_through_the_op() {
         opt.backward_step(&l).unwrap();
     }
     assert!(last < 0.3 * first, "loss {first} -> {last}");
+
+    // The trained weights survive a save and a load.
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path()).unwrap();
+    let loaded = DogeForCausalLM::load(dir.path(), ModelOptions::default(), &CPU).unwrap();
+    let (a, b) = (loss(&model, &ids), loss(&loaded, &ids));
+    assert_eq!(a.to_scalar::<f32>().unwrap(), b.to_scalar::<f32>().unwrap());
 }
