@@ -228,3 +228,22 @@ fn bad_input_ids_are_errors() {
     let rank1 = Tensor::new(&[1u32, 2], &CPU).unwrap();
     assert!(matches!(model.forward(&rank1), Err(Error::Input { .. })));
 }
+
+#[test]
+fn half_precision_weights_load_as_f32() {
+    for dtype in [candle_core::DType::BF16, candle_core::DType::F16] {
+        let (dir, model) = saved_model(small_config());
+        let w: HashMap<String, Tensor> = weights(dir.path())
+            .into_iter()
+            .map(|(k, v)| (k, v.to_dtype(dtype).unwrap()))
+            .collect();
+        write_weights(dir.path(), &w);
+        let loaded = load(dir.path()).unwrap();
+        let ids = random_ids(1, 8, 61);
+        let err = rel_err(
+            &loaded.forward(&ids).unwrap(),
+            &model.forward(&ids).unwrap(),
+        );
+        assert!(err > 0.0 && err < 5e-2, "{dtype:?}: {err}");
+    }
+}
