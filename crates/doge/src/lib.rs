@@ -18,6 +18,7 @@ mod model;
 mod norm;
 mod sampling;
 mod tokenizer;
+pub mod train;
 mod weights;
 
 pub use activation::Activation;

@@ -1,0 +1,134 @@
+//! AdamW with its state in the open (step count, first and second moments by variable name),
+//! so a checkpoint can save it and a resumed run continues exactly; and global gradient-norm
+//! clipping.
+
+use crate::{Error, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+use std::collections::HashMap;
+
+/// AdamW's hyper-parameters (the learning rate comes per step, from the schedule).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWParams {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled weight decay, applied to matrices only (not norms, residual scales, `A`,
+    /// biases).
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWParams {
+    fn default() -> Self {
+        AdamWParams {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        }
+    }
+}
+
+/// AdamW over named variables.
+pub struct AdamW {
+    vars: Vec<(String, Var)>,
+    params: AdamWParams,
+    /// Steps taken so far.
+    pub(crate) step: usize,
+    m: HashMap<String, Tensor>,
+    v: HashMap<String, Tensor>,
+}
+
+impl AdamW {
+    /// An optimiser of `vars` (name, variable), moments at zero.
+    pub fn new(mut vars: Vec<(String, Var)>, params: AdamWParams) -> Result<Self> {
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut m = HashMap::new();
+        let mut v = HashMap::new();
+        for (name, var) in &vars {
+            m.insert(name.clone(), var.zeros_like()?);
+            v.insert(name.clone(), var.zeros_like()?);
+        }
+        Ok(AdamW {
+            vars,
+            params,
+            step: 0,
+            m,
+            v,
+        })
+    }
+
+    /// One update with learning rate `lr` from `grads`, scaled by `grad_scale` (clipping).
+    /// Variables without a gradient are left alone.
+    pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+        self.step += 1;
+        let p = self.params;
+        let t = self.step as i32;
+        let (c1, c2) = (1.0 - p.beta1.powi(t), 1.0 - p.beta2.powi(t));
+        for (name, var) in &self.vars {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let g = (g.detach() * grad_scale)?;
+            let m = ((&self.m[name] * p.beta1)? + (&g * (1.0 - p.beta1))?)?;
+            let v = ((&self.v[name] * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
+            let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + p.eps)?)?;
+            let theta = var.as_tensor().detach();
+            let decayed = match var.rank() >= 2 {
+                true => (&theta * (1.0 - lr * p.weight_decay))?,
+                false => theta,
+            };
+            var.set(&(decayed - (update * lr)?)?)?;
+            self.m.insert(name.clone(), m);
+            self.v.insert(name.clone(), v);
+        }
+        Ok(())
+    }
+
+    /// The moments as named tensors (`m.NAME`, `v.NAME`), for a checkpoint.
+    pub(crate) fn state(&self) -> HashMap<String, Tensor> {
+        let mut out = HashMap::new();
+        for (name, _) in &self.vars {
+            out.insert(format!("m.{name}"), self.m[name].clone());
+            out.insert(format!("v.{name}"), self.v[name].clone());
+        }
+        out
+    }
+
+    /// Restores the moments saved by [`Self::state`] and the step count.
+    pub(crate) fn restore(&mut self, step: usize, state: &HashMap<String, Tensor>) -> Result<()> {
+        for (name, var) in &self.vars {
+            for (prefix, map) in [("m", &mut self.m), ("v", &mut self.v)] {
+                let key = format!("{prefix}.{name}");
+                let t = state
+                    .get(&key)
+                    .ok_or_else(|| Error::MissingTensor { name: key.clone() })?;
+                if t.dims() != var.dims() {
+                    return Err(Error::TensorShape {
+                        name: key,
+                        actual: t.dims().to_vec(),
+                        expected: var.dims().to_vec(),
+                    });
+                }
+                map.insert(name.clone(), t.to_dtype(DType::F32)?);
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// The global L2 norm of the gradients of `vars`.
+pub fn grad_norm(grads: &GradStore, vars: &[(String, Var)]) -> Result<f64> {
+    let mut sum = 0f64;
+    for (_, var) in vars {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            sum += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+        }
+    }
+    Ok(sum.sqrt())
+}
