@@ -10,6 +10,7 @@ mod model_args;
 mod op;
 mod selftest;
 mod tensors;
+mod train;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -41,6 +42,8 @@ enum Command {
     Logits(logits::LogitsArgs),
     /// Continue a prompt with a Doge model, streaming the text.
     Generate(generate::GenerateArgs),
+    /// Train a Doge model on text files, with checkpoints that a second run resumes from.
+    Train(train::TrainArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
@@ -155,6 +158,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Logits(a) => logits::run(&a),
         Command::Generate(a) => generate::run(&a),
+        Command::Train(a) => train::run(&a),
     }
 }
 

@@ -30,3 +30,5 @@ pub use generate::{generate, GenerateParams};
 pub use model::{DogeForCausalLM, ModelOptions, CONFIG_FILE, WEIGHTS_FILE};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{TextStream, Tokenizer, TOKENIZER_FILE};
+/// The `tokenizers` crate, for callers that build a [`Tokenizer::HuggingFace`].
+pub use tokenizers;

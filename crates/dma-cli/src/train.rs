@@ -1,0 +1,209 @@
+//! `dma train`: train a Doge on text files (AdamW, warmup-stable-decay, clipping), with a
+//! progress bar, held-out perplexity at intervals, and checkpoints written atomically into the
+//! output folder; a run started again on the same folder resumes from its latest checkpoint.
+
+use crate::model_args::Kind;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use doge::train::{
+    latest_checkpoint, AdamWParams, TokenBatches, TrainConfig, Trainer, WsdSchedule,
+};
+use doge::{AttentionKind, DogeConfig, DogeForCausalLM, ModelOptions, Tokenizer};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Text files to train on (UTF-8).
+    #[arg(long, required = true, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// A config.json for a fresh model, or a model directory to start from.
+    #[arg(long)]
+    pub init: PathBuf,
+    /// tokenizer.json to tokenise with (default: the one in --init if it is a directory, else
+    /// UTF-8 bytes as ids).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Folder for checkpoints (step-NNNNNNNN/ and `latest`); resumed from if it has one.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = Kind::Dma)]
+    pub kind: Kind,
+    #[arg(long, default_value_t = 1000)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub min_lr: f64,
+    #[arg(long, default_value_t = 100)]
+    pub warmup: usize,
+    /// Steps of the final linear decay (default: a fifth of --steps).
+    #[arg(long)]
+    pub decay_steps: Option<usize>,
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Held-out perplexity every this many steps (the last 5% of the tokens are held out).
+    #[arg(long, default_value_t = 100)]
+    pub eval_every: usize,
+    #[arg(long, default_value_t = 200)]
+    pub save_every: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+fn kind(k: Kind) -> AttentionKind {
+    match k {
+        Kind::Dma => AttentionKind::Dma,
+        Kind::Swa => AttentionKind::Swa,
+        Kind::Mha => AttentionKind::Mha,
+    }
+}
+
+fn tokenizer_path(a: &TrainArgs) -> Option<PathBuf> {
+    a.tokenizer.clone().or_else(|| {
+        let p = a.init.join(doge::TOKENIZER_FILE);
+        (a.init.is_dir() && p.exists()).then_some(p)
+    })
+}
+
+fn read_corpus(a: &TrainArgs, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+    let mut tokens = Vec::new();
+    for path in &a.data {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {} as UTF-8 text", path.display()))?;
+        tokens.extend(tokenizer.encode(&text)?);
+    }
+    if tokens.is_empty() {
+        bail!("the corpus is empty: no tokens in {:?}", a.data);
+    }
+    Ok(tokens)
+}
+
+pub fn run(a: &TrainArgs) -> Result<()> {
+    let device = candle_core::Device::Cpu;
+    let options = ModelOptions {
+        kind: kind(a.kind),
+        ..Default::default()
+    };
+    let tok_path = tokenizer_path(a);
+    let tokenizer = match &tok_path {
+        Some(p) => Tokenizer::HuggingFace(Box::new(
+            doge::tokenizers::Tokenizer::from_file(p)
+                .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", p.display()))?,
+        )),
+        None => Tokenizer::Bytes,
+    };
+    let decay = a.decay_steps.unwrap_or(a.steps / 5);
+    let config = TrainConfig {
+        schedule: WsdSchedule {
+            peak_lr: a.lr,
+            min_lr: a.min_lr,
+            warmup_steps: a.warmup,
+            decay_steps: decay,
+            total_steps: a.steps,
+        },
+        adamw: AdamWParams {
+            weight_decay: a.weight_decay,
+            ..Default::default()
+        },
+        clip_norm: a.clip,
+    };
+    let mut trainer = match latest_checkpoint(&a.out)? {
+        Some(ckpt) => {
+            eprintln!("resuming from {}", ckpt.display());
+            Trainer::resume(&ckpt, options, &device, config)?
+        }
+        None => {
+            let model = match a.init.is_dir() {
+                true => DogeForCausalLM::load(&a.init, options, &device)?,
+                false => DogeForCausalLM::new(DogeConfig::from_file(&a.init)?, options, &device)?,
+            };
+            Trainer::new(model, config)?
+        }
+    };
+    let vocab = trainer.model().config().vocab_size;
+    if tokenizer.is_bytes() && vocab < 256 {
+        bail!("no tokenizer.json and vocab_size {vocab} is too small for byte-level ids");
+    }
+    let tokens = read_corpus(a, &tokenizer)?;
+    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        bail!("the tokenizer gives id {bad}, outside the model's vocab_size {vocab}");
+    }
+    let held = (tokens.len() / 20).max(a.seq_len + 1).min(tokens.len());
+    let (train_tokens, eval_tokens) = tokens.split_at(tokens.len() - held);
+    let train = TokenBatches::new(train_tokens.to_vec(), a.seq_len, a.batch, a.seed)?;
+    let eval = TokenBatches::new(eval_tokens.to_vec(), a.seq_len, a.batch, a.seed ^ 1)?;
+    eprintln!(
+        "{} tokens ({} held out), {} parameters",
+        tokens.len(),
+        held,
+        parameters(trainer.model())
+    );
+
+    let bar = ProgressBar::new(a.steps as u64).with_position(trainer.step() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let clock = Instant::now();
+    let first = trainer.step();
+    while trainer.step() < a.steps {
+        let step = trainer.step();
+        let stats = trainer.train_step(&train.get(step, &device)?)?;
+        let done = (trainer.step() - first) * a.batch * a.seq_len;
+        let tps = done as f64 / clock.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!(
+            "loss {:.4} lr {:.2e} |g| {:.2} {:.0} tok/s",
+            stats.loss, stats.lr, stats.grad_norm, tps
+        ));
+        bar.inc(1);
+        let s = trainer.step();
+        if s % a.eval_every.max(1) == 0 || s == a.steps {
+            let loss = trainer.eval_loss(&eval.get(0, &device)?)?;
+            // Printed above the bar, or plainly when stderr is no terminal (the bar is hidden).
+            bar.suspend(|| {
+                eprintln!(
+                    "step {s}: train loss {:.4}, held-out loss {loss:.4}, perplexity {:.2}",
+                    stats.loss,
+                    loss.exp()
+                )
+            });
+        }
+        if s % a.save_every.max(1) == 0 || s == a.steps {
+            let dir = trainer.save_checkpoint(&a.out)?;
+            copy_tokenizer(tok_path.as_deref(), &dir)?;
+        }
+    }
+    bar.finish();
+    eprintln!(
+        "done: {} steps, checkpoints in {}",
+        trainer.step(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// Puts the tokenizer next to the weights, so a checkpoint is a model directory for `generate`.
+fn copy_tokenizer(tokenizer: Option<&Path>, dir: &Path) -> Result<()> {
+    if let Some(src) = tokenizer {
+        std::fs::copy(src, dir.join(doge::TOKENIZER_FILE))
+            .with_context(|| format!("cannot copy {} to {}", src.display(), dir.display()))?;
+    }
+    Ok(())
+}
+
+fn parameters(model: &DogeForCausalLM) -> usize {
+    let data = model
+        .vars()
+        .data()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    data.values().map(|v| v.elem_count()).sum()
+}

@@ -1,0 +1,111 @@
+//! `dma train` end to end: a byte-level Doge trains on a text file, writes checkpoints, resumes
+//! from them, and a checkpoint is a model directory that `dma generate` runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("dma-cli-train-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn dma(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dma"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const CONFIG: &str = r#"{"vocab_size": 256, "hidden_size": 32, "intermediate_size": 64,
+  "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+  "keep_window_size": 8, "max_position_embeddings": 64}"#;
+
+#[test]
+fn trains_checkpoints_resumes_and_generates() {
+    let d = dir("run");
+    std::fs::write(d.join("config.json"), CONFIG).unwrap();
+    std::fs::write(
+        d.join("corpus.txt"),
+        "the quick brown fox jumps over the lazy dog. ".repeat(40),
+    )
+    .unwrap();
+    let out = d.join("ckpt");
+    let train = |steps: &str| {
+        let o = dma(&[
+            "train",
+            "--data",
+            s(&d.join("corpus.txt")),
+            "--init",
+            s(&d.join("config.json")),
+            "--out",
+            s(&out),
+            "--steps",
+            steps,
+            "--batch",
+            "2",
+            "--seq-len",
+            "16",
+            "--warmup",
+            "1",
+            "--eval-every",
+            "3",
+            "--save-every",
+            "3",
+            "--lr",
+            "3e-3",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        err
+    };
+    let err = train("6");
+    assert!(err.contains("perplexity"), "{err}");
+    assert!(out.join("step-00000003/model.safetensors").exists());
+    assert_eq!(
+        std::fs::read_to_string(out.join("latest")).unwrap(),
+        "step-00000006"
+    );
+    let err = train("8");
+    assert!(
+        err.contains("resuming from") && err.contains("step-00000006"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("latest")).unwrap(),
+        "step-00000008"
+    );
+    let o = dma(&[
+        "generate",
+        "--model",
+        s(&out.join("step-00000008")),
+        "--prompt",
+        "the ",
+        "--max-new-tokens",
+        "5",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn empty_corpus_is_an_error() {
+    let d = dir("empty");
+    std::fs::write(d.join("config.json"), CONFIG).unwrap();
+    std::fs::write(d.join("corpus.txt"), "").unwrap();
+    let o = dma(&[
+        "train",
+        "--data",
+        s(&d.join("corpus.txt")),
+        "--init",
+        s(&d.join("config.json")),
+        "--out",
+        s(&d.join("ckpt")),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("corpus is empty"));
+}
