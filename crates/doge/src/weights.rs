@@ -53,12 +53,17 @@ pub(crate) fn write(vars: &VarMap, path: &Path, dtype: DType) -> Result<()> {
             .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(dtype)?)))
             .collect::<candle_core::Result<_>>()?
     };
-    let tmp = temp_path(path);
-    candle_core::safetensors::save(&tensors, &tmp).map_err(|e| Error::Safetensors {
-        path: tmp.clone(),
-        reason: e.to_string(),
+    // transformers' loaders (before 4.48.2) insist on `format: pt`, as save_pretrained writes.
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let mut named: Vec<(&String, &Tensor)> = tensors.iter().collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    let bytes = safetensors_candle::tensor::serialize(named, Some(metadata)).map_err(|e| {
+        Error::Safetensors {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
     })?;
-    rename(&tmp, path)
+    write_atomically(path, &bytes)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a

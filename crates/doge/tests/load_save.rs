@@ -247,3 +247,13 @@ fn half_precision_weights_load_as_f32() {
         assert!(err > 0.0 && err < 5e-2, "{dtype:?}: {err}");
     }
 }
+
+#[test]
+fn saved_weights_carry_transformers_metadata() {
+    let (dir, _) = saved_model(small_config());
+    let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    assert_eq!(header["__metadata__"]["format"], "pt");
+    assert_eq!(header["model.norm.weight"]["dtype"], "F32");
+}
