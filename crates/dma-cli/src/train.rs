@@ -25,6 +25,10 @@ pub struct TrainArgs {
     /// UTF-8 bytes as ids).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// Train a byte-level BPE of the model's vocab_size on the --data files, kept as
+    /// OUT/tokenizer.json (a resumed run reuses it).
+    #[arg(long, conflicts_with = "tokenizer")]
+    pub train_tokenizer: bool,
     /// Folder for checkpoints (step-NNNNNNNN/ and `latest`); resumed from if it has one.
     #[arg(long)]
     pub out: PathBuf,
@@ -66,11 +70,31 @@ fn kind(k: Kind) -> AttentionKind {
     }
 }
 
-fn tokenizer_path(a: &TrainArgs) -> Option<PathBuf> {
-    a.tokenizer.clone().or_else(|| {
-        let p = a.init.join(doge::TOKENIZER_FILE);
-        (a.init.is_dir() && p.exists()).then_some(p)
-    })
+/// The tokenizer.json to use: `--tokenizer`; the one a `--train-tokenizer` run left in the
+/// output folder (trained now if there is none yet); the one in an `--init` directory; or none
+/// (UTF-8 bytes).
+fn tokenizer_path(a: &TrainArgs, vocab_size: usize) -> Result<Option<PathBuf>> {
+    if let Some(p) = &a.tokenizer {
+        return Ok(Some(p.clone()));
+    }
+    if a.train_tokenizer {
+        let path = a.out.join(doge::TOKENIZER_FILE);
+        if !path.exists() {
+            eprintln!("training a byte-level BPE of {vocab_size} tokens on the corpus");
+            let tokenizer = doge::train_bpe(&a.data, vocab_size)?;
+            std::fs::create_dir_all(&a.out)
+                .with_context(|| format!("cannot create {}", a.out.display()))?;
+            let tmp = a.out.join("tokenizer.json.tmp");
+            tokenizer
+                .save(&tmp, false)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        return Ok(Some(path));
+    }
+    let p = a.init.join(doge::TOKENIZER_FILE);
+    Ok((a.init.is_dir() && p.exists()).then_some(p))
 }
 
 fn read_corpus(a: &TrainArgs, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
@@ -91,14 +115,6 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let options = ModelOptions {
         kind: kind(a.kind),
         ..Default::default()
-    };
-    let tok_path = tokenizer_path(a);
-    let tokenizer = match &tok_path {
-        Some(p) => Tokenizer::HuggingFace(Box::new(
-            doge::tokenizers::Tokenizer::from_file(p)
-                .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", p.display()))?,
-        )),
-        None => Tokenizer::Bytes,
     };
     let decay = a.decay_steps.unwrap_or(a.steps / 5);
     let config = TrainConfig {
@@ -129,6 +145,14 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         }
     };
     let vocab = trainer.model().config().vocab_size;
+    let tok_path = tokenizer_path(a, vocab)?;
+    let tokenizer = match &tok_path {
+        Some(p) => Tokenizer::HuggingFace(Box::new(
+            doge::tokenizers::Tokenizer::from_file(p)
+                .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", p.display()))?,
+        )),
+        None => Tokenizer::Bytes,
+    };
     if tokenizer.is_bytes() && vocab < 256 {
         bail!("no tokenizer.json and vocab_size {vocab} is too small for byte-level ids");
     }

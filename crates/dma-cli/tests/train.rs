@@ -109,3 +109,57 @@ fn empty_corpus_is_an_error() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("corpus is empty"));
 }
+
+#[test]
+fn trains_a_bpe_from_the_corpus() {
+    let d = dir("bpe");
+    std::fs::write(
+        d.join("config.json"),
+        CONFIG.replace("\"vocab_size\": 256", "\"vocab_size\": 300"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("corpus.txt"),
+        "the quick brown fox jumps over the lazy dog.\n".repeat(60),
+    )
+    .unwrap();
+    let out = d.join("ckpt");
+    let o = dma(&[
+        "train",
+        "--data",
+        s(&d.join("corpus.txt")),
+        "--init",
+        s(&d.join("config.json")),
+        "--out",
+        s(&out),
+        "--steps",
+        "2",
+        "--batch",
+        "1",
+        "--seq-len",
+        "8",
+        "--warmup",
+        "1",
+        "--train-tokenizer",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("byte-level BPE of 300"), "{err}");
+    let tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer.json")).unwrap())
+            .unwrap();
+    assert_eq!(tok["model"]["type"], "BPE");
+    assert!(tok["model"]["vocab"].as_object().unwrap().len() > 257);
+    assert!(out.join("step-00000002/tokenizer.json").exists());
+    let o = dma(&[
+        "generate",
+        "--model",
+        s(&out.join("step-00000002")),
+        "--prompt",
+        "the quick",
+        "--max-new-tokens",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("the quick"));
+}

@@ -7,6 +7,7 @@
 //! bias, generates with greedy or top-p [`Sampler`]s, and trains through candle's autograd.
 
 mod activation;
+mod bpe;
 mod cache;
 mod config;
 mod decoder;
@@ -22,6 +23,7 @@ pub mod train;
 mod weights;
 
 pub use activation::Activation;
+pub use bpe::{train_bpe, END_OF_TEXT};
 pub use cache::KvCache;
 pub use config::DogeConfig;
 pub use dma_candle::{AttentionKind, BiasFn};
