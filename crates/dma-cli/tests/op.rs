@@ -301,6 +301,15 @@ fn window_zero() {
     assert!(e.contains("window"), "{e}");
 }
 
+/// With the cuda device built in, f32 files are refused before any GPU is touched.
+#[test]
+#[cfg(feature = "cuda")]
+fn cuda_device_takes_16_bit_tensors() {
+    let input = dense_input("cuda_f32.safetensors", |_| {});
+    let e = op_error(path_str(&input), &["--window", "2", "--device", "cuda"]);
+    assert!(e.contains("bf16 or f16"), "{e}");
+}
+
 #[test]
 #[cfg(not(feature = "cuda"))]
 fn cuda_device_is_not_built() {
