@@ -26,7 +26,7 @@ pub struct Inputs<'a, T> {
 }
 
 impl<T: Element> Inputs<'_, T> {
-    fn check(&self, problem: &Problem) -> Result<()> {
+    pub(crate) fn check(&self, problem: &Problem) -> Result<()> {
         problem.check_rows("q", "q", self.q.len())?;
         problem.check_rows("k", "k", self.k.len())?;
         problem.check_rows("v", "k", self.v.len())?;

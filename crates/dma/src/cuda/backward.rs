@@ -2,6 +2,7 @@
 //! in f32, from q, k, v, bias, out, lse and dout, over the forward's selection (passed in, or
 //! recomputed: the selection alone, never the forward).
 
+use super::buffers::{self, alloc_uninit};
 use super::compile::KernelSpec;
 use super::device::Device;
 use super::error;
@@ -9,11 +10,9 @@ use super::forward::{self, CudaElement};
 use super::plan::{Plan, BLOCK_M, BLOCK_N};
 use super::select::{self, DevicePlan, Selection};
 use crate::{cpu, Params, Problem, Result, Shape};
-use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 const SOURCE: &str = include_str!("kernels/backward.cu");
-const THREADS: u32 = (BLOCK_M * 2) as u32;
 
 /// The backward kernel for one element type, head dim and masking.
 pub(crate) fn spec<T: CudaElement>(head_dim: usize, causal: bool) -> Result<KernelSpec> {
@@ -78,15 +77,6 @@ fn check_inputs<T>(problem: &Problem, x: &BackwardInputs<'_, T>) -> Result<()> {
     problem.check_len("lse", problem.lse_len(), x.lse.len())
 }
 
-fn alloc<T: cudarc::driver::DeviceRepr>(
-    dev: &Device,
-    what: &'static str,
-    n: usize,
-) -> Result<CudaSlice<T>> {
-    // SAFETY: the backward writes every element of each gradient before it is read.
-    unsafe { dev.stream().alloc::<T>(n) }.map_err(error::alloc(what, n * std::mem::size_of::<T>()))
-}
-
 /// DMA backward on device buffers, allocating the gradients. `selection` is the forward's
 /// (from [`forward_into_with_selection`](super::forward_into_with_selection)) for the same
 /// params, shape and bias; `None` recomputes the selection (not the forward).
@@ -98,11 +88,14 @@ pub fn backward<T: CudaElement>(
     selection: Option<&Selection>,
 ) -> Result<DeviceGradients<T>> {
     let problem = shape.problem()?;
-    let mut grads = DeviceGradients {
-        dq: alloc(dev, "dq", problem.q_len())?,
-        dk: alloc(dev, "dk", problem.k_len())?,
-        dv: alloc(dev, "dv", problem.k_len())?,
-        dbias: alloc(dev, "dbias", problem.bias_len())?,
+    // SAFETY: the backward writes every element of each gradient before it is read.
+    let mut grads = unsafe {
+        DeviceGradients {
+            dq: alloc_uninit(dev, "dq", problem.q_len())?,
+            dk: alloc_uninit(dev, "dk", problem.k_len())?,
+            dv: alloc_uninit(dev, "dv", problem.k_len())?,
+            dbias: alloc_uninit(dev, "dbias", problem.bias_len())?,
+        }
     };
     backward_into(dev, params, shape, inputs, selection, &mut grads)?;
     Ok(grads)
@@ -178,30 +171,10 @@ fn launch<T: CudaElement>(
     grads: &mut DeviceGradients<T>,
     (dk_acc, dv_acc): (&mut CudaSlice<f32>, &mut CudaSlice<f32>),
 ) -> Result<()> {
-    let f = dev.function(spec)?;
-    let smem = smem_bytes(problem.head_dim);
-    f.set_attribute(
-        Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        smem as i32,
-    )
-    .map_err(error::driver)?;
-    let h = &problem.heads;
-    let ints = [
-        h.q as i32,
-        h.kv as i32,
-        h.bias as i32,
-        problem.bias_head_stride as i32,
-        problem.lse_head_stride as i32,
-        problem.total_q as i32,
-        plan.cap as i32,
-    ];
+    let (f, cfg, ints) =
+        forward::block_launch(dev, spec, smem_bytes(problem.head_dim), problem, plan, 1)?;
     let scale = params.scale_for(problem.head_dim);
     let scale_log2 = scale * std::f32::consts::LOG2_E;
-    let cfg = LaunchConfig {
-        grid_dim: (plan.num_blocks() as u32, h.q as u32, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: smem as u32,
-    };
     let mut l = dev.stream().launch_builder(&f);
     l.arg(x.q)
         .arg(x.k)
@@ -266,28 +239,21 @@ pub fn backward_host<T: CudaElement>(
 ) -> Result<cpu::Gradients<T>> {
     params.validate()?;
     let problem = shape.problem()?;
-    problem.check_rows("q", "q", inputs.q.len())?;
-    problem.check_rows("k", "k", inputs.k.len())?;
-    problem.check_rows("v", "k", inputs.v.len())?;
-    problem.check_bias(inputs.bias)?;
+    inputs.check(&problem)?;
     problem.check_rows("out", "q", out.len())?;
     problem.check_rows("dout", "q", dout.len())?;
     problem.check_len("lse", problem.lse_len(), lse.len())?;
-    let s = dev.stream();
-    let up = |x: &[T], what| {
-        s.clone_htod(x)
-            .map_err(error::alloc(what, std::mem::size_of_val(x)))
-    };
-    let upf = |x: &[f32], what| s.clone_htod(x).map_err(error::alloc(what, x.len() * 4));
+    let up = |x: &[T], what| buffers::upload(dev, x, what);
     let (q, k, v) = (up(inputs.q, "q")?, up(inputs.k, "k")?, up(inputs.v, "v")?);
     let (o, d) = (up(out, "out")?, up(dout, "dout")?);
-    let (bias, l) = (upf(inputs.bias, "bias")?, upf(lse, "lse")?);
+    let bias = buffers::upload(dev, inputs.bias, "bias")?;
+    let l = buffers::upload(dev, lse, "lse")?;
     let nan = T::from_f32(f32::NAN);
     let mut grads = DeviceGradients {
-        dq: up(&vec![nan; q.len()], "dq")?,
-        dk: up(&vec![nan; k.len()], "dk")?,
-        dv: up(&vec![nan; k.len()], "dv")?,
-        dbias: upf(&vec![f32::NAN; bias.len()], "dbias")?,
+        dq: buffers::filled(dev, nan, q.len(), "dq")?,
+        dk: buffers::filled(dev, nan, k.len(), "dk")?,
+        dv: buffers::filled(dev, nan, k.len(), "dv")?,
+        dbias: buffers::filled(dev, f32::NAN, bias.len(), "dbias")?,
     };
     let x = BackwardInputs {
         q: &q,
@@ -300,9 +266,9 @@ pub fn backward_host<T: CudaElement>(
     };
     backward_into(dev, params, shape, &x, None, &mut grads)?;
     Ok(cpu::Gradients {
-        dq: s.clone_dtoh(&grads.dq).map_err(error::driver)?,
-        dk: s.clone_dtoh(&grads.dk).map_err(error::driver)?,
-        dv: s.clone_dtoh(&grads.dv).map_err(error::driver)?,
-        dbias: s.clone_dtoh(&grads.dbias).map_err(error::driver)?,
+        dq: buffers::download(dev, &grads.dq)?,
+        dk: buffers::download(dev, &grads.dk)?,
+        dv: buffers::download(dev, &grads.dv)?,
+        dbias: buffers::download(dev, &grads.dbias)?,
     })
 }

@@ -4,10 +4,11 @@
 //! (split-K). Cost is nearly flat in the context length: the bias (4 bytes a key) is the only
 //! thing read for every key.
 
+use super::buffers::alloc_uninit;
 use super::compile::KernelSpec;
 use super::device::Device;
 use super::error;
-use super::forward::{self, CudaElement};
+use super::forward::{self, causal_arg, CudaElement};
 use super::plan::{Plan, BLOCK_M, BLOCK_N};
 use super::select::{self, DevicePlan, Selection};
 use crate::{cpu, DmaError, Params, Problem, Result, Shape};
@@ -27,11 +28,7 @@ pub const DECODE_MAX_Q: usize = BLOCK_M;
 
 /// The decode-selection kernels (one radix pass, the gather) for a masking.
 pub(crate) fn specs(causal: bool) -> [KernelSpec; 2] {
-    let c = if causal {
-        ("causal", "true")
-    } else {
-        ("full", "false")
-    };
+    let c = causal_arg(causal);
     [
         KernelSpec::new(SOURCE, "DMA_DECODE_PASS_KERNEL", "dma_decode_pass", &[c]),
         KernelSpec::new(
@@ -111,12 +108,7 @@ pub fn decode_into<T: CudaElement>(
     if problem.sequences.iter().any(|s| s.nq > DECODE_MAX_Q) {
         return super::forward_into(dev, params, shape, q, k, v, bias, out, lse);
     }
-    problem.check_rows("q", "q", q.len())?;
-    problem.check_rows("k", "k", k.len())?;
-    problem.check_rows("v", "k", v.len())?;
-    problem.check_len("bias", problem.bias_len(), bias.len())?;
-    problem.check_rows("out", "q", out.len())?;
-    problem.check_len("lse", problem.lse_len(), lse.len())?;
+    forward::check_buffers(&problem, q, k, v, bias, out, lse)?;
     forward::spec::<T>(problem.head_dim, params.causal)?;
     let dp = decode_plan(params, &problem)?;
     if dp.plan.num_blocks() == 0 {
@@ -125,24 +117,13 @@ pub fn decode_into<T: CudaElement>(
     let tables = DevicePlan::upload(dev, &dp.plan)?;
     let sel = select_decode(dev, params, &problem, &dp, &tables, bias)?;
     let splits = splits_for(dev, &dp.plan, &problem)?;
-    if splits <= 1 {
-        return forward::attend(
-            dev,
-            params,
-            &problem,
-            &dp.plan,
-            &tables,
-            &sel,
-            (q, k, v),
-            out,
-            lse,
-            None,
-        );
-    }
-    let n = forward::split_part_len(&problem, splits);
-    // SAFETY: the forward writes every partial the combine reads (each split, row and head).
-    let mut part =
-        unsafe { dev.stream().alloc::<f32>(n) }.map_err(error::alloc("split-K partials", n * 4))?;
+    let mut part = if splits > 1 {
+        let n = forward::split_part_len(&problem, splits);
+        // SAFETY: the forward writes every partial the combine reads (each split, row and head).
+        Some(unsafe { alloc_uninit::<f32>(dev, "split-K partials", n)? })
+    } else {
+        None
+    };
     forward::attend(
         dev,
         params,
@@ -153,7 +134,7 @@ pub fn decode_into<T: CudaElement>(
         (q, k, v),
         out,
         lse,
-        Some((splits, &mut part)),
+        part.as_mut().map(|part| (splits, part)),
     )
 }
 
@@ -252,7 +233,7 @@ fn select_decode(
     // own list (tau is the w-th best rank, ranks are distinct).
     unsafe { l.launch(cfg) }.map_err(error::driver)?;
     if params.causal {
-        select::launch_dependents(dev, params, problem, plan, tables, bias, &mut sel)?;
+        select::launch_lists(dev, params, problem, plan, tables, bias, &mut sel, true)?;
     }
     Ok(sel)
 }
@@ -265,28 +246,5 @@ pub fn decode_host<T: CudaElement>(
     shape: &Shape,
     inputs: &cpu::Inputs<'_, T>,
 ) -> Result<cpu::Forward<T>> {
-    params.validate()?;
-    let problem = shape.problem()?;
-    problem.check_rows("q", "q", inputs.q.len())?;
-    problem.check_rows("k", "k", inputs.k.len())?;
-    problem.check_rows("v", "k", inputs.v.len())?;
-    problem.check_bias(inputs.bias)?;
-    let s = dev.stream();
-    let up = |x: &[T], what| {
-        s.clone_htod(x)
-            .map_err(error::alloc(what, std::mem::size_of_val(x)))
-    };
-    let (q, k, v) = (up(inputs.q, "q")?, up(inputs.k, "k")?, up(inputs.v, "v")?);
-    let bias = s
-        .clone_htod(inputs.bias)
-        .map_err(error::alloc("bias", inputs.bias.len() * 4))?;
-    let mut out = up(&vec![T::from_f32(f32::NAN); inputs.q.len()], "out")?;
-    let mut lse = s
-        .clone_htod(&vec![f32::NAN; problem.lse_len()])
-        .map_err(error::alloc("lse", problem.lse_len() * 4))?;
-    decode_into(dev, params, shape, &q, &k, &v, &bias, &mut out, &mut lse)?;
-    Ok(cpu::Forward {
-        out: s.clone_dtoh(&out).map_err(error::driver)?,
-        lse: s.clone_dtoh(&lse).map_err(error::driver)?,
-    })
+    forward::run_host(dev, params, shape, inputs, decode_into::<T>)
 }

@@ -1,19 +1,22 @@
 //! The forward on device buffers: selection, then the gather-and-attend kernel
 //! (kernels/forward.cu).
 
+use super::buffers::{self, alloc_uninit};
 use super::compile::KernelSpec;
 use super::device::Device;
 use super::error;
-use super::plan::{Plan, BLOCK_M};
+use super::plan::{Plan, BLOCK_M, BLOCK_N};
 use super::select::{self, DevicePlan, Selection};
 use crate::{cpu, DmaError, Element, Params, Problem, Result, Shape};
 use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
 use half::{bf16, f16};
 
 const SOURCE: &str = include_str!("kernels/forward.cu");
+/// Threads of a forward or backward CTA (8 warps x 16 rows).
 const THREADS: u32 = (BLOCK_M * 2) as u32;
-use super::plan::BLOCK_N;
 
 /// Head dims with a forward kernel.
 pub const HEAD_DIMS: &[usize] = &[64, 128];
@@ -53,12 +56,16 @@ pub(crate) fn spec_args(head_dim: usize, causal: bool) -> Result<(TemplateArg, T
             })
         }
     };
-    let c = if causal {
+    Ok((d, causal_arg(causal)))
+}
+
+/// The masking template argument of every kernel that takes one.
+pub(crate) fn causal_arg(causal: bool) -> TemplateArg {
+    if causal {
         ("causal", "true")
     } else {
         ("full", "false")
-    };
-    Ok((d, c))
+    }
 }
 
 /// The forward kernel for one element type, head dim and masking.
@@ -85,17 +92,23 @@ pub struct DeviceForward<T> {
     pub lse: CudaSlice<f32>,
 }
 
-fn check_inputs<T>(
+/// The buffer checks of [`forward_into`] and [`decode_into`](super::decode_into).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_buffers<T>(
     problem: &Problem,
     q: &CudaSlice<T>,
     k: &CudaSlice<T>,
     v: &CudaSlice<T>,
     bias: &CudaSlice<f32>,
+    out: &CudaSlice<T>,
+    lse: &CudaSlice<f32>,
 ) -> Result<()> {
     problem.check_rows("q", "q", q.len())?;
     problem.check_rows("k", "k", k.len())?;
     problem.check_rows("v", "k", v.len())?;
-    problem.check_len("bias", problem.bias_len(), bias.len())
+    problem.check_len("bias", problem.bias_len(), bias.len())?;
+    problem.check_rows("out", "q", out.len())?;
+    problem.check_len("lse", problem.lse_len(), lse.len())
 }
 
 /// DMA forward on device buffers, allocating out and lse.
@@ -115,10 +128,12 @@ pub fn forward<T: CudaElement>(
     let n = q.len().max(1);
     let lse_len = shape.problem()?.lse_len().max(1);
     // SAFETY: forward_into writes every element of out and lse.
-    let mut out = unsafe { dev.stream().alloc::<T>(n) }
-        .map_err(error::alloc("out", n * std::mem::size_of::<T>()))?;
-    let mut lse =
-        unsafe { dev.stream().alloc::<f32>(lse_len) }.map_err(error::alloc("lse", lse_len * 4))?;
+    let (mut out, mut lse) = unsafe {
+        (
+            alloc_uninit::<T>(dev, "out", n)?,
+            alloc_uninit::<f32>(dev, "lse", lse_len)?,
+        )
+    };
     forward_into(dev, params, shape, q, k, v, bias, &mut out, &mut lse)?;
     Ok(DeviceForward { out, lse })
 }
@@ -155,9 +170,7 @@ pub fn forward_into_with_selection<T: CudaElement>(
 ) -> Result<Selection> {
     params.validate()?;
     let problem = shape.problem()?;
-    check_inputs(&problem, q, k, v, bias)?;
-    problem.check_rows("out", "q", out.len())?;
-    problem.check_len("lse", problem.lse_len(), lse.len())?;
+    check_buffers(&problem, q, k, v, bias, out, lse)?;
     spec::<T>(problem.head_dim, params.causal)?;
     let plan = Plan::new(params, &problem)?;
     let tables = DevicePlan::upload(dev, &plan)?;
@@ -197,30 +210,16 @@ pub(crate) fn attend<T: CudaElement>(
     split: Option<(usize, &mut CudaSlice<f32>)>,
 ) -> Result<()> {
     let spec = spec::<T>(problem.head_dim, params.causal)?;
-    let f = dev.function(&spec)?;
-    let smem = smem_bytes(problem.head_dim);
-    f.set_attribute(
-        Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        smem as i32,
-    )
-    .map_err(error::driver)?;
-    let h = &problem.heads;
-    let ints = [
-        h.q as i32,
-        h.kv as i32,
-        h.bias as i32,
-        problem.bias_head_stride as i32,
-        problem.lse_head_stride as i32,
-        problem.total_q as i32,
-        plan.cap as i32,
-    ];
-    let scale_log2 = params.scale_for(problem.head_dim) * std::f32::consts::LOG2_E;
     let splits = split.as_ref().map_or(1, |(n, _)| *n);
-    let cfg = LaunchConfig {
-        grid_dim: (plan.num_blocks() as u32, h.q as u32, splits as u32),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: smem as u32,
-    };
+    let (f, cfg, ints) = block_launch(
+        dev,
+        &spec,
+        smem_bytes(problem.head_dim),
+        problem,
+        plan,
+        splits,
+    )?;
+    let scale_log2 = params.scale_for(problem.head_dim) * std::f32::consts::LOG2_E;
     let null = 0u64;
     let mut launch = dev.stream().launch_builder(&f);
     launch
@@ -254,6 +253,41 @@ pub(crate) fn attend<T: CudaElement>(
         combine::<T>(dev, problem, tables, part, splits, out, lse)?;
     }
     Ok(())
+}
+
+/// The setup the forward and backward launches share, one CTA of `THREADS` per (query block,
+/// query head, split): the kernel with its dynamic shared memory set, the launch config, and the
+/// geometry both kernels take (Hq, Hkv, Hb, bias head stride, lse head stride, total_q, cap).
+pub(crate) fn block_launch(
+    dev: &Device,
+    spec: &KernelSpec,
+    smem: usize,
+    problem: &Problem,
+    plan: &Plan,
+    splits: usize,
+) -> Result<(CudaFunction, LaunchConfig, [i32; 7])> {
+    let f = dev.function(spec)?;
+    f.set_attribute(
+        Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        smem as i32,
+    )
+    .map_err(error::driver)?;
+    let h = &problem.heads;
+    let ints = [
+        h.q as i32,
+        h.kv as i32,
+        h.bias as i32,
+        problem.bias_head_stride as i32,
+        problem.lse_head_stride as i32,
+        problem.total_q as i32,
+        plan.cap as i32,
+    ];
+    let cfg = LaunchConfig {
+        grid_dim: (plan.num_blocks() as u32, h.q as u32, splits as u32),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: smem as u32,
+    };
+    Ok((f, cfg, ints))
 }
 
 /// f32 elements of the split-K scratch: `splits` partial outputs plus their (m, l) pairs.
@@ -322,29 +356,48 @@ pub fn forward_host<T: CudaElement>(
     shape: &Shape,
     inputs: &cpu::Inputs<'_, T>,
 ) -> Result<cpu::Forward<T>> {
+    run_host(dev, params, shape, inputs, forward_into::<T>)
+}
+
+/// The signature of [`forward_into`] and [`decode_into`](super::decode_into).
+pub(crate) type ForwardInto<T> = fn(
+    &Device,
+    &Params,
+    &Shape,
+    &CudaSlice<T>,
+    &CudaSlice<T>,
+    &CudaSlice<T>,
+    &CudaSlice<f32>,
+    &mut CudaSlice<T>,
+    &mut CudaSlice<f32>,
+) -> Result<()>;
+
+/// A host entry point on top of a device one (`forward_into` or `decode_into`): checks the
+/// inputs (bias included) like the CPU backend, uploads, runs `into` on outputs poisoned with
+/// NaN, and copies out and lse back.
+pub(crate) fn run_host<T: CudaElement>(
+    dev: &Device,
+    params: &Params,
+    shape: &Shape,
+    inputs: &cpu::Inputs<'_, T>,
+    into: ForwardInto<T>,
+) -> Result<cpu::Forward<T>> {
     params.validate()?;
     let problem = shape.problem()?;
-    problem.check_rows("q", "q", inputs.q.len())?;
-    problem.check_rows("k", "k", inputs.k.len())?;
-    problem.check_rows("v", "k", inputs.v.len())?;
-    problem.check_bias(inputs.bias)?;
-    let s = dev.stream();
-    let up = |x: &[T], what| {
-        s.clone_htod(x)
-            .map_err(error::alloc(what, std::mem::size_of_val(x)))
-    };
-    let (q, k, v) = (up(inputs.q, "q")?, up(inputs.k, "k")?, up(inputs.v, "v")?);
-    let bias = s
-        .clone_htod(inputs.bias)
-        .map_err(error::alloc("bias", inputs.bias.len() * 4))?;
-    let mut out = up(&vec![T::from_f32(f32::NAN); inputs.q.len()], "out")?;
-    let mut lse = s
-        .clone_htod(&vec![f32::NAN; problem.lse_len()])
-        .map_err(error::alloc("lse", problem.lse_len() * 4))?;
-    forward_into(dev, params, shape, &q, &k, &v, &bias, &mut out, &mut lse)?;
+    inputs.check(&problem)?;
+    let (q, k, v) = (
+        buffers::upload(dev, inputs.q, "q")?,
+        buffers::upload(dev, inputs.k, "k")?,
+        buffers::upload(dev, inputs.v, "v")?,
+    );
+    let bias = buffers::upload(dev, inputs.bias, "bias")?;
+    let nan = T::from_f32(f32::NAN);
+    let mut out = buffers::filled(dev, nan, inputs.q.len(), "out")?;
+    let mut lse = buffers::filled(dev, f32::NAN, problem.lse_len(), "lse")?;
+    into(dev, params, shape, &q, &k, &v, &bias, &mut out, &mut lse)?;
     Ok(cpu::Forward {
-        out: s.clone_dtoh(&out).map_err(error::driver)?,
-        lse: s.clone_dtoh(&lse).map_err(error::driver)?,
+        out: buffers::download(dev, &out)?,
+        lse: buffers::download(dev, &lse)?,
     })
 }
 

@@ -27,6 +27,7 @@
 //! ```
 
 mod backward;
+mod buffers;
 pub mod compile;
 mod decode;
 mod device;

@@ -1,9 +1,11 @@
 //! Selection on the GPU: for every list (a causal block of query rows, or a whole sequence) and
 //! bias head, the candidate keys and each query row's threshold rank (kernels/select.cu).
 
+use super::buffers::{self, alloc_uninit};
 use super::compile::KernelSpec;
 use super::device::Device;
 use super::error;
+use super::forward::causal_arg;
 use super::plan::Plan;
 use crate::{DmaError, Params, Problem, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
@@ -14,11 +16,7 @@ const THREADS: u32 = 256;
 /// The selection kernel for causal or non-causal masking, for anchor lists (from all earlier
 /// keys) or the lists after them (from their anchor's list).
 pub(crate) fn spec(causal: bool, from_anchor: bool) -> KernelSpec {
-    let c = if causal {
-        ("causal", "true")
-    } else {
-        ("full", "false")
-    };
+    let c = causal_arg(causal);
     let a = if from_anchor {
         ("dependent", "true")
     } else {
@@ -71,11 +69,10 @@ impl Selection {
 
     /// Copies the selection to the host.
     pub fn to_host(&self, dev: &Device) -> Result<HostSelection> {
-        let s = dev.stream();
         Ok(HostSelection {
-            cand: s.clone_dtoh(&self.cand).map_err(error::driver)?,
-            count: s.clone_dtoh(&self.count).map_err(error::driver)?,
-            thr: s.clone_dtoh(&self.thr).map_err(error::driver)?,
+            cand: buffers::download(dev, &self.cand)?,
+            count: buffers::download(dev, &self.count)?,
+            thr: buffers::download(dev, &self.thr)?,
             cap: self.cap,
         })
     }
@@ -113,9 +110,8 @@ fn alloc<T: cudarc::driver::DeviceRepr>(
     what: &'static str,
     n: usize,
 ) -> Result<CudaSlice<T>> {
-    let n = n.max(1);
     // SAFETY: every element the kernels read is written by the selection kernel first.
-    unsafe { dev.stream().alloc::<T>(n) }.map_err(error::alloc(what, n * std::mem::size_of::<T>()))
+    unsafe { alloc_uninit(dev, what, n.max(1)) }
 }
 
 fn made_for(params: &Params, problem: &Problem, plan: &Plan) -> (usize, bool, usize, usize, usize) {
@@ -162,21 +158,10 @@ pub(crate) fn run(
     Ok(sel)
 }
 
-/// The lists after their anchors (the anchors' lists must be complete, earlier in the stream).
-pub(crate) fn launch_dependents(
-    dev: &Device,
-    params: &Params,
-    problem: &Problem,
-    plan: &Plan,
-    tables: &DevicePlan,
-    bias: &CudaSlice<f32>,
-    sel: &mut Selection,
-) -> Result<()> {
-    launch_lists(dev, params, problem, plan, tables, bias, sel, true)
-}
-
+/// Launches the selection of the anchor lists, or (`from_anchor`) of the lists after their
+/// anchors (the anchors' lists must be complete, earlier in the stream).
 #[allow(clippy::too_many_arguments)]
-fn launch_lists(
+pub(crate) fn launch_lists(
     dev: &Device,
     params: &Params,
     problem: &Problem,
