@@ -7,6 +7,7 @@ mod gpu;
 mod layout;
 mod logits;
 mod model_args;
+mod mqar;
 mod op;
 mod selftest;
 mod tensors;
@@ -44,6 +45,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Train a Doge model on text files, with checkpoints that a second run resumes from.
     Train(train::TrainArgs),
+    /// Multi-query associative recall (Zoology): train a small model with dma, swa or mha
+    /// attention on generated examples and report its test accuracy.
+    Mqar(mqar::MqarArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
@@ -159,6 +163,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Logits(a) => logits::run(&a),
         Command::Generate(a) => generate::run(&a),
         Command::Train(a) => train::run(&a),
+        Command::Mqar(a) => mqar::run(&a),
     }
 }
 

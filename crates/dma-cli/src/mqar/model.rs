@@ -1,0 +1,99 @@
+//! The MQAR model (a small Doge with the chosen attention, weights drawn from the run's seed)
+//! and its loss on the answer positions only.
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor, D};
+use doge::{AttentionKind, DogeConfig, DogeForCausalLM, ModelOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// The sizes of the model.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelSpec {
+    pub kind: AttentionKind,
+    pub vocab: usize,
+    pub seq_len: usize,
+    pub d_model: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub window: usize,
+}
+
+/// A fresh Doge of `spec` (MLP width 2 * d_model), its matrices ~ N(0, 0.02) from `seed`.
+pub fn build(spec: &ModelSpec, seed: u64, device: &Device) -> Result<DogeForCausalLM> {
+    let mut config = DogeConfig::new(
+        spec.vocab,
+        spec.d_model,
+        2 * spec.d_model,
+        spec.layers,
+        spec.heads,
+        spec.heads,
+    );
+    config.max_position_embeddings = spec.seq_len;
+    config.keep_window_size = spec.window;
+    let options = ModelOptions {
+        kind: spec.kind,
+        ..Default::default()
+    };
+    let model = DogeForCausalLM::new(config, options, device)?;
+    reseed(&model, seed)?;
+    Ok(model)
+}
+
+/// Redraws every matrix from `seed` (candle's CPU generator cannot be seeded), so a run is
+/// repeatable; vectors (norms, residual scales, `A`) keep their constant initial values.
+fn reseed(model: &DogeForCausalLM, seed: u64) -> Result<()> {
+    let std = model.config().initializer_range;
+    let data = model
+        .vars()
+        .data()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for name in names {
+        let var = &data[name];
+        if var.rank() == 2 {
+            let values: Vec<f32> = (0..var.elem_count())
+                .map(|_| (normal(&mut rng) * std) as f32)
+                .collect();
+            var.set(&Tensor::from_vec(values, var.shape(), var.device())?)?;
+        }
+    }
+    Ok(())
+}
+
+/// A standard normal draw (Box-Muller).
+fn normal(rng: &mut StdRng) -> f64 {
+    let u1 = 1.0 - rng.random::<f64>();
+    let u2 = rng.random::<f64>();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// The logits at the answer positions `[M, vocab]`: `logits` `[B, N, vocab]` and the flat
+/// indices (b * N + n) of the answers.
+pub fn answer_logits(logits: &Tensor, answers: &Tensor) -> Result<Tensor> {
+    let vocab = logits.dim(D::Minus1)?;
+    Ok(logits.reshape(((), vocab))?.index_select(answers, 0)?)
+}
+
+/// Mean cross-entropy of `logits` `[M, vocab]` against `targets` `[M]` (u32).
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let log_p = shifted.broadcast_sub(&log_z)?;
+    let picked = log_p.gather(&targets.unsqueeze(1)?, 1)?;
+    Ok(picked.mean_all()?.neg()?)
+}
+
+/// How many rows of `logits` `[M, vocab]` have their largest logit at `targets` `[M]`.
+pub fn correct(logits: &Tensor, targets: &Tensor) -> Result<usize> {
+    let hits = logits
+        .argmax(D::Minus1)?
+        .eq(targets)?
+        .to_dtype(DType::U32)?
+        .sum_all()?;
+    Ok(hits.to_scalar::<u32>()? as usize)
+}
