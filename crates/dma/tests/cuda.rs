@@ -97,6 +97,10 @@ impl Case {
         }
     }
 
+    fn params(&self) -> Params {
+        Params::new(self.window).causal(self.causal)
+    }
+
     fn label(&self) -> String {
         let layout = match &self.varlen {
             None => format!("dense B={} Nq={} Nk={}", self.batch, self.nq, self.nk),
@@ -170,29 +174,36 @@ fn cases(small: bool) -> Vec<Case> {
     out.into_iter().step_by(every).collect()
 }
 
+/// `n` values uniform in [-1, 1).
+fn random_values<T: Element>(rng: &mut StdRng, n: usize) -> Vec<T> {
+    (0..n)
+        .map(|_| T::from_f32(rng.random_range(-1.0f32..1.0)))
+        .collect()
+}
+
+/// `n` biases uniform in [-4, 4).
+fn random_bias(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-4.0f32..4.0)).collect()
+}
+
 fn random_inputs<T: Element>(
     rng: &mut StdRng,
     shape: &Shape,
     ties: bool,
 ) -> (Vec<T>, Vec<T>, Vec<T>, Vec<f32>) {
     let p = shape.problem().unwrap();
-    let mut v = |n: usize| -> Vec<T> {
-        (0..n)
-            .map(|_| T::from_f32(rng.random_range(-1.0f32..1.0)))
+    let q = random_values(rng, p.q_len());
+    let k = random_values(rng, p.k_len());
+    let v = random_values(rng, p.k_len());
+    let bias = if ties {
+        let levels = [0.0f32, -0.0, 1.0, -1.0, 2.5];
+        (0..p.bias_len())
+            .map(|_| levels[rng.random_range(0..levels.len())])
             .collect()
+    } else {
+        random_bias(rng, p.bias_len())
     };
-    let (q, k, vv) = (v(p.q_len()), v(p.k_len()), v(p.k_len()));
-    let levels = [0.0f32, -0.0, 1.0, -1.0, 2.5];
-    let bias = (0..p.bias_len())
-        .map(|_| {
-            if ties {
-                levels[rng.random_range(0..levels.len())]
-            } else {
-                rng.random_range(-4.0f32..4.0)
-            }
-        })
-        .collect();
-    (q, k, vv, bias)
+    (q, k, v, bias)
 }
 
 /// ||a - b|| / ||b|| over the entries where b is finite; entries where b is -inf must be -inf
@@ -217,7 +228,22 @@ fn rel_err(a: &[f32], b: &[f32]) -> Result<f64, String> {
     })
 }
 
-fn check_forward<T: cuda::CudaElement>(dev: &Device, case: &Case, seed: u64) -> (f64, f64) {
+fn to_f32<T: Element>(x: &[T]) -> Vec<f32> {
+    x.iter().map(|y| y.to_f32()).collect()
+}
+
+/// A host forward entry point of the CUDA backend (`forward_host`, `decode_host`).
+type HostForward<T> =
+    fn(&Device, &Params, &Shape, &cpu::Inputs<'_, T>) -> dma::Result<cpu::Forward<T>>;
+
+/// Out and lse errors of a host forward entry point against the CPU forward. The entry points
+/// poison out and lse with NaN before the kernels run.
+fn check_host_forward<T: cuda::CudaElement>(
+    dev: &Device,
+    case: &Case,
+    seed: u64,
+    host_forward: HostForward<T>,
+) -> [f64; 2] {
     let mut rng = StdRng::seed_from_u64(seed);
     let shape = case.shape();
     let (q, k, v, bias) = random_inputs::<T>(&mut rng, &shape, case.ties);
@@ -227,22 +253,30 @@ fn check_forward<T: cuda::CudaElement>(dev: &Device, case: &Case, seed: u64) -> 
         v: &v,
         bias: &bias,
     };
-    let params = Params::new(case.window).causal(case.causal);
+    let params = case.params();
     let want = cpu::forward(&params, &shape, &inputs).unwrap();
-    // forward_host poisons out and lse with NaN before the kernels run.
-    let got = cuda::forward_host(dev, &params, &shape, &inputs)
+    let got = host_forward(dev, &params, &shape, &inputs)
         .unwrap_or_else(|e| panic!("{}: {e}", case.label()));
-    let f = |x: &[T]| x.iter().map(|y| y.to_f32()).collect::<Vec<f32>>();
-    let eo = rel_err(&f(&got.out), &f(&want.out))
+    let eo = rel_err(&to_f32(&got.out), &to_f32(&want.out))
         .unwrap_or_else(|e| panic!("{} ({}): out: {e}", case.label(), T::DTYPE));
     let el = rel_err(&got.lse, &want.lse)
         .unwrap_or_else(|e| panic!("{} ({}): lse: {e}", case.label(), T::DTYPE));
-    (eo, el)
+    [eo, el]
 }
 
-/// Forward out and lse against the CPU backend, bf16 and f16, every configuration.
-#[test]
-fn forward_matches_cpu() {
+fn check_forward<T: cuda::CudaElement>(dev: &Device, case: &Case, seed: u64) -> [f64; 2] {
+    check_host_forward::<T>(dev, case, seed, cuda::forward_host)
+}
+
+/// Runs the checks on every case, in bf16 and f16 (seeds `seed + i`, and that `^ 0x9e37` for
+/// f16), prints each case's errors under `names`, asserts each is at most 1e-2, and prints the
+/// worst (followed by `worst_suffix`).
+fn run_cases<const N: usize>(
+    worst_suffix: &str,
+    names: [&str; N],
+    check_bf16: fn(&Device, &Case, u64) -> [f64; N],
+    check_f16: fn(&Device, &Case, u64) -> [f64; N],
+) {
     let Some(dev) = device() else { return };
     let small = std::env::var_os("DMA_CUDA_SMALL").is_some();
     let seed = fresh_seed();
@@ -250,73 +284,16 @@ fn forward_matches_cpu() {
     let mut worst = 0.0f64;
     for (i, case) in cases(small).iter().enumerate() {
         let s = seed.wrapping_add(i as u64);
-        let (ob, lb) = check_forward::<bf16>(&dev, case, s);
-        let (oh, lh) = check_forward::<f16>(&dev, case, s ^ 0x9e37);
-        eprintln!(
-            "{:<80} bf16 out {ob:.2e} lse {lb:.2e} | f16 out {oh:.2e} lse {lh:.2e}",
-            case.label()
-        );
-        for e in [ob, lb, oh, lh] {
-            worst = worst.max(e);
-        }
-        assert!(
-            ob <= 1e-2 && lb <= 1e-2 && oh <= 1e-2 && lh <= 1e-2,
-            "{}: error above 1e-2",
-            case.label()
-        );
-    }
-    eprintln!("worst relative error {worst:.2e}");
-}
-
-fn check_backward<T: cuda::CudaElement>(dev: &Device, case: &Case, seed: u64) -> [f64; 4] {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let shape = case.shape();
-    let (q, k, v, bias) = random_inputs::<T>(&mut rng, &shape, case.ties);
-    let dout: Vec<T> = (0..q.len())
-        .map(|_| T::from_f32(rng.random_range(-1.0f32..1.0)))
-        .collect();
-    let inputs = cpu::Inputs {
-        q: &q,
-        k: &k,
-        v: &v,
-        bias: &bias,
-    };
-    let params = Params::new(case.window).causal(case.causal);
-    // Both backends get the same out and lse (the CPU forward's).
-    let fwd = cpu::forward(&params, &shape, &inputs).unwrap();
-    let want = cpu::backward(&params, &shape, &inputs, &fwd.out, &fwd.lse, &dout).unwrap();
-    // backward_host poisons every gradient with NaN before the kernels run.
-    let got = cuda::backward_host(dev, &params, &shape, &inputs, &fwd.out, &fwd.lse, &dout)
-        .unwrap_or_else(|e| panic!("{}: {e}", case.label()));
-    let f = |x: &[T]| x.iter().map(|y| y.to_f32()).collect::<Vec<f32>>();
-    let err = |name: &str, a: Vec<f32>, b: Vec<f32>| {
-        rel_err(&a, &b).unwrap_or_else(|e| panic!("{} ({}): {name}: {e}", case.label(), T::DTYPE))
-    };
-    [
-        err("dq", f(&got.dq), f(&want.dq)),
-        err("dk", f(&got.dk), f(&want.dk)),
-        err("dv", f(&got.dv), f(&want.dv)),
-        err("dbias", got.dbias.clone(), want.dbias.clone()),
-    ]
-}
-
-/// Backward dq, dk, dv, dbias against the CPU backend, bf16 and f16, every configuration.
-#[test]
-fn backward_matches_cpu() {
-    let Some(dev) = device() else { return };
-    let small = std::env::var_os("DMA_CUDA_SMALL").is_some();
-    let seed = fresh_seed();
-    eprintln!("seed {seed} (DMA_SEED reproduces)");
-    let mut worst = 0.0f64;
-    for (i, case) in cases(small).iter().enumerate() {
-        let s = seed.wrapping_add(i as u64);
-        let b = check_backward::<bf16>(&dev, case, s);
-        let h = check_backward::<f16>(&dev, case, s ^ 0x9e37);
-        eprintln!(
-            "{:<80} bf16 dq {:.2e} dk {:.2e} dv {:.2e} dbias {:.2e} | f16 dq {:.2e} dk {:.2e} dv {:.2e} dbias {:.2e}",
-            case.label(),
-            b[0], b[1], b[2], b[3], h[0], h[1], h[2], h[3]
-        );
+        let b = check_bf16(&dev, case, s);
+        let h = check_f16(&dev, case, s ^ 0x9e37);
+        let line = |e: &[f64; N]| {
+            names
+                .iter()
+                .zip(e)
+                .map(|(n, e)| format!(" {n} {e:.2e}"))
+                .collect::<String>()
+        };
+        eprintln!("{:<80} bf16{} | f16{}", case.label(), line(&b), line(&h));
         for e in b.iter().chain(&h) {
             worst = worst.max(*e);
         }
@@ -326,7 +303,58 @@ fn backward_matches_cpu() {
             case.label()
         );
     }
-    eprintln!("worst relative error {worst:.2e} (backward)");
+    eprintln!("worst relative error {worst:.2e}{worst_suffix}");
+}
+
+/// Forward out and lse against the CPU backend, bf16 and f16, every configuration.
+#[test]
+fn forward_matches_cpu() {
+    run_cases(
+        "",
+        ["out", "lse"],
+        check_forward::<bf16>,
+        check_forward::<f16>,
+    );
+}
+
+fn check_backward<T: cuda::CudaElement>(dev: &Device, case: &Case, seed: u64) -> [f64; 4] {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let shape = case.shape();
+    let (q, k, v, bias) = random_inputs::<T>(&mut rng, &shape, case.ties);
+    let dout: Vec<T> = random_values(&mut rng, q.len());
+    let inputs = cpu::Inputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        bias: &bias,
+    };
+    let params = case.params();
+    // Both backends get the same out and lse (the CPU forward's).
+    let fwd = cpu::forward(&params, &shape, &inputs).unwrap();
+    let want = cpu::backward(&params, &shape, &inputs, &fwd.out, &fwd.lse, &dout).unwrap();
+    // backward_host poisons every gradient with NaN before the kernels run.
+    let got = cuda::backward_host(dev, &params, &shape, &inputs, &fwd.out, &fwd.lse, &dout)
+        .unwrap_or_else(|e| panic!("{}: {e}", case.label()));
+    let err = |name: &str, a: Vec<f32>, b: Vec<f32>| {
+        rel_err(&a, &b).unwrap_or_else(|e| panic!("{} ({}): {name}: {e}", case.label(), T::DTYPE))
+    };
+    [
+        err("dq", to_f32(&got.dq), to_f32(&want.dq)),
+        err("dk", to_f32(&got.dk), to_f32(&want.dk)),
+        err("dv", to_f32(&got.dv), to_f32(&want.dv)),
+        err("dbias", got.dbias.clone(), want.dbias.clone()),
+    ]
+}
+
+/// Backward dq, dk, dv, dbias against the CPU backend, bf16 and f16, every configuration.
+#[test]
+fn backward_matches_cpu() {
+    run_cases(
+        " (backward)",
+        ["dq", "dk", "dv", "dbias"],
+        check_backward::<bf16>,
+        check_backward::<f16>,
+    );
 }
 
 /// The backward over the forward's own selection equals the backward that selects again, and a
@@ -338,7 +366,7 @@ fn backward_reuses_forward_selection() {
     let case = &cases(true)[5];
     let shape = case.shape();
     let (q, k, v, bias) = random_inputs::<bf16>(&mut rng, &shape, case.ties);
-    let params = Params::new(case.window).causal(case.causal);
+    let params = case.params();
     let s = dev.stream();
     let (q, k, v, bias) = (
         s.clone_htod(&q).unwrap(),
@@ -374,8 +402,10 @@ fn backward_reuses_forward_selection() {
     };
     let (ha, hb) = (host(&a), host(&b));
     assert_eq!(ha.0, hb.0, "dq");
-    let f = |x: &[bf16]| x.iter().map(|y| y.to_f32()).collect::<Vec<f32>>();
-    assert!(rel_err(&f(&ha.1), &f(&hb.1)).unwrap() < 1e-3, "dk");
+    assert!(
+        rel_err(&to_f32(&ha.1), &to_f32(&hb.1)).unwrap() < 1e-3,
+        "dk"
+    );
     assert!(rel_err(&ha.2, &hb.2).unwrap() < 1e-4, "dbias");
     let other = Params::new(case.window + 1).causal(case.causal);
     let err = cuda::backward(&dev, &other, &shape, &x, Some(&sel)).unwrap_err();
@@ -419,14 +449,12 @@ fn decode_matches_cpu() {
                 window: w,
                 ties: i % 4 == 2,
             };
-            let shape = case.shape();
-            let params = Params::new(case.window).causal(case.causal);
             for dtype in 0..2 {
                 let s = seed.wrapping_add(i * 2 + dtype);
-                let (eo, el) = if dtype == 0 {
-                    check_decode::<bf16>(&dev, &case, &shape, &params, s)
+                let [eo, el] = if dtype == 0 {
+                    check_host_forward::<bf16>(&dev, &case, s, cuda::decode_host)
                 } else {
-                    check_decode::<f16>(&dev, &case, &shape, &params, s)
+                    check_host_forward::<f16>(&dev, &case, s, cuda::decode_host)
                 };
                 eprintln!(
                     "decode {:<80} {} out {eo:.2e} lse {el:.2e}",
@@ -445,32 +473,6 @@ fn decode_matches_cpu() {
     eprintln!("worst relative error {worst:.2e} (decode)");
 }
 
-fn check_decode<T: cuda::CudaElement>(
-    dev: &Device,
-    case: &Case,
-    shape: &Shape,
-    params: &Params,
-    seed: u64,
-) -> (f64, f64) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let (q, k, v, bias) = random_inputs::<T>(&mut rng, shape, case.ties);
-    let inputs = cpu::Inputs {
-        q: &q,
-        k: &k,
-        v: &v,
-        bias: &bias,
-    };
-    let want = cpu::forward(params, shape, &inputs).unwrap();
-    let got = cuda::decode_host(dev, params, shape, &inputs)
-        .unwrap_or_else(|e| panic!("{}: {e}", case.label()));
-    let f = |x: &[T]| x.iter().map(|y| y.to_f32()).collect::<Vec<f32>>();
-    let eo = rel_err(&f(&got.out), &f(&want.out))
-        .unwrap_or_else(|e| panic!("{} ({}): out: {e}", case.label(), T::DTYPE));
-    let el = rel_err(&got.lse, &want.lse)
-        .unwrap_or_else(|e| panic!("{} ({}): lse: {e}", case.label(), T::DTYPE));
-    (eo, el)
-}
-
 /// The GPU selection keeps exactly the CPU selection's keys, row by row.
 #[test]
 fn selection_matches_cpu() {
@@ -482,7 +484,7 @@ fn selection_matches_cpu() {
         let shape = case.shape();
         let problem = shape.problem().unwrap();
         let (_, _, _, bias) = random_inputs::<bf16>(&mut rng, &shape, case.ties);
-        let params = Params::new(case.window).causal(case.causal);
+        let params = case.params();
         let dbias = dev.stream().clone_htod(&bias).unwrap();
         let sel = cuda::select(&dev, &params, &shape, &dbias)
             .and_then(|s| s.to_host(&dev))
@@ -598,6 +600,43 @@ fn errors_are_typed() {
     );
 }
 
+/// The sizes in the environment variable `var` (comma-separated), or `default`.
+fn bench_sizes(var: &str, default: &str) -> Vec<usize> {
+    std::env::var(var)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+/// Hkv of the forward and backward benchmarks: DMA_BENCH_HKV, or `default`.
+fn bench_hkv(default: usize) -> usize {
+    std::env::var("DMA_BENCH_HKV")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Median of `reps` CUDA-event times of `f` on `dev`'s stream, after `warmup` untimed runs.
+fn median_ms(dev: &Device, warmup: usize, reps: usize, f: &mut dyn FnMut()) -> f64 {
+    let (ctx, s) = (dev.context(), dev.stream());
+    for _ in 0..warmup {
+        f();
+    }
+    let mut ms = Vec::new();
+    for _ in 0..reps {
+        let a = ctx.new_event(Some(CU_EVENT_DEFAULT)).unwrap();
+        let b = ctx.new_event(Some(CU_EVENT_DEFAULT)).unwrap();
+        a.record(s).unwrap();
+        f();
+        b.record(s).unwrap();
+        b.synchronize().unwrap();
+        ms.push(a.elapsed_ms(&b).unwrap() as f64);
+    }
+    ms.sort_by(|x, y| x.total_cmp(y));
+    ms[ms.len() / 2]
+}
+
 /// Forward timing: B=1, Hq=16, Hkv=DMA_BENCH_HKV (default 16), Hb=Hkv, D=128, bf16, w=2048,
 /// causal, N in DMA_BENCH_N (default 16384,32768); medians of CUDA-event times over the whole
 /// call (selection and host-side planning included) and over the selection alone.
@@ -605,30 +644,17 @@ fn errors_are_typed() {
 #[ignore = "timing, run on the GPU with --ignored"]
 fn bench_forward() {
     let Some(dev) = device() else { return };
-    let sizes: Vec<usize> = std::env::var("DMA_BENCH_N")
-        .unwrap_or_else(|_| "16384,32768".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let sizes = bench_sizes("DMA_BENCH_N", "16384,32768");
     let (h, d, w) = (16usize, 128usize, 2048usize);
-    let hkv: usize = std::env::var("DMA_BENCH_HKV")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(h);
+    let hkv = bench_hkv(h);
     let mut rng = StdRng::seed_from_u64(fresh_seed());
     let s = dev.stream().clone();
     for n in sizes {
         let shape = Shape::dense(1, n, n, Heads::new(h, hkv), d);
         let params = Params::new(w);
-        let mut rnd = |len: usize| -> Vec<bf16> {
-            (0..len)
-                .map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)))
-                .collect()
-        };
+        let mut rnd = |len: usize| -> Vec<bf16> { random_values(&mut rng, len) };
         let (q, k, v) = (rnd(n * h * d), rnd(n * hkv * d), rnd(n * hkv * d));
-        let bias: Vec<f32> = (0..hkv * n)
-            .map(|_| rng.random_range(-4.0f32..4.0))
-            .collect();
+        let bias = random_bias(&mut rng, hkv * n);
         let (q, k, v) = (
             s.clone_htod(&q).unwrap(),
             s.clone_htod(&k).unwrap(),
@@ -637,24 +663,7 @@ fn bench_forward() {
         let bias = s.clone_htod(&bias).unwrap();
         let mut out = s.alloc_zeros::<bf16>(n * h * d).unwrap();
         let mut lse = s.alloc_zeros::<f32>(n * h).unwrap();
-        let ctx = dev.context();
-        let time = |f: &mut dyn FnMut()| -> f64 {
-            for _ in 0..3 {
-                f();
-            }
-            let mut ms = Vec::new();
-            for _ in 0..20 {
-                let a = ctx.new_event(Some(CU_EVENT_DEFAULT)).unwrap();
-                let b = ctx.new_event(Some(CU_EVENT_DEFAULT)).unwrap();
-                a.record(&s).unwrap();
-                f();
-                b.record(&s).unwrap();
-                b.synchronize().unwrap();
-                ms.push(a.elapsed_ms(&b).unwrap() as f64);
-            }
-            ms.sort_by(|x, y| x.total_cmp(y));
-            ms[ms.len() / 2]
-        };
+        let time = |f: &mut dyn FnMut()| median_ms(&dev, 3, 20, f);
         let t_all = time(&mut || {
             cuda::forward_into(&dev, &params, &shape, &q, &k, &v, &bias, &mut out, &mut lse)
                 .unwrap()
@@ -680,35 +689,22 @@ fn bench_forward() {
 #[ignore = "timing, run on the GPU with --ignored"]
 fn bench_backward() {
     let Some(dev) = device() else { return };
-    let sizes: Vec<usize> = std::env::var("DMA_BENCH_N")
-        .unwrap_or_else(|_| "16384,32768".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let sizes = bench_sizes("DMA_BENCH_N", "16384,32768");
     let (h, d, w) = (16usize, 128usize, 2048usize);
-    let hkv: usize = std::env::var("DMA_BENCH_HKV")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(h);
+    let hkv = bench_hkv(h);
     let mut rng = StdRng::seed_from_u64(fresh_seed());
     let s = dev.stream().clone();
     for n in sizes {
         let shape = Shape::dense(1, n, n, Heads::new(h, hkv), d);
         let params = Params::new(w);
-        let mut rnd = |len: usize| -> Vec<bf16> {
-            (0..len)
-                .map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)))
-                .collect()
-        };
+        let mut rnd = |len: usize| -> Vec<bf16> { random_values(&mut rng, len) };
         let (q, k, v, dout) = (
             rnd(n * h * d),
             rnd(n * hkv * d),
             rnd(n * hkv * d),
             rnd(n * h * d),
         );
-        let bias: Vec<f32> = (0..hkv * n)
-            .map(|_| rng.random_range(-4.0f32..4.0))
-            .collect();
+        let bias = random_bias(&mut rng, hkv * n);
         let up = |x: &Vec<bf16>| s.clone_htod(x).unwrap();
         let (q, k, v, dout) = (up(&q), up(&k), up(&v), up(&dout));
         let bias = s.clone_htod(&bias).unwrap();
@@ -720,24 +716,7 @@ fn bench_backward() {
             dv: s.alloc_zeros::<bf16>(n * hkv * d).unwrap(),
             dbias: s.alloc_zeros::<f32>(n * hkv).unwrap(),
         };
-        let ctx = dev.context();
-        let time = |f: &mut dyn FnMut()| -> f64 {
-            for _ in 0..3 {
-                f();
-            }
-            let mut ms = Vec::new();
-            for _ in 0..15 {
-                let a = ctx.new_event(Some(CU_EVENT_DEFAULT)).unwrap();
-                let b = ctx.new_event(Some(CU_EVENT_DEFAULT)).unwrap();
-                a.record(&s).unwrap();
-                f();
-                b.record(&s).unwrap();
-                b.synchronize().unwrap();
-                ms.push(a.elapsed_ms(&b).unwrap() as f64);
-            }
-            ms.sort_by(|x, y| x.total_cmp(y));
-            ms[ms.len() / 2]
-        };
+        let time = |f: &mut dyn FnMut()| median_ms(&dev, 3, 15, f);
         let sel = cuda::forward_into_with_selection(
             &dev, &params, &shape, &q, &k, &v, &bias, &mut out, &mut lse,
         )
@@ -785,26 +764,16 @@ fn bench_backward() {
 #[ignore = "timing, run on the GPU with --ignored"]
 fn bench_decode() {
     let Some(dev) = device() else { return };
-    let sizes: Vec<usize> = std::env::var("DMA_BENCH_CTX")
-        .unwrap_or_else(|_| "8192,32768,131072".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let sizes = bench_sizes("DMA_BENCH_CTX", "8192,32768,131072");
     let (hq, hkv, d, w, nq) = (32usize, 8usize, 128usize, 2048usize, 1usize);
     let mut rng = StdRng::seed_from_u64(fresh_seed());
     let s = dev.stream().clone();
     for n in sizes {
         let shape = Shape::dense(1, nq, n, Heads::new(hq, hkv), d);
         let params = Params::new(w);
-        let mut rnd = |len: usize| -> Vec<bf16> {
-            (0..len)
-                .map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)))
-                .collect()
-        };
+        let mut rnd = |len: usize| -> Vec<bf16> { random_values(&mut rng, len) };
         let (q, k, v) = (rnd(nq * hq * d), rnd(n * hkv * d), rnd(n * hkv * d));
-        let bias: Vec<f32> = (0..hkv * n)
-            .map(|_| rng.random_range(-4.0f32..4.0))
-            .collect();
+        let bias = random_bias(&mut rng, hkv * n);
         let (q, k, v) = (
             s.clone_htod(&q).unwrap(),
             s.clone_htod(&k).unwrap(),
@@ -813,24 +782,7 @@ fn bench_decode() {
         let bias = s.clone_htod(&bias).unwrap();
         let mut out = s.alloc_zeros::<bf16>(nq * hq * d).unwrap();
         let mut lse = s.alloc_zeros::<f32>(nq * hq).unwrap();
-        let ctx = dev.context();
-        let time = |f: &mut dyn FnMut()| -> f64 {
-            for _ in 0..5 {
-                f();
-            }
-            let mut ms = Vec::new();
-            for _ in 0..50 {
-                let a = ctx.new_event(Some(CU_EVENT_DEFAULT)).unwrap();
-                let b = ctx.new_event(Some(CU_EVENT_DEFAULT)).unwrap();
-                a.record(&s).unwrap();
-                f();
-                b.record(&s).unwrap();
-                b.synchronize().unwrap();
-                ms.push(a.elapsed_ms(&b).unwrap() as f64);
-            }
-            ms.sort_by(|x, y| x.total_cmp(y));
-            ms[ms.len() / 2]
-        };
+        let time = |f: &mut dyn FnMut()| median_ms(&dev, 5, 50, f);
         let t_dec = time(&mut || {
             cuda::decode_into(&dev, &params, &shape, &q, &k, &v, &bias, &mut out, &mut lse).unwrap()
         });
