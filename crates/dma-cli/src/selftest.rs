@@ -105,6 +105,18 @@ mod imp {
         dout: Vec<T>,
     }
 
+    impl<T> Inputs<T> {
+        /// What the CPU backend and the host entry points take.
+        fn cpu(&self) -> cpu::Inputs<'_, T> {
+            cpu::Inputs {
+                q: &self.q,
+                k: &self.k,
+                v: &self.v,
+                bias: &self.bias,
+            }
+        }
+    }
+
     fn random<T: Element>(rng: &mut StdRng, case: &Case) -> Result<Inputs<T>> {
         let p = case.shape.problem()?;
         let mut v = |n: usize| -> Vec<T> {
@@ -162,30 +174,38 @@ mod imp {
     /// Errors of one check, by name.
     type Errors = Vec<(&'static str, f64)>;
 
-    fn forward<T: CudaElement>(dev: &Device, case: &Case, seed: u64) -> Result<Errors> {
+    /// A host forward entry point of the CUDA backend (`forward_host`, `decode_host`).
+    type HostForward<T> =
+        fn(&Device, &Params, &Shape, &cpu::Inputs<'_, T>) -> dma::Result<cpu::Forward<T>>;
+
+    /// Out and lse of a host forward entry point against the CPU forward.
+    fn check_host_forward<T: CudaElement>(
+        dev: &Device,
+        case: &Case,
+        seed: u64,
+        host_forward: HostForward<T>,
+    ) -> Result<Errors> {
         let x = random::<T>(&mut StdRng::seed_from_u64(seed), case)?;
-        let inputs = cpu::Inputs {
-            q: &x.q,
-            k: &x.k,
-            v: &x.v,
-            bias: &x.bias,
-        };
+        let inputs = x.cpu();
         let want = cpu::forward(&case.params, &case.shape, &inputs)?;
-        let got = cuda::forward_host(dev, &case.params, &case.shape, &inputs)?;
+        let got = host_forward(dev, &case.params, &case.shape, &inputs)?;
         Ok(vec![
             ("out", rel_err(&f32s(&got.out), &f32s(&want.out))),
             ("lse", rel_err(&got.lse, &want.lse)),
         ])
     }
 
+    fn forward<T: CudaElement>(dev: &Device, case: &Case, seed: u64) -> Result<Errors> {
+        check_host_forward::<T>(dev, case, seed, cuda::forward_host)
+    }
+
+    fn decode<T: CudaElement>(dev: &Device, case: &Case, seed: u64) -> Result<Errors> {
+        check_host_forward::<T>(dev, case, seed, cuda::decode_host)
+    }
+
     fn backward<T: CudaElement>(dev: &Device, case: &Case, seed: u64) -> Result<Errors> {
         let x = random::<T>(&mut StdRng::seed_from_u64(seed), case)?;
-        let inputs = cpu::Inputs {
-            q: &x.q,
-            k: &x.k,
-            v: &x.v,
-            bias: &x.bias,
-        };
+        let inputs = x.cpu();
         let (p, s) = (&case.params, &case.shape);
         let fwd = cpu::forward(p, s, &inputs)?;
         let want = cpu::backward(p, s, &inputs, &fwd.out, &fwd.lse, &x.dout)?;
@@ -195,22 +215,6 @@ mod imp {
             ("dk", rel_err(&f32s(&got.dk), &f32s(&want.dk))),
             ("dv", rel_err(&f32s(&got.dv), &f32s(&want.dv))),
             ("dbias", rel_err(&got.dbias, &want.dbias)),
-        ])
-    }
-
-    fn decode<T: CudaElement>(dev: &Device, case: &Case, seed: u64) -> Result<Errors> {
-        let x = random::<T>(&mut StdRng::seed_from_u64(seed), case)?;
-        let inputs = cpu::Inputs {
-            q: &x.q,
-            k: &x.k,
-            v: &x.v,
-            bias: &x.bias,
-        };
-        let want = cpu::forward(&case.params, &case.shape, &inputs)?;
-        let got = cuda::decode_host(dev, &case.params, &case.shape, &inputs)?;
-        Ok(vec![
-            ("out", rel_err(&f32s(&got.out), &f32s(&want.out))),
-            ("lse", rel_err(&got.lse, &want.lse)),
         ])
     }
 
