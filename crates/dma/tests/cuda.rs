@@ -7,6 +7,7 @@
 #![cfg(feature = "cuda")]
 
 use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
+use cudarc::driver::CudaSlice;
 use dma::cuda::{self, Device};
 use dma::selection::{rank, KeySelection};
 use dma::{cpu, DmaError, Element, Heads, Params, Shape};
@@ -637,6 +638,31 @@ fn median_ms(dev: &Device, warmup: usize, reps: usize, f: &mut dyn FnMut()) -> f
     ms[ms.len() / 2]
 }
 
+/// Device buffers of a benchmark: random bf16 q, k, v and f32 bias, zeroed out and lse.
+struct BenchBuffers {
+    q: CudaSlice<bf16>,
+    k: CudaSlice<bf16>,
+    v: CudaSlice<bf16>,
+    bias: CudaSlice<f32>,
+    out: CudaSlice<bf16>,
+    lse: CudaSlice<f32>,
+}
+
+fn bench_buffers(dev: &Device, rng: &mut StdRng, shape: &Shape) -> BenchBuffers {
+    let p = shape.problem().unwrap();
+    let s = dev.stream();
+    let mut up = |n: usize| s.clone_htod(&random_values::<bf16>(rng, n)).unwrap();
+    let (q, k, v) = (up(p.q_len()), up(p.k_len()), up(p.k_len()));
+    BenchBuffers {
+        q,
+        k,
+        v,
+        bias: s.clone_htod(&random_bias(rng, p.bias_len())).unwrap(),
+        out: s.alloc_zeros::<bf16>(p.q_len()).unwrap(),
+        lse: s.alloc_zeros::<f32>(p.lse_len()).unwrap(),
+    }
+}
+
 /// Forward timing: B=1, Hq=16, Hkv=DMA_BENCH_HKV (default 16), Hb=Hkv, D=128, bf16, w=2048,
 /// causal, N in DMA_BENCH_N (default 16384,32768); medians of CUDA-event times over the whole
 /// call (selection and host-side planning included) and over the selection alone.
@@ -648,21 +674,17 @@ fn bench_forward() {
     let (h, d, w) = (16usize, 128usize, 2048usize);
     let hkv = bench_hkv(h);
     let mut rng = StdRng::seed_from_u64(fresh_seed());
-    let s = dev.stream().clone();
     for n in sizes {
         let shape = Shape::dense(1, n, n, Heads::new(h, hkv), d);
         let params = Params::new(w);
-        let mut rnd = |len: usize| -> Vec<bf16> { random_values(&mut rng, len) };
-        let (q, k, v) = (rnd(n * h * d), rnd(n * hkv * d), rnd(n * hkv * d));
-        let bias = random_bias(&mut rng, hkv * n);
-        let (q, k, v) = (
-            s.clone_htod(&q).unwrap(),
-            s.clone_htod(&k).unwrap(),
-            s.clone_htod(&v).unwrap(),
-        );
-        let bias = s.clone_htod(&bias).unwrap();
-        let mut out = s.alloc_zeros::<bf16>(n * h * d).unwrap();
-        let mut lse = s.alloc_zeros::<f32>(n * h).unwrap();
+        let BenchBuffers {
+            q,
+            k,
+            v,
+            bias,
+            mut out,
+            mut lse,
+        } = bench_buffers(&dev, &mut rng, &shape);
         let time = |f: &mut dyn FnMut()| median_ms(&dev, 3, 20, f);
         let t_all = time(&mut || {
             cuda::forward_into(&dev, &params, &shape, &q, &k, &v, &bias, &mut out, &mut lse)
@@ -771,17 +793,14 @@ fn bench_decode() {
     for n in sizes {
         let shape = Shape::dense(1, nq, n, Heads::new(hq, hkv), d);
         let params = Params::new(w);
-        let mut rnd = |len: usize| -> Vec<bf16> { random_values(&mut rng, len) };
-        let (q, k, v) = (rnd(nq * hq * d), rnd(n * hkv * d), rnd(n * hkv * d));
-        let bias = random_bias(&mut rng, hkv * n);
-        let (q, k, v) = (
-            s.clone_htod(&q).unwrap(),
-            s.clone_htod(&k).unwrap(),
-            s.clone_htod(&v).unwrap(),
-        );
-        let bias = s.clone_htod(&bias).unwrap();
-        let mut out = s.alloc_zeros::<bf16>(nq * hq * d).unwrap();
-        let mut lse = s.alloc_zeros::<f32>(nq * hq).unwrap();
+        let BenchBuffers {
+            q,
+            k,
+            v,
+            bias,
+            mut out,
+            mut lse,
+        } = bench_buffers(&dev, &mut rng, &shape);
         let time = |f: &mut dyn FnMut()| median_ms(&dev, 5, 50, f);
         let t_dec = time(&mut || {
             cuda::decode_into(&dev, &params, &shape, &q, &k, &v, &bias, &mut out, &mut lse).unwrap()
