@@ -677,21 +677,16 @@ fn bench_forward() {
     for n in sizes {
         let shape = Shape::dense(1, n, n, Heads::new(h, hkv), d);
         let params = Params::new(w);
-        let BenchBuffers {
-            q,
-            k,
-            v,
-            bias,
-            mut out,
-            mut lse,
-        } = bench_buffers(&dev, &mut rng, &shape);
+        let mut b = bench_buffers(&dev, &mut rng, &shape);
         let time = |f: &mut dyn FnMut()| median_ms(&dev, 3, 20, f);
         let t_all = time(&mut || {
-            cuda::forward_into(&dev, &params, &shape, &q, &k, &v, &bias, &mut out, &mut lse)
-                .unwrap()
+            cuda::forward_into(
+                &dev, &params, &shape, &b.q, &b.k, &b.v, &b.bias, &mut b.out, &mut b.lse,
+            )
+            .unwrap()
         });
         let t_sel = time(&mut || {
-            cuda::select(&dev, &params, &shape, &bias).unwrap();
+            cuda::select(&dev, &params, &shape, &b.bias).unwrap();
         });
         let pairs: f64 = (0..n).map(|p| (p + 1).min(w) as f64).sum::<f64>() * h as f64;
         let tflops = 4.0 * pairs * d as f64 / (t_all * 1e-3) / 1e12;
@@ -793,29 +788,29 @@ fn bench_decode() {
     for n in sizes {
         let shape = Shape::dense(1, nq, n, Heads::new(hq, hkv), d);
         let params = Params::new(w);
-        let BenchBuffers {
-            q,
-            k,
-            v,
-            bias,
-            mut out,
-            mut lse,
-        } = bench_buffers(&dev, &mut rng, &shape);
+        let mut b = bench_buffers(&dev, &mut rng, &shape);
         let time = |f: &mut dyn FnMut()| median_ms(&dev, 5, 50, f);
         let t_dec = time(&mut || {
-            cuda::decode_into(&dev, &params, &shape, &q, &k, &v, &bias, &mut out, &mut lse).unwrap()
+            cuda::decode_into(
+                &dev, &params, &shape, &b.q, &b.k, &b.v, &b.bias, &mut b.out, &mut b.lse,
+            )
+            .unwrap()
         });
         let t_fwd = time(&mut || {
-            cuda::forward_into(&dev, &params, &shape, &q, &k, &v, &bias, &mut out, &mut lse)
-                .unwrap()
+            cuda::forward_into(
+                &dev, &params, &shape, &b.q, &b.k, &b.v, &b.bias, &mut b.out, &mut b.lse,
+            )
+            .unwrap()
         });
         // Host time to enqueue one decode (planning, uploads, allocations, launches), no sync.
         let mut host = Vec::new();
         for _ in 0..50 {
             s.synchronize().unwrap();
             let t = std::time::Instant::now();
-            cuda::decode_into(&dev, &params, &shape, &q, &k, &v, &bias, &mut out, &mut lse)
-                .unwrap();
+            cuda::decode_into(
+                &dev, &params, &shape, &b.q, &b.k, &b.v, &b.bias, &mut b.out, &mut b.lse,
+            )
+            .unwrap();
             host.push(t.elapsed().as_secs_f64() * 1e3);
         }
         host.sort_by(|x, y| x.total_cmp(y));
