@@ -121,7 +121,7 @@ fn check(a: &MqarArgs) -> Result<()> {
             bail!("{flag} must be a finite number >= 0, got {x}");
         }
     }
-    if !(a.clip > 0.0) {
+    if a.clip.is_nan() || a.clip <= 0.0 {
         bail!("--clip must be positive, got {}", a.clip);
     }
     Ok(())
