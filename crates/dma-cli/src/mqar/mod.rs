@@ -36,12 +36,12 @@ pub struct MqarArgs {
     #[arg(long, default_value_t = 16)]
     pub window: usize,
     /// Vocabulary: keys from 1..vocab/2, values from vocab/2..vocab (Zoology uses 8192).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 64)]
     pub vocab: usize,
     /// Gap exponent of the query positions (weight g^(a-1); 1 is uniform).
     #[arg(long, default_value_t = 0.01)]
     pub power_a: f64,
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 8_000)]
     pub train_examples: usize,
     #[arg(long, default_value_t = 1_000)]
     pub test_examples: usize,
@@ -49,9 +49,9 @@ pub struct MqarArgs {
     #[arg(long, conflicts_with = "epochs")]
     pub steps: Option<usize>,
     /// Passes over the training examples (used when --steps is not given).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 4)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 16)]
     pub batch: usize,
     #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
