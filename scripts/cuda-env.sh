@@ -2,7 +2,8 @@
 # CUDA 13.0 toolchain pieces from PyPI into .cuda/ (ignored by git), for compiling and inspecting
 # the dma crate's CUDA kernels on a machine without a GPU (NVRTC, ptxas, the CUDA headers).
 #
-#   scripts/cuda-env.sh install   # once per machine: pip wheels into .cuda/
+#   scripts/cuda-env.sh install   # once per machine: pip wheels into .cuda/, and what candle's
+#                                 # `cuda` feature needs to build (cuBLAS, cuRAND, a libcuda stub)
 #   source scripts/cuda-env.sh    # in each shell: PATH, LD_LIBRARY_PATH, CUDA_HOME
 #
 # The GPU machine has its own CUDA under /usr/local/cuda; nothing here is needed there.
@@ -17,6 +18,34 @@ if [ "${1:-}" = "install" ]; then
   for lib in "$_dma_cu13"/lib/libnvrtc.so.13 "$_dma_cu13"/lib/libnvrtc-builtins.so.13.0; do
     [ -e "$lib" ] && ln -sf "$(basename "$lib")" "${lib%%.so*}.so"
   done
+fi
+
+if [ "${1:-}" = "install" ] || [ "${1:-}" = "install-candle" ]; then
+  # candle's `cuda` feature links cuBLAS, cuRAND and libcuda at build time (cudarc's dynamic
+  # linking) and compiles its kernels with nvcc. The GPU machine has CUDA 13.0: pin its libraries.
+  # (pip --target does not merge into an existing nvidia/ folder: unpack aside, copy the libraries.)
+  rm -rf "$_dma_root/.cuda/candle-wheels"
+  python3 -m pip install --quiet --target "$_dma_root/.cuda/candle-wheels" --no-deps \
+    nvidia-cublas==13.0.0.19 nvidia-curand==10.4.0.35 || exit 1
+  cp -a "$_dma_root"/.cuda/candle-wheels/nvidia/cu13/lib/. "$_dma_cu13/lib/" || exit 1
+  for lib in "$_dma_cu13"/lib/libcublas.so.13 "$_dma_cu13"/lib/libcublasLt.so.13 \
+    "$_dma_cu13"/lib/libcurand.so.10; do
+    [ -e "$lib" ] && ln -sf "$(basename "$lib")" "${lib%%.so*}.so"
+  done
+  # No wheel carries libcuda (it comes with the driver): link against a stub that defines every
+  # driver-API name cudarc declares; at run time the binary loads the GPU machine's libcuda.so.1.
+  _dma_sys="$(find "${CARGO_HOME:-$HOME/.cargo}"/registry/src -path '*cudarc-0.19.*/src/driver/sys/mod.rs' | head -1)"
+  if [ -z "$_dma_sys" ]; then
+    cargo fetch --manifest-path "$_dma_root/Cargo.toml" >/dev/null || exit 1
+    _dma_sys="$(find "${CARGO_HOME:-$HOME/.cargo}"/registry/src -path '*cudarc-0.19.*/src/driver/sys/mod.rs' | head -1)"
+  fi
+  grep -o 'fn cu[A-Za-z0-9_]*' "$_dma_sys" | sort -u | sed 's/^fn \(.*\)/void \1(void) {}/' \
+    > "$_dma_root/.cuda/libcuda-stub.c"
+  # In lib/stubs (cudarc's build searches it), never on LD_LIBRARY_PATH: a binary run here must
+  # not load the stub as if it were a driver.
+  mkdir -p "$_dma_cu13/lib/stubs"
+  cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$_dma_cu13/lib/stubs/libcuda.so" \
+    "$_dma_root/.cuda/libcuda-stub.c" || exit 1
   echo "installed into $_dma_root/.cuda"
 fi
 

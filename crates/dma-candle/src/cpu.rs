@@ -1,6 +1,7 @@
 //! The op on CPU storage: candle storages and layouts in, [`dma::cpu`] on dense slices, candle
 //! storages and tensors out.
 
+use crate::op::Tensors;
 use crate::Error;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Storage, Tensor, WithDType};
@@ -30,29 +31,19 @@ pub(crate) fn forward(
     }
 }
 
-/// The tensors the backward reads, in the op's layouts: q `[B, Nq, Hq, D]`, kv
-/// `[2, B, Nk, Hkv, D]`, bias `[B, Hb, Nk]` (f32), out and dout like q, lse `[B, Hq, Nq]` (f32).
-pub(crate) struct Saved<'a> {
-    pub q: &'a Tensor,
-    pub kv: &'a Tensor,
-    pub bias: &'a Tensor,
-    pub out: &'a Tensor,
-    pub dout: &'a Tensor,
-    pub lse: &'a Tensor,
-}
-
 /// Gradients of q, kv (dk stacked over dv) and bias, as CPU tensors.
 pub(crate) fn backward(
     params: &Params,
     shape: &Shape,
-    t: &Saved,
+    t: &Tensors,
+    lse: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (q, lq) = t.q.storage_and_layout();
     let (kv, lkv) = t.kv.storage_and_layout();
     let (bias, lb) = t.bias.storage_and_layout();
     let (out, lo) = t.out.storage_and_layout();
     let (dout, ldo) = t.dout.storage_and_layout();
-    let (lse, ll) = t.lse.storage_and_layout();
+    let (lse, ll) = lse.storage_and_layout();
     let bias = dense(f32_slice("bias", cpu(&bias)?)?, lb);
     let lse = dense(f32_slice("lse", cpu(&lse)?)?, ll);
     let (dims_q, dims_kv) = (t.q.dims(), t.kv.dims());
@@ -132,7 +123,7 @@ fn typed<'a, T: WithDType>((s, l): (&'a CpuStorage, &Layout)) -> Result<Cow<'a, 
 fn cpu(storage: &Storage) -> std::result::Result<&CpuStorage, Error> {
     match storage {
         Storage::Cpu(s) => Ok(s),
-        Storage::Cuda(_) => Err(Error::CudaNotBuilt),
+        Storage::Cuda(_) => Err(Error::MixedDevices),
         Storage::Metal(_) => Err(Error::UnsupportedDevice("metal")),
     }
 }

@@ -33,10 +33,16 @@ pub enum Error {
         actual: DType,
         expected: String,
     },
-    #[error("the cuda backend of dma-candle is not built yet")]
-    CudaNotBuilt,
-    #[error("dma-candle supports cpu storage (and later cuda), not {0}")]
+    #[error("dma-candle was built without its `cuda` feature: build with `--features cuda` to run the op on CUDA tensors")]
+    CudaNotEnabled,
+    #[error("dma-candle supports cpu and cuda storage, not {0}")]
     UnsupportedDevice(&'static str),
+    #[error("the op's tensors must all be on one device")]
+    MixedDevices,
+    #[error("`{0}` must be contiguous on CUDA")]
+    NotContiguous(&'static str),
+    #[error("CUDA: {0}")]
+    Cuda(String),
     #[error("invalid DmaAttention config: {0}")]
     Config(String),
     #[error("internal error: backward ran before its forward saved the log-sum-exp")]

@@ -123,6 +123,9 @@ struct DynamicBias {
 /// with the bias computed from the value states. Weight names are those of transformers'
 /// `DogeAttention` (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `dt_proj`, `A`, `q_norm`,
 /// `k_norm`); `dt_proj` and `A` exist only for [`AttentionKind::Dma`].
+///
+/// On CUDA an f32 layer runs the attention itself in bf16 (the kernels have no f32 path) and
+/// everything else in f32.
 #[derive(Debug, Clone)]
 pub struct DmaAttention {
     q_proj: Linear,
@@ -226,7 +229,17 @@ impl DmaAttention {
             AttentionKind::Mha => k.dim(1)?.max(1),
         };
         // Causal, scale 1/sqrt(D) as in Doge.
-        let out = dma_attention(q, k, v, bias, &Params::new(window))?;
+        let params = Params::new(window);
+        let out = match (q.device(), q.dtype()) {
+            // The CUDA kernels take bf16/f16: an f32 model attends in bf16 (like autocast), the
+            // rest of the model stays f32.
+            (candle_core::Device::Cuda(_), DType::F32) => {
+                let bf16 = |t: &Tensor| t.to_dtype(DType::BF16);
+                dma_attention(&bf16(q)?, &bf16(k)?, &bf16(v)?, bias, &params)?
+                    .to_dtype(DType::F32)?
+            }
+            _ => dma_attention(q, k, v, bias, &params)?,
+        };
         self.o_proj.forward(&out.reshape((b, nq, hq * d))?)
     }
 }

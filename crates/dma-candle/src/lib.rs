@@ -40,9 +40,12 @@
 //! # }
 //! ```
 //!
-//! Only CPU storage is implemented; on CUDA tensors the op returns an error saying so.
+//! With the feature `cuda` the op also runs on CUDA tensors (bf16 or f16) through the kernels
+//! of `dma::cuda`, on candle's stream; without it, CUDA tensors get an error saying so.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod error;
 mod layer;
 mod norm;

@@ -6,6 +6,8 @@
 //! so the kernels read them in place), and the op keeps the forward's log-sum-exp for its
 //! backward instead of recomputing the forward.
 
+#[cfg(feature = "cuda")]
+use crate::cuda;
 use crate::{cpu, shape, Error};
 use candle_core::{CpuStorage, CudaStorage, Device, Layout, Result, Shape, Tensor};
 use dma::Params;
@@ -35,8 +37,12 @@ pub fn dma_attention_with_lse(
     bias: &Tensor,
     params: &Params,
 ) -> Result<(Tensor, Tensor)> {
-    let (out, lse) = run(q, k, v, bias, params)?;
-    let lse = saved(&lse)?.clone().ok_or(Error::NoSavedForward)?;
+    let (out, saved_forward) = run(q, k, v, bias, params)?;
+    let lse = saved(&saved_forward)?
+        .as_ref()
+        .ok_or(Error::NoSavedForward)?
+        .lse()
+        .clone();
     Ok((out, lse))
 }
 
@@ -46,7 +52,7 @@ fn run(
     v: &Tensor,
     bias: &Tensor,
     params: &Params,
-) -> Result<(Tensor, Arc<Mutex<Option<Tensor>>>)> {
+) -> Result<(Tensor, Arc<Mutex<Option<SavedForward>>>)> {
     shape::dense(q.dims(), k.dims(), bias.dims())?;
     if v.dims() != k.dims() {
         return Err(Error::NotLike {
@@ -77,23 +83,56 @@ fn run(
         _ => Ok(t.clone()),
     };
     let kv = Tensor::stack(&[fresh(k)?, fresh(v)?], 0)?;
-    let lse = Arc::new(Mutex::new(None));
+    // The CUDA kernels read dense buffers; the CPU path gathers strided views itself.
+    let (q, bias) = match q.device() {
+        Device::Cpu => (q.clone(), bias.clone()),
+        _ => (q.contiguous()?, bias.contiguous()?),
+    };
+    let saved_forward = Arc::new(Mutex::new(None));
     let op = DmaOp {
         params: *params,
-        lse: lse.clone(),
+        saved: saved_forward.clone(),
     };
-    Ok((q.apply_op3(&kv, bias, op)?, lse))
+    Ok((q.apply_op3(&kv, &bias, op)?, saved_forward))
 }
 
-/// One application of the op: its parameters, and the lse its forward saved for its backward.
+/// The tensors the backward reads, in the op's layouts: q `[B, Nq, Hq, D]`, kv
+/// `[2, B, Nk, Hkv, D]`, bias `[B, Hb, Nk]` (f32), out and dout like q.
+pub(crate) struct Tensors<'a> {
+    pub q: &'a Tensor,
+    pub kv: &'a Tensor,
+    pub bias: &'a Tensor,
+    pub out: &'a Tensor,
+    pub dout: &'a Tensor,
+}
+
+/// What a forward keeps for its backward.
+enum SavedForward {
+    /// The log-sum-exp `[B, Hq, Nq]` (f32).
+    Cpu(Tensor),
+    #[cfg(feature = "cuda")]
+    Cuda(cuda::Saved),
+}
+
+impl SavedForward {
+    fn lse(&self) -> &Tensor {
+        match self {
+            SavedForward::Cpu(lse) => lse,
+            #[cfg(feature = "cuda")]
+            SavedForward::Cuda(saved) => &saved.lse,
+        }
+    }
+}
+
+/// One application of the op: its parameters, and what its forward saved for its backward.
 struct DmaOp {
     params: Params,
-    lse: Arc<Mutex<Option<Tensor>>>,
+    saved: Arc<Mutex<Option<SavedForward>>>,
 }
 
-fn saved(lse: &Mutex<Option<Tensor>>) -> Result<MutexGuard<'_, Option<Tensor>>> {
-    // A panic elsewhere while the lock was held leaves the saved tensor intact.
-    Ok(lse.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+fn saved(s: &Mutex<Option<SavedForward>>) -> Result<MutexGuard<'_, Option<SavedForward>>> {
+    // A panic elsewhere while the lock was held leaves the saved state intact.
+    Ok(s.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
 }
 
 impl candle_core::CustomOp3 for DmaOp {
@@ -114,12 +153,27 @@ impl candle_core::CustomOp3 for DmaOp {
         let (out, lse) = cpu::forward(&self.params, &geometry, (q, lq), (kv, lkv), (bias, lb))?;
         let dims = lq.dims(); // [B, Nq, Hq, D], as checked above
         let lse = Tensor::from_vec(lse, (dims[0], dims[2], dims[1]), &Device::Cpu)?;
-        *saved(&self.lse)? = Some(lse);
+        *saved(&self.saved)? = Some(SavedForward::Cpu(lse));
         Ok((out, lq.shape().clone()))
     }
 
-    /// The seam of the CUDA path: it needs `dma::cuda` with a backward, and then this forward
-    /// and the CUDA arm of [`Self::bwd`].
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q: &CudaStorage,
+        lq: &Layout,
+        kv: &CudaStorage,
+        lkv: &Layout,
+        bias: &CudaStorage,
+        lb: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let geometry = shape::dense(lq.dims(), shape::unpack_kv(lkv.dims())?, lb.dims())?;
+        let (out, s) = cuda::forward(&self.params, &geometry, (q, lq), (kv, lkv), (bias, lb))?;
+        *saved(&self.saved)? = Some(SavedForward::Cuda(s));
+        Ok((out, lq.shape().clone()))
+    }
+
+    #[cfg(not(feature = "cuda"))]
     fn cuda_fwd(
         &self,
         _: &CudaStorage,
@@ -129,7 +183,7 @@ impl candle_core::CustomOp3 for DmaOp {
         _: &CudaStorage,
         _: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        Err(Error::CudaNotBuilt.into())
+        Err(Error::CudaNotEnabled.into())
     }
 
     fn bwd(
@@ -140,17 +194,20 @@ impl candle_core::CustomOp3 for DmaOp {
         out: &Tensor,
         dout: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let lse = saved(&self.lse)?.clone().ok_or(Error::NoSavedForward)?;
         let geometry = shape::dense(q.dims(), shape::unpack_kv(kv.dims())?, bias.dims())?;
-        let saved = cpu::Saved {
+        let tensors = Tensors {
             q,
             kv,
             bias,
             out,
             dout,
-            lse: &lse,
         };
-        let (dq, dkv, dbias) = cpu::backward(&self.params, &geometry, &saved)?;
+        let guard = saved(&self.saved)?;
+        let (dq, dkv, dbias) = match guard.as_ref().ok_or(Error::NoSavedForward)? {
+            SavedForward::Cpu(lse) => cpu::backward(&self.params, &geometry, &tensors, lse)?,
+            #[cfg(feature = "cuda")]
+            SavedForward::Cuda(s) => cuda::backward(&self.params, &geometry, &tensors, s)?,
+        };
         Ok((Some(dq), Some(dkv), Some(dbias)))
     }
 }

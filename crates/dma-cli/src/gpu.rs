@@ -50,3 +50,20 @@ pub fn backward<T: dma::Element>(
 ) -> Result<cpu::Gradients<T>> {
     anyhow::bail!("the cuda device is not built in this binary (only cpu is)")
 }
+
+impl crate::Device {
+    /// The candle device of a model subcommand: the CPU, or GPU 0 (with TF32 matmuls for f32
+    /// models; their attention runs in bf16, see `dma_candle::DmaAttention`).
+    pub fn candle(self) -> Result<candle_core::Device> {
+        match self {
+            crate::Device::Cpu => Ok(candle_core::Device::Cpu),
+            crate::Device::Cuda if BUILT => {
+                candle_core::cuda::set_gemm_reduced_precision_f32(true);
+                Ok(candle_core::Device::new_cuda(0)?)
+            }
+            crate::Device::Cuda => {
+                anyhow::bail!("the cuda device is not built in this binary (only cpu is)")
+            }
+        }
+    }
+}

@@ -15,6 +15,24 @@ pub enum Kind {
     Mha,
 }
 
+impl Kind {
+    pub fn attention(self) -> AttentionKind {
+        match self {
+            Kind::Dma => AttentionKind::Dma,
+            Kind::Swa => AttentionKind::Swa,
+            Kind::Mha => AttentionKind::Mha,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Dma => "dma",
+            Kind::Swa => "swa",
+            Kind::Mha => "mha",
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct ModelArgs {
     /// A model directory: config.json and model.safetensors (transformers' DogeForCausalLM
@@ -24,23 +42,21 @@ pub struct ModelArgs {
     /// Run the weights as dma, or as sliding-window or dense attention for comparisons.
     #[arg(long, value_enum, default_value_t = Kind::Dma)]
     pub kind: Kind,
+    /// Where the model runs.
+    #[arg(long, value_enum, default_value_t = crate::Device::Cpu)]
+    pub device: crate::Device,
 }
 
 impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<DogeForCausalLM> {
-        let kind = match self.kind {
-            Kind::Dma => AttentionKind::Dma,
-            Kind::Swa => AttentionKind::Swa,
-            Kind::Mha => AttentionKind::Mha,
-        };
         let options = ModelOptions {
-            kind,
+            kind: self.kind.attention(),
             ..Default::default()
         };
         Ok(DogeForCausalLM::load(
             &self.model,
             options,
-            &candle_core::Device::Cpu,
+            &self.device.candle()?,
         )?)
     }
 }

@@ -8,7 +8,7 @@ use clap::Args;
 use doge::train::{
     latest_checkpoint, AdamWParams, TokenBatches, TrainConfig, Trainer, WsdSchedule,
 };
-use doge::{AttentionKind, DogeConfig, DogeForCausalLM, ModelOptions, Tokenizer};
+use doge::{DogeConfig, DogeForCausalLM, ModelOptions, Tokenizer};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -60,14 +60,9 @@ pub struct TrainArgs {
     pub save_every: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-}
-
-fn kind(k: Kind) -> AttentionKind {
-    match k {
-        Kind::Dma => AttentionKind::Dma,
-        Kind::Swa => AttentionKind::Swa,
-        Kind::Mha => AttentionKind::Mha,
-    }
+    /// Where to train (cuda: f32 weights, TF32 matmuls, attention in bf16).
+    #[arg(long, value_enum, default_value_t = crate::Device::Cpu)]
+    pub device: crate::Device,
 }
 
 /// The tokenizer.json to use: `--tokenizer`; the one a `--train-tokenizer` run left in the
@@ -111,9 +106,9 @@ fn read_corpus(a: &TrainArgs, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
 }
 
 pub fn run(a: &TrainArgs) -> Result<()> {
-    let device = candle_core::Device::Cpu;
+    let device = a.device.candle()?;
     let options = ModelOptions {
-        kind: kind(a.kind),
+        kind: a.kind.attention(),
         ..Default::default()
     };
     let decay = a.decay_steps.unwrap_or(a.steps / 5);
@@ -223,7 +218,7 @@ fn copy_tokenizer(tokenizer: Option<&Path>, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn parameters(model: &DogeForCausalLM) -> usize {
+pub fn parameters(model: &DogeForCausalLM) -> usize {
     let data = model
         .vars()
         .data()

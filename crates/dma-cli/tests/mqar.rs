@@ -91,9 +91,10 @@ fn sizes_that_do_not_fit_are_one_line_errors() {
     assert!(e.contains("--batch must be at least 1"), "{e}");
     let e = error(&["--power-a", "2"]);
     assert!(e.contains("--power-a"), "{e}");
+    // The tests run the binary built without the `cuda` feature.
     let e = error(&["--device", "cuda"]);
     assert!(
-        e.contains("the cuda path of dma-candle is not built yet"),
+        e.contains("the cuda device is not built in this binary"),
         "{e}"
     );
 }

@@ -12,7 +12,6 @@ use crate::model_args::Kind;
 use anyhow::{bail, Result};
 use clap::Args;
 use data::TaskSpec;
-use doge::AttentionKind;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -70,14 +69,6 @@ pub struct MqarArgs {
     pub output: Option<PathBuf>,
 }
 
-fn kind(k: Kind) -> AttentionKind {
-    match k {
-        Kind::Dma => AttentionKind::Dma,
-        Kind::Swa => AttentionKind::Swa,
-        Kind::Mha => AttentionKind::Mha,
-    }
-}
-
 /// Independent seeds for the parts of a run, derived from `--seed` (splitmix64).
 fn derive(seed: u64, part: u64) -> u64 {
     let mut z = seed
@@ -89,9 +80,6 @@ fn derive(seed: u64, part: u64) -> u64 {
 }
 
 fn check(a: &MqarArgs) -> Result<()> {
-    if a.device == crate::Device::Cuda {
-        bail!("the cuda path of dma-candle is not built yet: use --device cpu");
-    }
     for (flag, x) in [
         ("--d-model", a.d_model),
         ("--layers", a.layers),
@@ -136,11 +124,11 @@ pub fn run(a: &MqarArgs) -> Result<()> {
         power_a: a.power_a,
     };
     task.validate()?;
-    let device = candle_core::Device::Cpu;
+    let device = a.device.candle()?;
     let train_set = task.generate(a.train_examples, derive(a.seed, 0))?;
     let test_set = task.generate(a.test_examples, derive(a.seed, 1))?;
     let spec = model::ModelSpec {
-        kind: kind(a.attention),
+        kind: a.attention.attention(),
         vocab: a.vocab,
         seq_len: a.seq_len,
         d_model: a.d_model,

@@ -1,7 +1,8 @@
 //! `dma selftest --device cuda`: a compact version of the GPU correctness suite
 //! (crates/dma/tests/cuda.rs): forward, backward and decode against the CPU backend on fresh
 //! random inputs, relative Frobenius error <= 1e-2, outputs poisoned with NaN by the host entry
-//! points. Prints one line per check, then PASS or FAIL.
+//! points; then the dma-candle op on CUDA tensors and a Doge model on the GPU against the CPU
+//! (candle.rs). Prints one line per check, then PASS or FAIL.
 
 #[cfg(not(feature = "cuda"))]
 pub fn run(_seed: Option<u64>) -> anyhow::Result<()> {
@@ -10,6 +11,9 @@ pub fn run(_seed: Option<u64>) -> anyhow::Result<()> {
 
 #[cfg(feature = "cuda")]
 pub use imp::run;
+
+#[cfg(feature = "cuda")]
+mod candle;
 
 #[cfg(feature = "cuda")]
 mod imp {
@@ -23,9 +27,9 @@ mod imp {
     const LIMIT: f64 = 1e-2;
 
     /// One configuration: shape, window, masking, whether the biases tie.
-    struct Case {
-        shape: Shape,
-        params: Params,
+    pub(super) struct Case {
+        pub(super) shape: Shape,
+        pub(super) params: Params,
         ties: bool,
         label: String,
     }
@@ -146,7 +150,7 @@ mod imp {
 
     /// ||a - b|| / ||b|| over entries where b is finite; where b is infinite a must equal it;
     /// a NaN anywhere in a (an unwritten element) is infinite error.
-    fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    pub(super) fn rel_err(a: &[f32], b: &[f32]) -> f64 {
         let (mut num, mut den) = (0.0f64, 0.0f64);
         for (&x, &y) in a.iter().zip(b) {
             if x.is_nan() || (!y.is_finite() && x != y) {
@@ -172,7 +176,7 @@ mod imp {
     }
 
     /// Errors of one check, by name.
-    type Errors = Vec<(&'static str, f64)>;
+    pub(super) type Errors = Vec<(&'static str, f64)>;
 
     /// A host forward entry point of the CUDA backend (`forward_host`, `decode_host`).
     type HostForward<T> =
@@ -245,6 +249,22 @@ mod imp {
         for case in &decoding {
             plan.push(("decode", "bf16", case, decode::<bf16>));
         }
+        // dma-candle on CUDA tensors (dense only), and a Doge model on the GPU.
+        let dense = |c: &&Case| matches!(c.shape.layout, dma::Layout::Dense { .. });
+        for case in attention.iter().filter(dense).chain(
+            decoding
+                .iter()
+                .filter(|c| matches!(c.shape.layout, dma::Layout::Dense { seqlen_k: 5000, .. })),
+        ) {
+            plan.push(("candle", "bf16", case, super::candle::op));
+        }
+        let doge_case = Case {
+            shape: Shape::dense(1, 700, 700, Heads::new(4, 2), 64),
+            params: Params::new(200),
+            ties: false,
+            label: "Doge 2 layers, hidden 256, Hq=4 Hkv=2, w=200, N=700".into(),
+        };
+        plan.push(("doge", "f32", &doge_case, super::candle::doge));
         let (mut failed, mut worst) = (0usize, 0.0f64);
         for (i, (kind, dtype, case, check)) in plan.iter().enumerate() {
             let (errors, ok) = match check(&dev, case, seed.wrapping_add(i as u64)) {

@@ -1,0 +1,104 @@
+//! The candle side of `dma selftest --device cuda`: the dma-candle op on CUDA tensors (forward
+//! and `loss.backward()`, through candle's autograd) against the same op on CPU tensors, and a
+//! Doge model's logits on CUDA against the CPU.
+
+use super::imp::{rel_err, Case, Errors};
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use dma::Layout;
+use doge::{DogeConfig, DogeForCausalLM, ModelOptions};
+
+/// The op on CUDA vs CPU: out, and the gradients of q, k, v and bias of `sum(out * g)`.
+pub fn op(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
+    let Layout::Dense {
+        batch,
+        seqlen_q,
+        seqlen_k,
+    } = case.shape.layout
+    else {
+        bail!("the candle op takes dense tensors");
+    };
+    let (h, d) = (case.shape.heads, case.shape.head_dim);
+    let cuda = Device::new_cuda(0)?;
+    cuda.set_seed(seed)?;
+    let cpu = Device::Cpu;
+    let randn = |dims: &[usize], dtype: DType| -> Result<Tensor> {
+        Ok(Tensor::randn(0f32, 1.0, dims, &cuda)?.to_dtype(dtype)?)
+    };
+    let q = randn(&[batch, seqlen_q, h.q, d], DType::BF16)?;
+    let k = randn(&[batch, seqlen_k, h.kv, d], DType::BF16)?;
+    let v = randn(&[batch, seqlen_k, h.kv, d], DType::BF16)?;
+    let bias = (randn(&[batch, h.bias, seqlen_k], DType::F32)? * 2.0)?;
+    let g = randn(&[batch, seqlen_q, h.q, d], DType::F32)?;
+    let run = |dev: &Device| -> Result<Vec<Tensor>> {
+        let vars = [&q, &k, &v, &bias].map(|t| t.to_device(dev).and_then(|t| Var::from_tensor(&t)));
+        let [q, k, v, bias] = vars.map(|v| v.map_err(anyhow::Error::from));
+        let (q, k, v, bias) = (q?, k?, v?, bias?);
+        let out = dma_candle::dma_attention(&q, &k, &v, &bias, &case.params)?;
+        let loss = (out.to_dtype(DType::F32)? * g.to_device(dev)?)?.sum_all()?;
+        let grads = loss.backward()?;
+        let mut results = vec![out];
+        for var in [&q, &k, &v, &bias] {
+            let grad = grads
+                .get(var)
+                .ok_or_else(|| anyhow::anyhow!("no gradient reached an input"))?;
+            results.push(grad.clone());
+        }
+        results
+            .into_iter()
+            .map(|t| Ok(t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?))
+            .collect()
+    };
+    let got = run(&cuda)?;
+    let want = run(&cpu)?;
+    let names = ["out", "dq", "dk", "dv", "dbias"];
+    names
+        .iter()
+        .zip(got.iter().zip(&want))
+        .map(|(name, (a, b))| Ok((*name, rel_err(&flat(a)?, &flat(b)?))))
+        .collect()
+}
+
+/// Logits of a small random Doge (GQA, A randomised so the bias decides the selection,
+/// keep_window_size below the length) on CUDA against the CPU, f32 weights on both.
+pub fn doge(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
+    let n = match case.shape.layout {
+        Layout::Dense { seqlen_q, .. } => seqlen_q,
+        Layout::Varlen { .. } => bail!("the doge check takes a dense case"),
+    };
+    let mut config = DogeConfig::new(512, 256, 512, 2, 4, 2);
+    config.keep_window_size = case.params.window;
+    config.max_position_embeddings = n.max(2048);
+    let dir = std::env::temp_dir().join(format!("dma-selftest-doge-{}-{seed}", std::process::id()));
+    let model = DogeForCausalLM::new(config, ModelOptions::default(), &Device::Cpu)?;
+    {
+        let data = model
+            .vars()
+            .data()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (name, var) in data.iter() {
+            if name.ends_with(".A") {
+                var.set(&Tensor::randn(0f32, 1.0, var.shape(), &Device::Cpu)?)?;
+            }
+        }
+    }
+    model.save(&dir)?;
+    let on_gpu = DogeForCausalLM::load(&dir, ModelOptions::default(), &Device::new_cuda(0)?);
+    std::fs::remove_dir_all(&dir).ok();
+    let on_gpu = on_gpu?;
+    let ids: Vec<u32> = (0..n as u32)
+        .map(|i| (i.wrapping_mul(2654435761) ^ seed as u32) % 512)
+        .collect();
+    let ids = Tensor::from_vec(ids, (1, n), &Device::Cpu)?;
+    let want = model.forward(&ids)?;
+    let got = on_gpu.forward(&ids.to_device(on_gpu.device())?)?;
+    Ok(vec![(
+        "logits",
+        rel_err(&flat(&got.to_device(&Device::Cpu)?)?, &flat(&want)?),
+    )])
+}
+
+fn flat(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+}
