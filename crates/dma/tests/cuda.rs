@@ -121,48 +121,51 @@ impl Case {
     }
 }
 
-/// The configurations: every head dim, masking, head layout and bias-head choice, dense and
-/// varlen (with an empty sequence and a sequence with more queries than keys), Nq < Nk.
+/// The configurations: D = 64 and 128 with every masking, head layout and bias-head choice,
+/// dense and varlen (with an empty sequence and a sequence with more queries than keys), Nq < Nk;
+/// then D = 32, 96 and 256 (cuda::HEAD_DIMS) with 8 configurations each: causal and not, each
+/// with dense and varlen, both bias-head choices and all three head layouts among them.
 fn cases(small: bool) -> Vec<Case> {
     let mut out = Vec::new();
     let heads = [(16, 16), (16, 4), (8, 1)];
+    // (head layout, Hb = Hq, varlen), in the order of the first grid (D = 64, 128).
+    let full: Vec<(usize, bool, bool)> = (0..12).map(|x| (x / 4, x % 4 >= 2, x % 2 == 1)).collect();
+    let reduced: Vec<(usize, bool, bool)> = (0..4).map(|x| (x % 3, x >= 2, x % 2 == 1)).collect();
     let mut i = 0usize;
-    for d in [64, 128] {
+    for d in [64, 128, 32, 96, 256] {
+        let grid = if d == 64 || d == 128 { &full } else { &reduced };
         for causal in [true, false] {
-            for (hq, hkv) in heads {
-                for hb_is_q in [false, true] {
-                    for varlen in [false, true] {
-                        i += 1;
-                        let window = [64, 200, 512][i % 3];
-                        let (batch, nq, nk) = match (i / 2) % 4 {
-                            0 => (1, 3000, 3000),
-                            1 => (2, 1000, 1000),
-                            2 => (1, 700, 1900),
-                            _ => (2, 1500, 1500),
-                        };
-                        let varlen = varlen.then(|| {
-                            if small {
-                                (vec![70, 0, 130, 50], vec![70, 0, 200, 20])
-                            } else {
-                                (vec![1500, 0, 300, 1033, 100], vec![1500, 0, 900, 1033, 40])
-                            }
-                        });
-                        let (nq, nk) = if small { (nq / 10, nk / 10) } else { (nq, nk) };
-                        out.push(Case {
-                            d,
-                            causal,
-                            hq: if small { hq / 4 } else { hq }.max(hkv.min(2)),
-                            hkv: if small { hkv.min(2) } else { hkv },
-                            hb_is_q,
-                            varlen,
-                            batch,
-                            nq,
-                            nk,
-                            window: if small { window / 4 } else { window },
-                            ties: i % 5 == 0,
-                        });
+            for &(layout, hb_is_q, varlen) in grid {
+                let (hq, hkv) = heads[layout];
+                i += 1;
+                let window = [64, 200, 512][i % 3];
+                let (batch, nq, nk) = match (i / 2) % 4 {
+                    0 => (1, 3000, 3000),
+                    1 => (2, 1000, 1000),
+                    2 => (1, 700, 1900),
+                    _ => (2, 1500, 1500),
+                };
+                let varlen = varlen.then(|| {
+                    if small {
+                        (vec![70, 0, 130, 50], vec![70, 0, 200, 20])
+                    } else {
+                        (vec![1500, 0, 300, 1033, 100], vec![1500, 0, 900, 1033, 40])
                     }
-                }
+                });
+                let (nq, nk) = if small { (nq / 10, nk / 10) } else { (nq, nk) };
+                out.push(Case {
+                    d,
+                    causal,
+                    hq: if small { hq / 4 } else { hq }.max(hkv.min(2)),
+                    hkv: if small { hkv.min(2) } else { hkv },
+                    hb_is_q,
+                    varlen,
+                    batch,
+                    nq,
+                    nk,
+                    window: if small { window / 4 } else { window },
+                    ties: i % 5 == 0,
+                });
             }
         }
     }
@@ -414,7 +417,8 @@ fn backward_reuses_forward_selection() {
 }
 
 /// Decoding (few queries, long cache) against the CPU forward: Nq in {1, 4}, Nk around the
-/// window and long, causal (and not), GQA, both bias-head layouts, ties, a varlen batch.
+/// window and long, causal (and not), GQA, both bias-head layouts, ties, a varlen batch, every
+/// head dim.
 #[test]
 fn decode_matches_cpu() {
     let Some(dev) = device() else { return };
@@ -432,7 +436,7 @@ fn decode_matches_cpu() {
     for &nq in &[1usize, 4] {
         for &nk in lengths {
             i += 1;
-            let d = if i % 2 == 0 { 64 } else { 128 };
+            let d = cuda::HEAD_DIMS[i as usize % cuda::HEAD_DIMS.len()];
             let (hq, hkv) = if i % 3 == 0 { (8, 8) } else { (8, 2) };
             let case = Case {
                 d,
@@ -550,9 +554,9 @@ fn selection_matches_cpu() {
 #[test]
 fn errors_are_typed() {
     let Some(dev) = device() else { return };
-    let shape = Shape::dense(1, 8, 8, Heads::new(2, 1), 32);
-    let x = vec![bf16::from_f32(0.5); 8 * 2 * 32];
-    let kv = vec![bf16::from_f32(0.5); 8 * 32];
+    let shape = Shape::dense(1, 8, 8, Heads::new(2, 1), 48);
+    let x = vec![bf16::from_f32(0.5); 8 * 2 * 48];
+    let kv = vec![bf16::from_f32(0.5); 8 * 48];
     let bias = vec![0.0f32; 8];
     let inputs = cpu::Inputs {
         q: &x,
@@ -562,14 +566,14 @@ fn errors_are_typed() {
     };
     let err = cuda::forward_host(&dev, &Params::new(4), &shape, &inputs).unwrap_err();
     assert!(
-        matches!(err, DmaError::NoKernelForHeadDim { head_dim: 32, .. }),
+        matches!(err, DmaError::NoKernelForHeadDim { head_dim: 48, .. }),
         "{err}"
     );
     let lse = vec![0.0f32; 2 * 8];
     let err =
         cuda::backward_host(&dev, &Params::new(4), &shape, &inputs, &x, &lse, &x).unwrap_err();
     assert!(
-        matches!(err, DmaError::NoKernelForHeadDim { head_dim: 32, .. }),
+        matches!(err, DmaError::NoKernelForHeadDim { head_dim: 48, .. }),
         "{err}"
     );
     let err =
@@ -580,7 +584,7 @@ fn errors_are_typed() {
     );
     let err = cuda::decode_host(&dev, &Params::new(4), &shape, &inputs).unwrap_err();
     assert!(
-        matches!(err, DmaError::NoKernelForHeadDim { head_dim: 32, .. }),
+        matches!(err, DmaError::NoKernelForHeadDim { head_dim: 48, .. }),
         "{err}"
     );
     let mut nan_bias = vec![0.0f32; 8];
@@ -599,6 +603,139 @@ fn errors_are_typed() {
         matches!(err, DmaError::NonFiniteBias { key: 3, .. }),
         "{err}"
     );
+}
+
+/// A non-finite bias through the device-buffer entry points (forward_into, decode_into,
+/// backward with and without a selection, select) gives the CPU backend's error: the same
+/// variant, sequence, bias head and key (the first in the CPU's order), and value.
+#[test]
+fn nonfinite_bias_on_device_is_typed() {
+    let Some(dev) = device() else { return };
+    let s = dev.stream();
+    // Three sequences, every one with queries (keys of a sequence without queries are never
+    // read on the device); GQA with Hb = Hq so that the bias head is not the kv head.
+    let shape = Shape::varlen(
+        vec![0, 5, 45, 145],
+        vec![0, 10, 50, 250],
+        Heads::new(4, 2).with_bias(4),
+        64,
+    );
+    let problem = shape.problem().unwrap();
+    let mut rng = StdRng::seed_from_u64(fresh_seed());
+    let (q, k, v, clean) = random_inputs::<bf16>(&mut rng, &shape, false);
+    let at = |seq: usize, head: usize, key: usize| {
+        problem.bias_range(&problem.sequences[seq], head).start + key
+    };
+    // (what is poisoned, the error's (sequence, head, key, value))
+    // (sequence, bias head, key, value) of the error.
+    type Want = (usize, usize, usize, f32);
+    let scenarios: Vec<(Vec<(usize, f32)>, Want)> = vec![
+        // two bad values: the first in (sequence, head, key) order is reported, not the first
+        // in memory (varlen biases are head-major)
+        (
+            vec![(at(2, 0, 150), f32::INFINITY), (at(1, 3, 7), f32::NAN)],
+            (1, 3, 7, f32::NAN),
+        ),
+        (
+            vec![(at(2, 1, 199), f32::NEG_INFINITY)],
+            (2, 1, 199, f32::NEG_INFINITY),
+        ),
+        (vec![(at(0, 0, 0), f32::NAN)], (0, 0, 0, f32::NAN)),
+    ];
+    let check = |what: &str, err: DmaError, want: Want| match err {
+        DmaError::NonFiniteBias {
+            sequence,
+            head,
+            key,
+            value,
+        } => {
+            assert_eq!((sequence, head, key), (want.0, want.1, want.2), "{what}");
+            assert!(
+                value == want.3 || (value.is_nan() && want.3.is_nan()),
+                "{what}: value {value}"
+            );
+        }
+        e => panic!("{what}: expected NonFiniteBias, got {e}"),
+    };
+    for causal in [true, false] {
+        let params = Params::new(8).causal(causal);
+        for (poison, want) in &scenarios {
+            let mut bias = clean.clone();
+            for &(i, x) in poison {
+                bias[i] = x;
+            }
+            // The CPU backend agrees on the error.
+            let inputs = cpu::Inputs {
+                q: &q,
+                k: &k,
+                v: &v,
+                bias: &bias,
+            };
+            check(
+                "cpu",
+                cpu::forward(&params, &shape, &inputs).unwrap_err(),
+                *want,
+            );
+            let (dq, dk, dv, db) = (
+                s.clone_htod(&q).unwrap(),
+                s.clone_htod(&k).unwrap(),
+                s.clone_htod(&v).unwrap(),
+                s.clone_htod(&bias).unwrap(),
+            );
+            let mut out = s.alloc_zeros::<bf16>(q.len()).unwrap();
+            let mut lse = s.alloc_zeros::<f32>(problem.lse_len()).unwrap();
+            let label = |x: &str| format!("{x} causal={causal} {want:?}");
+            let err = cuda::forward_into(
+                &dev, &params, &shape, &dq, &dk, &dv, &db, &mut out, &mut lse,
+            )
+            .unwrap_err();
+            check(&label("forward_into"), err, *want);
+            let err = cuda::forward(&dev, &params, &shape, &dq, &dk, &dv, &db).unwrap_err();
+            check(&label("forward"), err, *want);
+            let err = cuda::decode_into(
+                &dev, &params, &shape, &dq, &dk, &dv, &db, &mut out, &mut lse,
+            )
+            .unwrap_err();
+            check(&label("decode_into"), err, *want);
+            let err = cuda::select(&dev, &params, &shape, &db).unwrap_err();
+            check(&label("select"), err, *want);
+            let x = cuda::BackwardInputs {
+                q: &dq,
+                k: &dk,
+                v: &dv,
+                bias: &db,
+                out: &out,
+                lse: &lse,
+                dout: &out,
+            };
+            let err = cuda::backward(&dev, &params, &shape, &x, None).unwrap_err();
+            check(&label("backward"), err, *want);
+        }
+        // The clean bias passes every entry point, and the flag is per call.
+        let db = s.clone_htod(&clean).unwrap();
+        let (dq, dk, dv) = (
+            s.clone_htod(&q).unwrap(),
+            s.clone_htod(&k).unwrap(),
+            s.clone_htod(&v).unwrap(),
+        );
+        let fwd = cuda::forward(&dev, &params, &shape, &dq, &dk, &dv, &db).unwrap();
+        let x = cuda::BackwardInputs {
+            q: &dq,
+            k: &dk,
+            v: &dv,
+            bias: &db,
+            out: &fwd.out,
+            lse: &fwd.lse,
+            dout: &fwd.out,
+        };
+        cuda::backward(&dev, &params, &shape, &x, None).unwrap();
+        cuda::select(&dev, &params, &shape, &db).unwrap();
+        let (mut out, mut lse) = (fwd.out, fwd.lse);
+        cuda::decode_into(
+            &dev, &params, &shape, &dq, &dk, &dv, &db, &mut out, &mut lse,
+        )
+        .unwrap();
+    }
 }
 
 /// The sizes in the environment variable `var` (comma-separated), or `default`.

@@ -21,7 +21,12 @@ pub(crate) fn spec<T: CudaElement>(head_dim: usize, causal: bool) -> Result<Kern
         SOURCE,
         "DMA_BACKWARD_KERNEL",
         "dma_backward",
-        &[(T::SHORT, T::C_TYPE), d, c],
+        &[
+            (T::SHORT, T::C_TYPE),
+            d,
+            c,
+            forward::tile_arg(tile_n(head_dim)),
+        ],
     ))
 }
 
@@ -35,14 +40,25 @@ pub(crate) fn convert_spec<T: CudaElement>() -> KernelSpec {
     )
 }
 
+/// Keys per shared-memory tile of the backward: `BLOCK_N`, except 32 at D = 256, where tiles of
+/// 64 would need 300 KiB of shared memory (Q and dO tiles alone take 132 KiB there).
+pub(crate) fn tile_n(head_dim: usize) -> usize {
+    if head_dim > 128 {
+        32
+    } else {
+        BLOCK_N
+    }
+}
+
 /// Dynamic shared memory of the backward kernel (`BwdSmem::BYTES`).
-fn smem_bytes(head_dim: usize) -> usize {
+pub(crate) fn smem_bytes(head_dim: usize) -> usize {
     let stride = head_dim + 8;
-    let pstride = BLOCK_N + 8;
+    let bn = tile_n(head_dim);
+    let pstride = bn + 8;
     let warps = BLOCK_M * 2 / 32;
-    (2 * BLOCK_M * stride + 4 * BLOCK_N * stride + 2 * BLOCK_M * pstride) * 2
-        + 3 * BLOCK_N * 8
-        + (2 * BLOCK_N + warps * BLOCK_N + BLOCK_M) * 4
+    (2 * BLOCK_M * stride + 4 * bn * stride + 2 * BLOCK_M * pstride) * 2
+        + 3 * bn * 8
+        + (2 * bn + warps * bn + BLOCK_M) * 4
 }
 
 /// What the backward reads, on the device: the forward's inputs, its out and lse, and dout
@@ -102,6 +118,9 @@ pub fn backward<T: CudaElement>(
 }
 
 /// DMA backward on device buffers into caller-provided gradients (every element is written).
+/// With `selection = None` a non-finite bias gives [`DmaError::NonFiniteBias`] (as in
+/// [`forward`](super::forward), the call then waits for its kernels); a selection passed in was
+/// checked by the forward that made it.
 pub fn backward_into<T: CudaElement>(
     dev: &Device,
     params: &Params,
@@ -128,18 +147,23 @@ pub fn backward_into<T: CudaElement>(
     let mut dv_acc = s
         .alloc_zeros::<f32>(problem.k_len().max(1))
         .map_err(error::alloc("dv scratch (f32)", problem.k_len() * 4))?;
+    // The selection made here (selection = None), whose bias flag is read at the end.
+    let mut owned = None;
     if plan.num_blocks() > 0 {
         let tables = DevicePlan::upload(dev, &plan)?;
-        let owned;
         let sel = match selection {
             Some(sel) => {
                 sel.check(params, &problem, &plan)?;
                 sel
             }
-            None => {
-                owned = select::run(dev, params, &problem, &plan, &tables, inputs.bias)?;
-                &owned
-            }
+            None => &*owned.insert(select::run(
+                dev,
+                params,
+                &problem,
+                &plan,
+                &tables,
+                inputs.bias,
+            )?),
         };
         launch(
             dev,
@@ -155,7 +179,13 @@ pub fn backward_into<T: CudaElement>(
         )?;
     }
     convert::<T>(dev, &dk_acc, &mut grads.dk, problem.k_len())?;
-    convert::<T>(dev, &dv_acc, &mut grads.dv, problem.k_len())
+    convert::<T>(dev, &dv_acc, &mut grads.dv, problem.k_len())?;
+    // Last, so the GPU runs every kernel back to back (Selection::check_bias: this waits for
+    // them). A selection passed in was checked by the forward that made it.
+    match &owned {
+        Some(sel) => sel.check_bias(dev, &problem, inputs.bias),
+        None => Ok(()),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -135,7 +135,10 @@ pub fn decode_into<T: CudaElement>(
         out,
         lse,
         part.as_mut().map(|part| (splits, part)),
-    )
+    )?;
+    // Last, so the GPU runs selection and attend back to back (Selection::check_bias: this waits
+    // for the call's kernels).
+    sel.check_bias(dev, &problem, bias)
 }
 
 /// CTAs per (sequence, query head): one wave (the forward kernel runs one CTA per SM), at most
@@ -228,7 +231,8 @@ fn select_decode(
         .arg(&mut ws)
         .arg(&mut sel.cand)
         .arg(&mut sel.count)
-        .arg(&mut sel.thr);
+        .arg(&mut sel.thr)
+        .arg(&mut sel.bad_bias);
     // SAFETY: matches the gather kernel; each slot writes at most min(P, w) <= cap keys into its
     // own list (tau is the w-th best rank, ranks are distinct).
     unsafe { l.launch(cfg) }.map_err(error::driver)?;

@@ -18,9 +18,9 @@ const SOURCE: &str = include_str!("kernels/forward.cu");
 /// Threads of a forward or backward CTA (8 warps x 16 rows).
 const THREADS: u32 = (BLOCK_M * 2) as u32;
 
-/// Head dims with a forward kernel.
-pub const HEAD_DIMS: &[usize] = &[64, 128];
-const HEAD_DIMS_TEXT: &str = "64, 128";
+/// Head dims with a kernel (forward, backward, decode).
+pub const HEAD_DIMS: &[usize] = &[32, 64, 96, 128, 256];
+const HEAD_DIMS_TEXT: &str = "32, 64, 96, 128, 256";
 
 /// An element type the CUDA kernels take: bf16 or f16.
 pub trait CudaElement: Element + DeviceRepr + ValidAsZeroBits {
@@ -47,8 +47,11 @@ pub(crate) type TemplateArg = (&'static str, &'static str);
 /// head dim without a kernel.
 pub(crate) fn spec_args(head_dim: usize, causal: bool) -> Result<(TemplateArg, TemplateArg)> {
     let d = match head_dim {
+        32 => ("d32", "32"),
         64 => ("d64", "64"),
+        96 => ("d96", "96"),
         128 => ("d128", "128"),
+        256 => ("d256", "256"),
         _ => {
             return Err(DmaError::NoKernelForHeadDim {
                 head_dim,
@@ -57,6 +60,26 @@ pub(crate) fn spec_args(head_dim: usize, causal: bool) -> Result<(TemplateArg, T
         }
     };
     Ok((d, causal_arg(causal)))
+}
+
+/// A key-tile template argument (`BN` of the forward and backward kernels): a divisor of
+/// `BLOCK_N`, the padding of the candidate lists.
+pub(crate) fn tile_arg(keys: usize) -> TemplateArg {
+    match keys {
+        16 => ("n16", "16"),
+        32 => ("n32", "32"),
+        _ => ("n64", "64"),
+    }
+}
+
+/// Keys per shared-memory tile of the forward: `BLOCK_N`, except 32 at D = 256, where a tile of
+/// 64 scores beside O's 128 f32 accumulators would spill registers.
+pub(crate) fn tile_n(head_dim: usize) -> usize {
+    if head_dim > 128 {
+        32
+    } else {
+        BLOCK_N
+    }
 }
 
 /// The masking template argument of every kernel that takes one.
@@ -75,14 +98,15 @@ pub(crate) fn spec<T: CudaElement>(head_dim: usize, causal: bool) -> Result<Kern
         SOURCE,
         "DMA_FORWARD_KERNEL",
         "dma_forward",
-        &[(T::SHORT, T::C_TYPE), d, c],
+        &[(T::SHORT, T::C_TYPE), d, c, tile_arg(tile_n(head_dim))],
     ))
 }
 
 /// Dynamic shared memory of the forward kernel (`FwdSmem::BYTES`).
-fn smem_bytes(head_dim: usize) -> usize {
+pub(crate) fn smem_bytes(head_dim: usize) -> usize {
     let stride = head_dim + 8;
-    (BLOCK_M * stride + 4 * BLOCK_N * stride) * 2 + 3 * BLOCK_N * 8 + 2 * BLOCK_N * 4
+    let bn = tile_n(head_dim);
+    (BLOCK_M * stride + 4 * bn * stride) * 2 + 3 * bn * 8 + 2 * bn * 4
 }
 
 /// Out and lse of a forward, on the device: out like q, lse `[B, Hq, Nq]` or `[Hq, total_q]`.
@@ -113,8 +137,11 @@ pub(crate) fn check_buffers<T>(
 
 /// DMA forward on device buffers, allocating out and lse.
 ///
-/// The bias must be finite: unlike the CPU and host entry points this one does not read it back
-/// to check (a NaN bias gives an unspecified selection, never an out-of-bounds access).
+/// A non-finite bias gives [`DmaError::NonFiniteBias`] like the CPU backend: the selection
+/// kernels flag it and the call reads the flag back at its end, so it waits for its kernels
+/// (out and lse then hold unspecified values; nothing out of bounds is ever accessed). Unlike
+/// the CPU and host entry points, a NaN among the keys of a sequence without queries is not
+/// reported (those keys are never read).
 #[allow(clippy::too_many_arguments)]
 pub fn forward<T: CudaElement>(
     dev: &Device,
@@ -190,6 +217,9 @@ pub fn forward_into_with_selection<T: CudaElement>(
         lse,
         None,
     )?;
+    // Last, so the GPU runs selection and attend back to back (Selection::check_bias: this waits
+    // for the call's kernels).
+    sel.check_bias(dev, &problem, bias)?;
     Ok(sel)
 }
 
@@ -413,5 +443,7 @@ pub fn select(
     problem.check_len("bias", problem.bias_len(), bias.len())?;
     let plan = Plan::new(params, &problem)?;
     let tables = DevicePlan::upload(dev, &plan)?;
-    select::run(dev, params, &problem, &plan, &tables, bias)
+    let sel = select::run(dev, params, &problem, &plan, &tables, bias)?;
+    sel.check_bias(dev, &problem, bias)?;
+    Ok(sel)
 }

@@ -86,3 +86,20 @@ pub fn all_kernels() -> Vec<compile::KernelSpec> {
     specs.push(backward::convert_spec::<half::f16>());
     specs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every forward and backward kernel fits the 227 KiB of dynamic shared memory a CTA may opt
+    /// into on sm_90 (the kernels static_assert the same bound on their own layout).
+    #[test]
+    fn shared_memory_fits_hopper() {
+        const MAX_SMEM: usize = 227 * 1024;
+        for &d in HEAD_DIMS {
+            let (f, b) = (forward::smem_bytes(d), backward::smem_bytes(d));
+            assert!(f <= MAX_SMEM, "forward D={d}: {f} bytes");
+            assert!(b <= MAX_SMEM, "backward D={d}: {b} bytes");
+        }
+    }
+}

@@ -36,6 +36,10 @@ pub struct Selection {
     /// `[Hb, total_q]` threshold rank of each query row (see `dma::selection::rank`); a row keeps
     /// key j iff rank_j >= threshold (and j <= its position when causal).
     pub(crate) thr: CudaSlice<u64>,
+    /// One u64 the selection kernels set when they read a non-finite bias: 0, or the complement
+    /// of `(sequence * Hb + bias head) << 32 | key` of the first one in the CPU backend's order
+    /// (`dma_check_bias` in kernels/common.cu).
+    pub(crate) bad_bias: CudaSlice<u64>,
     pub(crate) cap: usize,
     /// What it was made for: (window, causal, lists, Hb, total_q), checked on reuse.
     made_for: (usize, bool, usize, usize, usize),
@@ -65,6 +69,51 @@ impl Selection {
                 self.made_for, want
             )))
         }
+    }
+
+    /// The CPU backend's error for a non-finite bias, if the selection kernels read one
+    /// ([`DmaError::NonFiniteBias`], the first in the order sequence, bias head, key).
+    ///
+    /// Costs one 8-byte device-to-host copy, which waits for everything enqueued on the stream
+    /// so far: the device entry points call it last, after their kernels are enqueued, so the GPU
+    /// never idles between them, but the calls no longer return before the GPU has finished
+    /// (the host's work for the next call cannot overlap this call's kernels; for decode, whose
+    /// host work is a large part of a call, that is measurable). The value itself is copied only
+    /// when there is an error. Keys of a sequence without queries are never read by the kernels
+    /// and so not checked here (the host entry points check every value).
+    pub(crate) fn check_bias(
+        &self,
+        dev: &Device,
+        problem: &Problem,
+        bias: &CudaSlice<f32>,
+    ) -> Result<()> {
+        let flag = buffers::download(dev, &self.bad_bias)?;
+        let code = match flag.first() {
+            Some(&f) if f != 0 => !f,
+            _ => return Ok(()),
+        };
+        let hb = problem.heads.bias;
+        let (slot, key) = ((code >> 32) as usize, (code & 0xffff_ffff) as usize);
+        let (sequence, head) = (slot / hb, slot % hb);
+        let seq = problem.sequences.get(sequence).ok_or_else(|| {
+            DmaError::Cuda(format!(
+                "bias check: bad flag {code:#x} (sequence {sequence})"
+            ))
+        })?;
+        let at = problem.bias_range(seq, head).start + key;
+        let value = dev
+            .stream()
+            .clone_dtoh(&bias.slice(at..at + 1))
+            .map_err(error::driver)?
+            .first()
+            .copied()
+            .unwrap_or(f32::NAN);
+        Err(DmaError::NonFiniteBias {
+            sequence,
+            head,
+            key,
+            value,
+        })
     }
 
     /// Copies the selection to the host.
@@ -137,12 +186,17 @@ pub(crate) fn alloc_selection(
         cand: alloc(dev, "candidate lists", lists * hb * plan.cap)?,
         count: alloc(dev, "candidate counts", lists * hb)?,
         thr: alloc(dev, "row thresholds", hb * problem.total_q)?,
+        bad_bias: dev
+            .stream()
+            .alloc_zeros::<u64>(1)
+            .map_err(error::alloc("bias check flag", 8))?,
         cap: plan.cap,
         made_for: made_for(params, problem, plan),
     })
 }
 
-/// Runs the selection kernel. `bias` must be finite (checked by the host entry points).
+/// Runs the selection kernels. A non-finite bias is recorded in `bad_bias`, for
+/// [`Selection::check_bias`] once the caller has enqueued its other kernels.
 pub(crate) fn run(
     dev: &Device,
     params: &Params,
@@ -205,7 +259,8 @@ pub(crate) fn launch_lists(
         .arg(&total_q)
         .arg(&mut sel.cand)
         .arg(&mut sel.count)
-        .arg(&mut sel.thr);
+        .arg(&mut sel.thr)
+        .arg(&mut sel.bad_bias);
     // SAFETY: the arguments match the kernel's signature (kernels/select.cu) and every
     // buffer holds what the plan's geometry indexes.
     unsafe { launch.launch(cfg) }.map_err(error::driver)?;

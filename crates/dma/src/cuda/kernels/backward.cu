@@ -1,31 +1,33 @@
 // Backward, query-major: one CTA per (block of DMA_BLOCK_M query rows, query head), one warp per
 // 16 rows, over the same candidate lists and row thresholds as the forward (select.cu). Per tile
-// of BWD_BN candidate keys (gathered like the forward: ranks two tiles ahead, K/V rows one tile
-// ahead, cp.async only):
+// of BN candidate keys (64; 32 at D = 256, for shared memory), gathered like the forward (ranks
+// two tiles ahead, K/V rows one tile ahead, cp.async only):
 //   phase A (each warp, its 16 rows): S = Q K^T and dP = dO V^T on the tensor cores; the keep test;
 //     P = exp(S - lse), dS = P (dP - Delta); dQ += dS K in registers; P and dS (input type) and
 //     dS's column sums go to shared memory;
-//   phase B (each warp, 16 keys x D/2 columns): dV_tile = P^T dO and dK_tile = dS^T Q from shared
-//     memory, added with f32 atomics into [total_k, Hkv, D] scratch buffers; the column sums of dS
-//     over the CTA's rows are added into dbias (f32).
+//   phase B (each warp, 16 keys x DH columns, DH = D / (8 / (BN / 16))): dV_tile = P^T dO and
+//     dK_tile = dS^T Q from shared memory, added with f32 atomics into [total_k, Hkv, D] scratch
+//     buffers; the column sums of dS over the CTA's rows are added into dbias (f32).
 // dq is written once per row at the end (scale applied); dk (scaled) and dv are converted from the
 // scratch buffers by dma_convert. Delta_i = <dO_i, out_i> is computed in the prologue.
 
 #define BWD_THREADS (DMA_BLOCK_M * 2)
-#define BWD_BN DMA_TILE_N
 #define BWD_WARPS (BWD_THREADS / 32)
 
-template <typename T, int D>
+// Shared memory of the backward with key tiles of BN (cuda/backward.rs: smem_bytes mirrors BYTES).
+template <typename T, int D, int BN>
 struct BwdSmem {
-    static constexpr int STRIDE = D + 8;        // elements per row (16 bytes of padding)
-    static constexpr int PSTRIDE = BWD_BN + 8;  // P and dS rows
+    static constexpr int STRIDE = D + 8;    // elements per row (16 bytes of padding)
+    static constexpr int PSTRIDE = BN + 8;  // P and dS rows
     static constexpr int Q = DMA_BLOCK_M * STRIDE;
-    static constexpr int KV = BWD_BN * STRIDE;
+    static constexpr int KV = BN * STRIDE;
     static constexpr int P = DMA_BLOCK_M * PSTRIDE;
     // Layout: q | do | k[2] | v[2] | p | ds (T) | ranks[3] (u64) | bias*log2e [2] | dbias
     // partials [warps][BN] | delta [BM] (f32)
-    static constexpr int BYTES = (2 * Q + 4 * KV + 2 * P) * 2 + 3 * BWD_BN * 8 +
-                                 (2 * BWD_BN + BWD_WARPS * BWD_BN + DMA_BLOCK_M) * 4;
+    static constexpr int BYTES = (2 * Q + 4 * KV + 2 * P) * 2 + 3 * BN * 8 +
+                                 (2 * BN + BWD_WARPS * BN + DMA_BLOCK_M) * 4;
+    static_assert(BYTES <= 227 * 1024, "backward shared memory above the 227 KiB of a Hopper CTA");
+    static_assert(DMA_TILE_N % BN == 0 && BN % 16 == 0, "lists are padded to DMA_TILE_N keys");
 };
 
 // dst[0] += x, dst[1] += y (f32, global memory; dst 8-byte aligned), one vector reduction on sm_90.
@@ -38,7 +40,7 @@ __device__ __forceinline__ void red_add2(float* dst, float x, float y) {
 #endif
 }
 
-template <typename T, int D, bool CAUSAL>
+template <typename T, int D, bool CAUSAL, int BN>
 __device__ __forceinline__ void backward_body(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
     const T* __restrict__ out, const T* __restrict__ dout, const float* __restrict__ lse,
@@ -48,7 +50,7 @@ __device__ __forceinline__ void backward_body(
     float* __restrict__ dv_acc, float* __restrict__ dbias, int q_heads, int kv_heads,
     int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,
     float scale, float scale_log2) {
-    typedef BwdSmem<T, D> L;
+    typedef BwdSmem<T, D, BN> L;
     constexpr float LOG2E = 1.4426950408889634f;
     constexpr int CHUNKS = D / 8;
 
@@ -60,9 +62,9 @@ __device__ __forceinline__ void backward_body(
     T* sP = sV + 2 * L::KV;
     T* sS = sP + L::P;  // dS
     u64* sC = reinterpret_cast<u64*>(sS + L::P);
-    float* sB = reinterpret_cast<float*>(sC + 3 * BWD_BN);
-    float* sDb = sB + 2 * BWD_BN;
-    float* sDelta = sDb + BWD_WARPS * BWD_BN;
+    float* sB = reinterpret_cast<float*>(sC + 3 * BN);
+    float* sDb = sB + 2 * BN;
+    float* sDelta = sDb + BWD_WARPS * BN;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int4 B = blocks[blockIdx.x];
@@ -75,7 +77,7 @@ __device__ __forceinline__ void backward_body(
     const int count = (int)cand_count[slot];
     const int offset = s.nk - s.nq;
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
-    const int tiles = (count + BWD_BN - 1) / BWD_BN;
+    const int tiles = (count + BN - 1) / BN;
 
     // Q and dO tiles (rows past the block's end are zero).
     for (int c = tid; c < DMA_BLOCK_M * CHUNKS; c += BWD_THREADS) {
@@ -86,18 +88,18 @@ __device__ __forceinline__ void backward_body(
         cp_async16(sO + r * L::STRIDE + ch * 8, dout + at, valid);
     }
     auto load_ranks = [&](int t) {
-        if (tid < BWD_BN / 2) {
-            const int at = t * BWD_BN + 2 * tid;
-            cp_async16(sC + (t % 3) * BWD_BN + 2 * tid, at < count ? list + at : list, at < count);
+        if (tid < BN / 2) {
+            const int at = t * BN + 2 * tid;
+            cp_async16(sC + (t % 3) * BN + 2 * tid, at < count ? list + at : list, at < count);
         }
     };
     auto load_kv = [&](int t) {
         T* dk = sK + (t & 1) * L::KV;
         T* dv = sV + (t & 1) * L::KV;
-        const u64* ranks = sC + (t % 3) * BWD_BN;
-        for (int c = tid; c < BWD_BN * CHUNKS; c += BWD_THREADS) {
+        const u64* ranks = sC + (t % 3) * BN;
+        for (int c = tid; c < BN * CHUNKS; c += BWD_THREADS) {
             const int r = c / CHUNKS, ch = c % CHUNKS;
-            const bool valid = t * BWD_BN + r < count;
+            const bool valid = t * BN + r < count;
             const i64 row =
                 valid ? (i64)(s.k_start + (int)(u32)ranks[r]) * kv_row + hkv * D + ch * 8 : 0;
             cp_async16(dk + r * L::STRIDE + ch * 8, k + row, valid);
@@ -105,7 +107,7 @@ __device__ __forceinline__ void backward_body(
         }
     };
     auto decode_bias = [&](int t) {
-        if (tid < BWD_BN) sB[(t & 1) * BWD_BN + tid] = rank_bias(sC[(t % 3) * BWD_BN + tid]) * LOG2E;
+        if (tid < BN) sB[(t & 1) * BN + tid] = rank_bias(sC[(t % 3) * BN + tid]) * LOG2E;
     };
     if (tiles > 0) load_ranks(0);
     cp_async_commit();
@@ -159,9 +161,12 @@ __device__ __forceinline__ void backward_body(
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.f;
 
-    // Phase B's part: 16 keys (kg) by D/2 columns (dh) per warp.
-    const int kg = warp & 3, dh = warp >> 2;
-    constexpr int DH = D / 2;
+    // Phase B's part: 16 keys (kg) by DH columns (dh) per warp.
+    constexpr int KG = BN / 16;                                   // key groups of 16
+    constexpr int KG_SHIFT = KG == 4 ? 2 : (KG == 2 ? 1 : 0);      // log2(KG)
+    constexpr int DH = D / (BWD_WARPS / KG);                      // columns per warp
+    static_assert(KG == 1 << KG_SHIFT && DH % 16 == 0, "phase B: whole 16 x 16 blocks");
+    const int kg = warp & (KG - 1), dh = warp >> KG_SHIFT;
 
     for (int t = 0; t < tiles; ++t) {
         const int stage = t & 1;
@@ -173,15 +178,15 @@ __device__ __forceinline__ void backward_body(
         }
         if (t + 2 < tiles) load_ranks(t + 2);
         cp_async_commit();
-        const u64* ranks = sC + (t % 3) * BWD_BN;
-        const float* biases = sB + (t & 1) * BWD_BN;
+        const u64* ranks = sC + (t % 3) * BN;
+        const float* biases = sB + (t & 1) * BN;
         const T* tk = sK + stage * L::KV;
         const T* tv = sV + stage * L::KV;
 
         // ---- phase A: S = Q K^T, dP = dO V^T for the warp's 16 rows.
-        float sc[BWD_BN / 8][4], dp[BWD_BN / 8][4];
+        float sc[BN / 8][4], dp[BN / 8][4];
 #pragma unroll
-        for (int i = 0; i < BWD_BN / 8; ++i) {
+        for (int i = 0; i < BN / 8; ++i) {
             sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.f;
             dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
         }
@@ -191,7 +196,7 @@ __device__ __forceinline__ void backward_body(
             ldmatrix_x4(qa, sQ + (warp * 16 + (lane & 15)) * L::STRIDE + kk * 16 + (lane >> 4) * 8);
             ldmatrix_x4(oa, sO + (warp * 16 + (lane & 15)) * L::STRIDE + kk * 16 + (lane >> 4) * 8);
 #pragma unroll
-            for (int np = 0; np < BWD_BN / 16; ++np) {
+            for (int np = 0; np < BN / 16; ++np) {
                 const int at = (np * 16 + (lane >> 4) * 8 + (lane & 7)) * L::STRIDE + kk * 16 +
                                ((lane >> 3) & 1) * 8;
                 u32 bk[4], bv[4];
@@ -205,7 +210,7 @@ __device__ __forceinline__ void backward_body(
         }
         // P and dS.
 #pragma unroll
-        for (int nt = 0; nt < BWD_BN / 8; ++nt) {
+        for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int c = nt * 8 + 2 * tq + (e & 1);
@@ -221,7 +226,7 @@ __device__ __forceinline__ void backward_body(
         }
         // P and dS to shared memory (phase B reads them transposed).
 #pragma unroll
-        for (int nt = 0; nt < BWD_BN / 8; ++nt) {
+        for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
                 const int at = (warp * 16 + g + 8 * r) * L::PSTRIDE + nt * 8 + 2 * tq;
@@ -230,19 +235,19 @@ __device__ __forceinline__ void backward_body(
             }
         }
 #pragma unroll
-        for (int nt = 0; nt < BWD_BN / 8; ++nt) {
+        for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
             for (int b = 0; b < 2; ++b) {
                 float x = dp[nt][b] + dp[nt][2 + b];
                 x += __shfl_xor_sync(0xffffffffu, x, 4);
                 x += __shfl_xor_sync(0xffffffffu, x, 8);
                 x += __shfl_xor_sync(0xffffffffu, x, 16);
-                if (g == 0) sDb[warp * BWD_BN + nt * 8 + 2 * tq + b] = x;
+                if (g == 0) sDb[warp * BN + nt * 8 + 2 * tq + b] = x;
             }
         }
         // dQ += dS K: dS from registers (A operand), K through ldmatrix.trans.
 #pragma unroll
-        for (int kc = 0; kc < BWD_BN / 16; ++kc) {
+        for (int kc = 0; kc < BN / 16; ++kc) {
             u32 pa[4];
             pa[0] = Elem<T>::pack(dp[2 * kc][0], dp[2 * kc][1]);
             pa[1] = Elem<T>::pack(dp[2 * kc][2], dp[2 * kc][3]);
@@ -289,7 +294,7 @@ __device__ __forceinline__ void backward_body(
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
                 const int c = kg * 16 + g + 8 * r;  // key slot in the tile
-                if (t * BWD_BN + c >= count) continue;
+                if (t * BN + c >= count) continue;
                 float* dst = acc + (i64)(s.k_start + (int)(u32)ranks[c]) * kv_row + hkv * D +
                              dh * DH + 2 * tq;
 #pragma unroll
@@ -297,10 +302,10 @@ __device__ __forceinline__ void backward_body(
                     red_add2(dst + i * 8, a[i][2 * r] * mul, a[i][2 * r + 1] * mul);
             }
         }
-        if (tid < BWD_BN && t * BWD_BN + tid < count) {
+        if (tid < BN && t * BN + tid < count) {
             float x = 0.f;
 #pragma unroll
-            for (int w = 0; w < BWD_WARPS; ++w) x += sDb[w * BWD_BN + tid];
+            for (int w = 0; w < BWD_WARPS; ++w) x += sDb[w * BN + tid];
             atomicAdd(dbias + s.bias_offset + (i64)hb * bias_head_stride + (int)(u32)ranks[tid], x);
         }
     }
@@ -317,17 +322,17 @@ __device__ __forceinline__ void backward_body(
     }
 }
 
-#define DMA_BACKWARD_KERNEL(NAME, T, D, CAUSAL)                                                   \
-    extern "C" __global__ void __launch_bounds__(BWD_THREADS)                                    \
-        NAME(const T* q, const T* k, const T* v, const T* out, const T* dout, const float* lse,  \
-             const SeqInfo* seqs, const int4* blocks, const u64* cand, const u32* cand_count,    \
-             const u64* thr, T* dq, float* dk_acc, float* dv_acc, float* dbias, int q_heads,     \
-             int kv_heads, int bias_heads, int bias_head_stride, int lse_head_stride,            \
-             int total_q, int cap, float scale, float scale_log2) {                              \
-        backward_body<T, D, CAUSAL>(q, k, v, out, dout, lse, seqs, blocks, cand, cand_count, thr, \
-                                    dq, dk_acc, dv_acc, dbias, q_heads, kv_heads, bias_heads,     \
-                                    bias_head_stride, lse_head_stride, total_q, cap, scale,       \
-                                    scale_log2);                                                  \
+#define DMA_BACKWARD_KERNEL(NAME, T, D, CAUSAL, BN)                                               \
+    extern "C" __global__ void __launch_bounds__(BWD_THREADS)                                     \
+        NAME(const T* q, const T* k, const T* v, const T* out, const T* dout, const float* lse,   \
+             const SeqInfo* seqs, const int4* blocks, const u64* cand, const u32* cand_count,     \
+             const u64* thr, T* dq, float* dk_acc, float* dv_acc, float* dbias, int q_heads,      \
+             int kv_heads, int bias_heads, int bias_head_stride, int lse_head_stride,             \
+             int total_q, int cap, float scale, float scale_log2) {                               \
+        backward_body<T, D, CAUSAL, BN>(q, k, v, out, dout, lse, seqs, blocks, cand, cand_count,  \
+                                        thr, dq, dk_acc, dv_acc, dbias, q_heads, kv_heads,        \
+                                        bias_heads, bias_head_stride, lse_head_stride, total_q,   \
+                                        cap, scale, scale_log2);                                  \
     }
 
 // f32 -> T, elementwise (dk and dv from their scratch buffers).

@@ -43,6 +43,16 @@ __device__ __forceinline__ float rank_bias(u64 rank) {
     return __uint_as_float((ordered & 0x80000000u) ? (ordered & 0x7fffffffu) : ~ordered);
 }
 
+// The selection kernels report a non-finite bias (NaN or an infinity; SPEC.md: an error, not a
+// rank) of key j of sequence `seq`, bias head `hb`, in one zero-initialised u64: it ends up holding
+// the complement of the smallest ((seq * bias_heads + hb) << 32 | j) seen, i.e. the first bad
+// value in the CPU backend's order (sequence, head, key); 0 means none (cuda/select.rs decodes it).
+__device__ __forceinline__ void dma_check_bias(float b, u64* bad, int seq, int bias_heads, int hb,
+                                               int j) {
+    if ((__float_as_uint(b) & 0x7f800000u) == 0x7f800000u)
+        atomicMax(bad, ~((((u64)seq * bias_heads + hb) << 32) | (u32)j));
+}
+
 __device__ __forceinline__ u32 smem_addr(const void* p) {
     return (u32)__cvta_generic_to_shared(p);
 }

@@ -13,7 +13,8 @@
 // pass finds the digit's bucket holds exactly the keys still needed, the next pass takes their
 // minimum as tau and the later passes return at once (random biases: about 3 passes + 1). Then
 //   dma_decode_gather: CTAs over the chunks write the keys ranked >= tau into the slot's list
-//                      (any order; min(P, w) of them).
+//                      (any order; min(P, w) of them), and report a non-finite bias of [0, P)
+//                      (dma_check_bias; select.cu's dependent kernel checks the keys [P, Nk)).
 // Causal: that list is the anchor of the sequence's real list, which select.cu's dependent kernel
 // completes (the keys [P, E) and each row's threshold). Not causal: the list is final and every
 // row's threshold is tau.
@@ -176,7 +177,7 @@ template <bool CAUSAL>
 __device__ __forceinline__ void decode_gather_body(
     const float* __restrict__ bias, const SeqInfo* __restrict__ seqs, int window, int cap,
     int bias_heads, int bias_head_stride, int total_q, u64* ws_raw, u64* __restrict__ cand,
-    u32* __restrict__ cand_count, u64* __restrict__ thr) {
+    u32* __restrict__ cand_count, u64* __restrict__ thr, u64* __restrict__ bad_bias) {
     const int hb = blockIdx.z;
     const int id = target_list<CAUSAL>(blockIdx.y);
     const SeqInfo s = seqs[blockIdx.y];
@@ -201,6 +202,7 @@ __device__ __forceinline__ void decode_gather_body(
     for (int u = 0; u < DSEL_PER; ++u) {
         const int i = start + u * DSEL_THREADS + threadIdx.x;
         const u64 key = dma_rank(vals[u], i);
+        if (i < end) dma_check_bias(vals[u], bad_bias, blockIdx.y, bias_heads, hb, i);
         const bool keep = i < end && key >= tau;
         const u32 ballot = __ballot_sync(0xffffffffu, keep);
         u32 base = 0;
@@ -231,7 +233,8 @@ __device__ __forceinline__ void decode_gather_body(
 #define DMA_DECODE_GATHER_KERNEL(NAME, CAUSAL)                                                   \
     extern "C" __global__ void __launch_bounds__(DSEL_THREADS)                                   \
         NAME(const float* bias, const SeqInfo* seqs, int window, int cap, int bias_heads,        \
-             int bias_head_stride, int total_q, u64* ws, u64* cand, u32* cand_count, u64* thr) { \
+             int bias_head_stride, int total_q, u64* ws, u64* cand, u32* cand_count, u64* thr,    \
+             u64* bad_bias) {                                                                    \
         decode_gather_body<CAUSAL>(bias, seqs, window, cap, bias_heads, bias_head_stride,        \
-                                   total_q, ws, cand, cand_count, thr);                          \
+                                   total_q, ws, cand, cand_count, thr, bad_bias);                \
     }

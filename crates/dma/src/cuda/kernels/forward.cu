@@ -1,24 +1,30 @@
 // Forward: one CTA per (block of DMA_BLOCK_M query rows, query head), one warp per 16 rows.
 // The block's candidate keys (from select.cu, as ranks: index and bias in one u64) are gathered
-// FWD_BN at a time into shared memory with cp.async only: the ranks of tile t + 2, and the K/V
+// BN at a time (64, or 32 for D = 256: registers) into shared memory with cp.async only: the ranks of tile t + 2, and the K/V
 // rows of tile t + 1 (16-byte chunks, two stages) fly while tile t is computed, so the loop has
 // one barrier and no synchronous global load. S = Q K^T and O += P V run on the tensor cores
 // (mma.sync m16n8k16, f32 accumulators), and an online softmax applies each row's keep test:
 // key j is kept by the row at position p iff rank_j >= thr_p (and j <= p when causal).
 
 #define FWD_THREADS (DMA_BLOCK_M * 2)  // one warp per 16 query rows
-#define FWD_BN DMA_TILE_N
 
-template <typename T, int D>
+// Shared memory of the forward with key tiles of BN (cuda/forward.rs: smem_bytes mirrors BYTES).
+template <typename T, int D, int BN>
 struct FwdSmem {
     static constexpr int STRIDE = D + 8;  // elements per row: 16 bytes of padding against conflicts
     static constexpr int Q = DMA_BLOCK_M * STRIDE;
-    static constexpr int KV = FWD_BN * STRIDE;
+    static constexpr int KV = BN * STRIDE;
     // Layout: q | k[2] | v[2] (T) | ranks[3] (u64) | bias * log2(e) [2] (f32)
-    static constexpr int BYTES = (Q + 4 * KV) * 2 + 3 * FWD_BN * 8 + 2 * FWD_BN * 4;
+    static constexpr int BYTES = (Q + 4 * KV) * 2 + 3 * BN * 8 + 2 * BN * 4;
+    static_assert(BYTES <= 227 * 1024, "forward shared memory above the 227 KiB of a Hopper CTA");
+    static_assert(DMA_TILE_N % BN == 0 && BN % 16 == 0, "lists are padded to DMA_TILE_N keys");
+    static_assert(D % 16 == 0, "head dim must be a multiple of 16");
 };
 
-template <typename T, int D, bool CAUSAL>
+// BN: keys per tile (a divisor of DMA_TILE_N). Q's fragments stay in registers up to D = 128;
+// at D = 256 they would not fit beside the 128 f32 accumulators of O, so each tile reloads them
+// from shared memory (ldmatrix) instead.
+template <typename T, int D, bool CAUSAL, int BN>
 __device__ __forceinline__ void forward_body(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
     const SeqInfo* __restrict__ seqs,
@@ -27,7 +33,8 @@ __device__ __forceinline__ void forward_body(
     float* __restrict__ lse, float* __restrict__ part, int q_heads, int kv_heads,
     int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,
     float scale_log2) {
-    typedef FwdSmem<T, D> L;
+    typedef FwdSmem<T, D, BN> L;
+    constexpr bool QREG = D <= 128;  // Q fragments held in registers
     constexpr float LOG2E = 1.4426950408889634f;
     constexpr float LN2 = 0.6931471805599453f;
     constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
@@ -37,7 +44,7 @@ __device__ __forceinline__ void forward_body(
     T* sK = sQ + L::Q;
     T* sV = sK + 2 * L::KV;
     u64* sC = reinterpret_cast<u64*>(sV + 2 * L::KV);  // ranks of 3 tiles, a ring
-    float* sB = reinterpret_cast<float*>(sC + 3 * FWD_BN);  // their biases (log2 domain), 2 tiles
+    float* sB = reinterpret_cast<float*>(sC + 3 * BN);  // their biases (log2 domain), 2 tiles
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int4 B = blocks[blockIdx.x];  // (sequence, first row, end row, list)
@@ -46,11 +53,11 @@ __device__ __forceinline__ void forward_body(
     const int hb = h / (q_heads / bias_heads);
     const SeqInfo s = seqs[B.x];
     const i64 slot = (i64)B.w * bias_heads + hb;
-    const u64* list = cand + slot * cap;  // cap is a multiple of FWD_BN: 16-byte aligned tiles
+    const u64* list = cand + slot * cap;  // cap is a multiple of BN: 16-byte aligned tiles
     const int count = (int)cand_count[slot];
     const int offset = s.nk - s.nq;
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
-    const int tiles = (count + FWD_BN - 1) / FWD_BN;
+    const int tiles = (count + BN - 1) / BN;
     // Split-K (gridDim.z > 1, decode): this CTA runs tiles [t0, t1) and writes a partial result.
     const int per = (tiles + gridDim.z - 1) / gridDim.z;
     const int t0 = min((int)blockIdx.z * per, tiles), t1 = min(t0 + per, tiles);
@@ -65,19 +72,19 @@ __device__ __forceinline__ void forward_body(
     // The ranks of tile t into ring slot t % 3, two per 16-byte chunk (select.cu pads each list
     // with DMA_NO_KEY to a whole tile).
     auto load_ranks = [&](int t) {
-        if (tid < FWD_BN / 2) {
-            const int at = t * FWD_BN + 2 * tid;
-            cp_async16(sC + (t % 3) * FWD_BN + 2 * tid, at < count ? list + at : list, at < count);
+        if (tid < BN / 2) {
+            const int at = t * BN + 2 * tid;
+            cp_async16(sC + (t % 3) * BN + 2 * tid, at < count ? list + at : list, at < count);
         }
     };
     // The K/V rows of tile t into stage t & 1, addressed by the ranks already in shared memory.
     auto load_kv = [&](int t) {
         T* dk = sK + (t & 1) * L::KV;
         T* dv = sV + (t & 1) * L::KV;
-        const u64* ranks = sC + (t % 3) * FWD_BN;
-        for (int c = tid; c < FWD_BN * CHUNKS; c += FWD_THREADS) {
+        const u64* ranks = sC + (t % 3) * BN;
+        for (int c = tid; c < BN * CHUNKS; c += FWD_THREADS) {
             const int r = c / CHUNKS, ch = c % CHUNKS;
-            const bool valid = t * FWD_BN + r < count;
+            const bool valid = t * BN + r < count;
             const i64 row =
                 valid ? (i64)(s.k_start + (int)(u32)ranks[r]) * kv_row + hkv * D + ch * 8 : 0;
             cp_async16(dk + r * L::STRIDE + ch * 8, k + row, valid);
@@ -86,7 +93,7 @@ __device__ __forceinline__ void forward_body(
     };
     // Bias of tile t (decoded from its ranks, which have landed) into slot t & 1.
     auto decode_bias = [&](int t) {
-        if (tid < FWD_BN) sB[(t & 1) * FWD_BN + tid] = rank_bias(sC[(t % 3) * FWD_BN + tid]) * LOG2E;
+        if (tid < BN) sB[(t & 1) * BN + tid] = rank_bias(sC[(t % 3) * BN + tid]) * LOG2E;
     };
     if (t0 < t1) load_ranks(t0);
     cp_async_commit();
@@ -97,11 +104,14 @@ __device__ __forceinline__ void forward_body(
     if (t0 + 1 < t1) load_ranks(t0 + 1);
     cp_async_commit();
 
-    // Q fragments (A operand) for the warp's 16 rows.
-    u32 qf[D / 16][4];
+    // Q fragments (A operand) for the warp's 16 rows (QREG; otherwise loaded per tile).
+    const T* q_frag = sQ + (warp * 16 + (lane & 15)) * L::STRIDE + (lane >> 4) * 8;
+    u32 qf[QREG ? D / 16 : 1][4];
+    // (The Q tile landed with the first group, waited for above.)
+    if (QREG) {
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-        ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane & 15)) * L::STRIDE + kk * 16 + (lane >> 4) * 8);
+        for (int kk = 0; kk < (QREG ? D / 16 : 0); ++kk) ldmatrix_x4(qf[kk], q_frag + kk * 16);
+    }
 
     // This thread's two rows: g and g + 8 of the warp's slice.
     const int g = lane >> 2, tq = lane & 3;
@@ -133,30 +143,34 @@ __device__ __forceinline__ void forward_body(
         // A warp whose 16 rows all lie past the block's end only helps load (decode: Nq < 16
         // leaves 7 of 8 warps idle, and the tensor cores to the one that computes).
         if (B.y + warp * 16 >= B.z) continue;
-        const u64* ranks = sC + (t % 3) * FWD_BN;
-        const float* biases = sB + (t & 1) * FWD_BN;
+        const u64* ranks = sC + (t % 3) * BN;
+        const float* biases = sB + (t & 1) * BN;
 
         const T* tk = sK + stage * L::KV;
         const T* tv = sV + stage * L::KV;
-        float sc[FWD_BN / 8][4];
+        float sc[BN / 8][4];
 #pragma unroll
-        for (int i = 0; i < FWD_BN / 8; ++i) sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.f;
-#pragma unroll
+        for (int i = 0; i < BN / 8; ++i) sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.f;
+        // (At D = 256, unrolled by 2 only: a full unroll spills 68 bytes in the causal kernel.)
+#pragma unroll QREG ? D / 16 : 2
         for (int kk = 0; kk < D / 16; ++kk) {
+            u32 qt[4];
+            if (!QREG) ldmatrix_x4(qt, q_frag + kk * 16);
+            const u32(&qa)[4] = QREG ? qf[QREG ? kk : 0] : qt;
 #pragma unroll
-            for (int np = 0; np < FWD_BN / 16; ++np) {
+            for (int np = 0; np < BN / 16; ++np) {
                 u32 bf[4];
                 ldmatrix_x4(bf, tk + (np * 16 + (lane >> 4) * 8 + (lane & 7)) * L::STRIDE + kk * 16 +
                                     ((lane >> 3) & 1) * 8);
-                Elem<T>::mma(sc[2 * np], qf[kk], bf[0], bf[1]);
-                Elem<T>::mma(sc[2 * np + 1], qf[kk], bf[2], bf[3]);
+                Elem<T>::mma(sc[2 * np], qa, bf[0], bf[1]);
+                Elem<T>::mma(sc[2 * np + 1], qa, bf[2], bf[3]);
             }
         }
 
         // Keep test, scale and bias (log2 domain), and the running max of each row.
         float mx[2] = {-DMA_INF, -DMA_INF};
 #pragma unroll
-        for (int nt = 0; nt < FWD_BN / 8; ++nt) {
+        for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int c = nt * 8 + 2 * tq + (e & 1);
@@ -180,7 +194,7 @@ __device__ __forceinline__ void forward_body(
             l[r] *= alpha[r];
         }
 #pragma unroll
-        for (int nt = 0; nt < FWD_BN / 8; ++nt) {
+        for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const float p = fast_exp2(sc[nt][e] - use[e >> 1]);
@@ -198,7 +212,7 @@ __device__ __forceinline__ void forward_body(
 
         // O += P V: P from the score registers (A operand), V through ldmatrix.trans.
 #pragma unroll
-        for (int kc = 0; kc < FWD_BN / 16; ++kc) {
+        for (int kc = 0; kc < BN / 16; ++kc) {
             u32 pa[4];
             pa[0] = Elem<T>::pack(sc[2 * kc][0], sc[2 * kc][1]);
             pa[1] = Elem<T>::pack(sc[2 * kc][2], sc[2 * kc][3]);
@@ -254,15 +268,15 @@ __device__ __forceinline__ void forward_body(
     }
 }
 
-#define DMA_FORWARD_KERNEL(NAME, T, D, CAUSAL)                                                    \
-    extern "C" __global__ void __launch_bounds__(FWD_THREADS)                                    \
-        NAME(const T* q, const T* k, const T* v, const SeqInfo* seqs,                            \
-             const int4* blocks, const u64* cand, const u32* cand_count, const u64* thr, T* out, \
-             float* lse, float* part, int q_heads, int kv_heads, int bias_heads,                 \
+#define DMA_FORWARD_KERNEL(NAME, T, D, CAUSAL, BN)                                                \
+    extern "C" __global__ void __launch_bounds__(FWD_THREADS)                                     \
+        NAME(const T* q, const T* k, const T* v, const SeqInfo* seqs,                             \
+             const int4* blocks, const u64* cand, const u32* cand_count, const u64* thr, T* out,  \
+             float* lse, float* part, int q_heads, int kv_heads, int bias_heads,                  \
              int bias_head_stride, int lse_head_stride, int total_q, int cap, float scale_log2) { \
-        forward_body<T, D, CAUSAL>(q, k, v, seqs, blocks, cand, cand_count, thr, out, lse, part, \
-                                   q_heads, kv_heads, bias_heads, bias_head_stride,               \
-                                   lse_head_stride, total_q, cap, scale_log2);                    \
+        forward_body<T, D, CAUSAL, BN>(q, k, v, seqs, blocks, cand, cand_count, thr, out, lse,    \
+                                       part, q_heads, kv_heads, bias_heads, bias_head_stride,     \
+                                       lse_head_stride, total_q, cap, scale_log2);                \
     }
 
 // Split-K combine: one warp per (query row, query head) of `rows` = total_q * q_heads; out and lse

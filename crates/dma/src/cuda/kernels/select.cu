@@ -15,6 +15,10 @@
 // O(N^2 / (BM * DMA_ANCHOR_EVERY)) bias reads per head. The lists between anchors select over
 // their anchor's list plus the keys since it (at most w + DMA_ANCHOR_EVERY * BM keys), launched
 // after the anchors: O(N * (w + ANCHOR * BM) / BM). Memory is O(N * w / BM). docs/cuda-notes.md.
+//
+// Every bias value of a sequence with queries passes once through the compaction below (the keys
+// [0, P) of an anchor, [E_a, P) of a dependent list, and the own keys [P, E) of each), which is
+// where a non-finite bias is reported (dma_check_bias): one test per key, not one per radix pass.
 
 #define SEL_THREADS 256
 #define SEL_WARPS (SEL_THREADS / 32)
@@ -110,7 +114,7 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
                                             const int* __restrict__ ids, int window, int cap,
                                             int bias_heads, int bias_head_stride, int total_q,
                                             u64* __restrict__ cand, u32* __restrict__ cand_count,
-                                            u64* __restrict__ thr) {
+                                            u64* __restrict__ thr, u64* __restrict__ bad_bias) {
     __shared__ SelectShared sh;
     const int id = ids[blockIdx.x];
     const int4 L = lists[id];  // (sequence, first row, end row, anchor list or -1)
@@ -154,6 +158,9 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     for (int start = 0; start < n; start += SEL_THREADS) {
         const int i = start + threadIdx.x;
         const u64 rank = i < n ? source(i) : 0;
+        // Keys read from the bias here (not from the anchor's list, checked by the anchor).
+        if (i >= from_list && i < n)
+            dma_check_bias(rank_bias(rank), bad_bias, L.x, bias_heads, hb, (int)(u32)rank);
         const bool keep = i < n && rank >= tau;
         const u32 ballot = __ballot_sync(0xffffffffu, keep);
         if (lane == 0) sh.warp_counts[warp] = __popc(ballot);
@@ -170,7 +177,10 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
         base += total;
     }
     const int kept_before = base;  // == min(P, window)
-    for (int i = P + threadIdx.x; i < E; i += SEL_THREADS) list[kept_before + i - P] = key_rank(i);
+    for (int i = P + threadIdx.x; i < E; i += SEL_THREADS) {
+        dma_check_bias(b[i], bad_bias, L.x, bias_heads, hb, i);
+        list[kept_before + i - P] = key_rank(i);
+    }
     const int count = kept_before + (E - P);
     if (threadIdx.x == 0) cand_count[slot] = (u32)count;
     // Rank 0 (below every threshold) up to the next whole tile: the forward reads whole tiles.
@@ -232,7 +242,8 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     extern "C" __global__ void __launch_bounds__(SEL_THREADS)                                    \
         NAME(const float* bias, const SeqInfo* seqs, const int4* lists, const int* ids,          \
              int window, int cap, int bias_heads, int bias_head_stride, int total_q, u64* cand,   \
-             u32* cand_count, u64* thr) {                                                        \
+             u32* cand_count, u64* thr, u64* bad_bias) {                                         \
         select_body<CAUSAL, FROM_ANCHOR>(bias, seqs, lists, ids, window, cap, bias_heads,        \
-                                         bias_head_stride, total_q, cand, cand_count, thr);      \
+                                         bias_head_stride, total_q, cand, cand_count, thr,       \
+                                         bad_bias);                                              \
     }
