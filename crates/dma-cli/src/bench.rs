@@ -1,12 +1,16 @@
 //! `dma bench`: time the CPU operator on random inputs at several lengths and show how the time
-//! scales with N (DMA should be O(N·w), i.e. linear in N at a fixed window).
+//! scales with N (DMA should be O(N·w), i.e. linear in N at a fixed window). `--decode` also times
+//! one new query over a context of N cached keys; `--json FILE` writes the medians as records
+//! for `dma plot` (see `plot::records`).
 
+use crate::plot::records::{self, Record};
 use anyhow::{bail, Result};
 use dma::{cpu, Heads, Params, Shape};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::hint::black_box;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The benchmark configuration: B = 1, Hq = Hkv = Hb = `heads`, causal, f32.
@@ -17,7 +21,14 @@ pub struct Config {
     pub heads: usize,
     pub reps: usize,
     pub backward: bool,
+    /// Also time decoding: one query over N cached keys.
+    pub decode: bool,
+    /// Where to write the results as JSON lines.
+    pub json: Option<PathBuf>,
 }
+
+/// The implementation name of this benchmark's records.
+pub const IMPL: &str = "dma-cpu";
 
 /// Median times of one length.
 struct Row {
@@ -25,6 +36,8 @@ struct Row {
     forward: Duration,
     /// Forward plus backward, when measured.
     both: Option<Duration>,
+    /// One query over N cached keys, when measured.
+    decode: Option<Duration>,
 }
 
 pub fn run(cfg: &Config) -> Result<()> {
@@ -48,14 +61,16 @@ pub fn run(cfg: &Config) -> Result<()> {
     // Sizes are interleaved within each repetition, so a change in machine load hits every
     // size alike instead of skewing the ratios.
     let cases: Vec<Case> = cfg.sizes.iter().map(|&n| Case::random(cfg, n)).collect();
-    let mut times = vec![(Vec::new(), Vec::new()); cases.len()];
+    let mut times = vec![(Vec::new(), Vec::new(), Vec::new()); cases.len()];
     for rep in 0..=cfg.reps {
-        for (case, (forward, both)) in cases.iter().zip(&mut times) {
+        for (case, (forward, both, decode)) in cases.iter().zip(&mut times) {
             bar.set_message(format!("N={}", case.n));
             let (t_fwd, t_both) = case.time(cfg)?;
+            let t_decode = case.time_decode(cfg)?;
             if rep > 0 {
                 forward.push(t_fwd);
                 both.extend(t_both);
+                decode.extend(t_decode);
             }
             bar.inc(1);
         }
@@ -64,14 +79,52 @@ pub fn run(cfg: &Config) -> Result<()> {
     let rows: Vec<Row> = cases
         .iter()
         .zip(times)
-        .map(|(case, (forward, both))| Row {
+        .map(|(case, (forward, both, decode))| Row {
             n: case.n,
             forward: median(forward),
             both: cfg.backward.then(|| median(both)),
+            decode: cfg.decode.then(|| median(decode)),
         })
         .collect();
     print_table(cfg, &rows);
+    if let Some(path) = &cfg.json {
+        records::write(path, &to_records(cfg, &rows))?;
+        println!(
+            "wrote {} records to {}",
+            count_records(&rows),
+            path.display()
+        );
+    }
     Ok(())
+}
+
+/// The medians as records for `dma plot`: `forward`, and `forward_backward` and `decode` when
+/// measured.
+fn to_records(cfg: &Config, rows: &[Row]) -> Vec<Record> {
+    let record = |kind: &str, n: usize, t: Duration| Record {
+        device: Some("cpu".into()),
+        dtype: Some("f32".into()),
+        batch: Some(1),
+        heads: Some(cfg.heads),
+        head_dim: Some(cfg.head_dim),
+        window: Some(cfg.window),
+        reps: Some(cfg.reps),
+        // Nanoseconds are plenty.
+        ..Record::new(kind, IMPL, n, (ms(t) * 1e6).round() / 1e6)
+    };
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(record("forward", r.n, r.forward));
+        out.extend(r.both.map(|t| record("forward_backward", r.n, t)));
+        out.extend(r.decode.map(|t| record("decode", r.n, t)));
+    }
+    out
+}
+
+fn count_records(rows: &[Row]) -> usize {
+    rows.iter()
+        .map(|r| 1 + r.both.is_some() as usize + r.decode.is_some() as usize)
+        .sum()
 }
 
 /// Random inputs of one length (fixed seed; a random bias, so the selection is not a plain
@@ -84,6 +137,8 @@ struct Case {
     v: Vec<f32>,
     bias: Vec<f32>,
     dout: Vec<f32>,
+    /// The query of a decode step (one row), when decoding is timed.
+    q_decode: Vec<f32>,
 }
 
 impl Case {
@@ -103,6 +158,11 @@ impl Case {
             bias: random(n * h, -2.0, 2.0),
             dout: if cfg.backward {
                 random(len, -1.0, 1.0)
+            } else {
+                Vec::new()
+            },
+            q_decode: if cfg.decode {
+                random(h * cfg.head_dim, -1.0, 1.0)
             } else {
                 Vec::new()
             },
@@ -135,6 +195,24 @@ impl Case {
         )?);
         Ok((t_fwd, Some(t_fwd + start.elapsed())))
     }
+
+    /// Times one decode step (one query at position N - 1 over the N keys), when asked.
+    fn time_decode(&self, cfg: &Config) -> Result<Option<Duration>> {
+        if !cfg.decode {
+            return Ok(None);
+        }
+        let h = cfg.heads;
+        let shape = Shape::dense(1, 1, self.n, Heads::new(h, h).with_bias(h), cfg.head_dim);
+        let inputs = cpu::Inputs {
+            q: &self.q_decode,
+            k: &self.k,
+            v: &self.v,
+            bias: &self.bias,
+        };
+        let start = Instant::now();
+        black_box(cpu::forward(&Params::new(cfg.window), &shape, &inputs)?);
+        Ok(Some(start.elapsed()))
+    }
 }
 
 fn median(mut times: Vec<Duration>) -> Duration {
@@ -159,17 +237,19 @@ fn ratio(t: Duration, prev: Option<Duration>) -> String {
 }
 
 fn print_table(cfg: &Config, rows: &[Row]) {
-    let extra = if cfg.backward {
-        (" fwd+bwd ms | fwd+bwd ratio |", "---:|---:|")
-    } else {
-        ("", "")
-    };
+    let mut head = "| N | forward ms | ratio to previous N | kept pairs/s |".to_string();
+    let mut rule = "|---:|---:|---:|---:|".to_string();
+    if cfg.backward {
+        head += " fwd+bwd ms | fwd+bwd ratio |";
+        rule += "---:|---:|";
+    }
+    if cfg.decode {
+        head += " decode ms (1 query, N keys) |";
+        rule += "---:|";
+    }
     println!();
-    println!(
-        "| N | forward ms | ratio to previous N | kept pairs/s |{}",
-        extra.0
-    );
-    println!("|---:|---:|---:|---:|{}", extra.1);
+    println!("{head}");
+    println!("{rule}");
     let mut prev: Option<&Row> = None;
     for r in rows {
         let pairs = kept_pairs(r.n, cfg.window, cfg.heads) / r.forward.as_secs_f64();
@@ -186,6 +266,9 @@ fn print_table(cfg: &Config, rows: &[Row]) {
                 ms(both),
                 ratio(both, prev.and_then(|p| p.both))
             );
+        }
+        if let Some(decode) = r.decode {
+            line += &format!(" {:.3} |", ms(decode));
         }
         println!("{line}");
         prev = Some(r);

@@ -4,11 +4,13 @@
 mod bench;
 mod generate;
 mod gpu;
+mod heatmap;
 mod layout;
 mod logits;
 mod model_args;
 mod mqar;
 mod op;
+mod plot;
 mod selftest;
 mod tensors;
 mod train;
@@ -33,8 +35,26 @@ struct Cli {
 enum Command {
     /// Run the operator on q, k, v, bias (and dout for the backward) from a safetensors file.
     Op(OpArgs),
-    /// Time the operator on random inputs at several lengths and show how it scales.
+    /// Time the operator on random inputs at several lengths and show how it scales; with
+    /// --json, also write the results as records for `dma plot`.
     Bench(BenchArgs),
+    /// Render benchmark records (JSON lines from `dma bench --json`, or from GPU scripts) as
+    /// PNG charts: time vs N and speedup vs N for every kind, decode latency vs context.
+    ///
+    /// Records: one JSON object per line (or one JSON array of them), e.g.
+    /// {"kind":"forward","impl":"sdpa-flash","n":4096,"time_ms":1.25}. Required: kind (forward,
+    /// forward_backward, decode or any name), impl (any name: dma-cpu, dma-cuda, sdpa-cudnn,
+    /// ...), n (the sequence length, queries = keys; for decode the number of cached keys) and
+    /// time_ms (the median time of one call, in ms). Optional and descriptive: device, dtype,
+    /// batch, heads, head_dim, window, reps, note; other fields are ignored.
+    ///
+    /// Writes, for every kind K in the records, OUT_DIR/time-K.png (time vs N, log-log, one line
+    /// per impl; for K = decode, latency vs context) and, where K has two or more impls,
+    /// OUT_DIR/speedup-K.png (baseline time / impl time vs N). Every chart is a 960x640 PNG.
+    Plot(PlotArgs),
+    /// Draw a Doge model's per-head kept keys and attention weights of one layer for a short
+    /// input (at most 512 tokens) as a PNG.
+    Heatmap(heatmap::HeatmapArgs),
     /// Check a device's kernels against the CPU backend (forward, backward, decode) on fresh
     /// random inputs; prints a table and PASS or FAIL (exit code 1 on failure).
     Selftest(SelftestArgs),
@@ -130,6 +150,25 @@ struct BenchArgs {
     /// Also time forward + backward.
     #[arg(long)]
     backward: bool,
+    /// Also time decoding: one new query over N cached keys.
+    #[arg(long)]
+    decode: bool,
+    /// Write the medians to this file as JSON lines, one record per (kind, N), for `dma plot`.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// Record files (JSON lines or a JSON array); give several to put CPU and GPU runs together.
+    #[arg(long, required = true, value_name = "FILE")]
+    input: Vec<PathBuf>,
+    /// Folder for the PNG files (created if needed).
+    #[arg(long, value_name = "DIR")]
+    out_dir: PathBuf,
+    /// The impl the speedup charts divide by (default: each kind's first impl in the records).
+    #[arg(long, value_name = "IMPL")]
+    baseline: Option<String>,
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -151,8 +190,21 @@ fn run(cli: Cli) -> Result<()> {
                 heads: a.heads,
                 reps: a.reps,
                 backward: a.backward,
+                decode: a.decode,
+                json: a.json,
             })
         }
+        Command::Plot(a) => {
+            let mut records = Vec::new();
+            for path in &a.input {
+                records.extend(plot::records::read(path)?);
+            }
+            for path in plot::render(&records, &a.out_dir, a.baseline.as_deref())? {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Heatmap(a) => heatmap::run(&a),
         Command::Selftest(a) => {
             a.device.require_built()?;
             if a.device == Device::Cpu {

@@ -10,8 +10,8 @@ use dma_candle::DmaAttention;
 
 #[derive(Debug, Clone)]
 pub(crate) struct DecoderLayer {
-    input_layernorm: RmsNorm,
-    self_attn: DmaAttention,
+    pub(crate) input_layernorm: RmsNorm,
+    pub(crate) self_attn: DmaAttention,
     input_residual: Tensor,
     post_attention_layernorm: RmsNorm,
     mlp: Mlp,

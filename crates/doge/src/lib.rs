@@ -14,6 +14,7 @@ mod decoder;
 mod error;
 mod fields;
 mod generate;
+pub mod inspect;
 mod mlp;
 mod model;
 mod norm;

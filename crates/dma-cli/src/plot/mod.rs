@@ -1,0 +1,332 @@
+//! `dma plot`: PNG charts of benchmark records (see [`records`] for the format): for every kind
+//! of record, time against N with one line per implementation, and the speedup of every
+//! implementation over a baseline one. Text is drawn with DejaVu Sans, which the `dejavu` crate
+//! embeds in the binary, so no system font is needed.
+
+pub mod records;
+
+use anyhow::{bail, Result};
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::prelude::*;
+use records::Record;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+/// The size of every line chart, in pixels.
+pub const CHART_SIZE: (u32, u32) = (960, 640);
+
+/// The font family name the charts use; [`fonts`] registers it.
+pub const FONT: &str = "sans-serif";
+
+/// Registers the embedded DejaVu Sans (regular and bold) as [`FONT`] for plotters.
+pub fn fonts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The bytes are a valid TrueType font; a failure would only lose the text.
+        let _ = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular());
+        let _ = plotters::style::register_font(FONT, FontStyle::Bold, dejavu::sans::bold());
+    });
+}
+
+/// One line of a chart: its name and (x, y) points, x ascending.
+type Series = (String, Vec<(f64, f64)>);
+
+/// Writes the charts of `records` into `out_dir` (created if needed) and returns their paths:
+/// `time-KIND.png` for every kind and, where a kind has at least two implementations,
+/// `speedup-KIND.png` over `baseline` (default: the kind's first implementation in the records).
+pub fn render(records: &[Record], out_dir: &Path, baseline: Option<&str>) -> Result<Vec<PathBuf>> {
+    if records.is_empty() {
+        bail!("no records to plot");
+    }
+    fonts();
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
+    let mut kinds: Vec<&str> = Vec::new();
+    for r in records {
+        if !kinds.contains(&r.kind.as_str()) {
+            kinds.push(&r.kind);
+        }
+    }
+    // One colour per implementation across all charts.
+    let mut impls: Vec<&str> = Vec::new();
+    for r in records {
+        if !impls.contains(&r.implementation.as_str()) {
+            impls.push(&r.implementation);
+        }
+    }
+    let colour = |name: &str| impls.iter().position(|&i| i == name).unwrap_or(0);
+    let mut written = Vec::new();
+    for kind in kinds {
+        let series = series_of(records, kind)?;
+        let (title, x_desc, y_desc) = if kind == "decode" {
+            (
+                "decode latency vs context (one new query)".to_string(),
+                "context (cached keys)",
+                "latency (ms)",
+            )
+        } else {
+            (
+                format!("{kind}: time vs N"),
+                "N (queries = keys)",
+                "time (ms)",
+            )
+        };
+        let subtitle = describe(records, kind);
+        let path = out_dir.join(format!("time-{}.png", file_part(kind)));
+        let ys = series.iter().flat_map(|s| s.1.iter().map(|p| p.1));
+        let (lo, hi) = bounds(ys, true);
+        line_chart(
+            &path,
+            &title,
+            &subtitle,
+            x_desc,
+            y_desc,
+            &series,
+            (lo..hi).log_scale(),
+            None,
+            &colour,
+        )?;
+        written.push(path);
+
+        if series.len() < 2 {
+            continue;
+        }
+        let base_name = match baseline {
+            Some(b) if series.iter().any(|s| s.0 == b) => b.to_string(),
+            Some(b) => {
+                eprintln!("kind {kind}: no implementation named {b}, no speedup chart");
+                continue;
+            }
+            None => series[0].0.clone(),
+        };
+        let base = &series.iter().find(|s| s.0 == base_name).expect("present").1;
+        let speedups: Vec<Series> = series
+            .iter()
+            .filter(|s| s.0 != base_name)
+            .map(|(name, points)| {
+                let sp = points
+                    .iter()
+                    .filter_map(|&(x, t)| {
+                        base.iter()
+                            .find(|b| b.0 == x)
+                            .map(|&(_, t_base)| (x, t_base / t))
+                    })
+                    .collect();
+                (name.clone(), sp)
+            })
+            .filter(|s: &Series| !s.1.is_empty())
+            .collect();
+        if speedups.is_empty() {
+            eprintln!("kind {kind}: no length shared with {base_name}, no speedup chart");
+            continue;
+        }
+        let (lo, hi) = bounds(speedups.iter().flat_map(|s| s.1.iter().map(|p| p.1)), false);
+        let path = out_dir.join(format!("speedup-{}.png", file_part(kind)));
+        let x_desc = if kind == "decode" {
+            "context (cached keys)"
+        } else {
+            "N (queries = keys)"
+        };
+        line_chart(
+            &path,
+            &format!("{kind}: speedup over {base_name} (its time / time)"),
+            &subtitle,
+            x_desc,
+            "speedup (x)",
+            &speedups,
+            lo.min(1.0)..hi.max(1.0),
+            Some(1.0),
+            &colour,
+        )?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// The lines of one kind, one per implementation in order of first appearance, x ascending.
+fn series_of(records: &[Record], kind: &str) -> Result<Vec<Series>> {
+    let mut order: Vec<&str> = Vec::new();
+    let mut points: BTreeMap<&str, BTreeMap<usize, f64>> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.kind == kind) {
+        let imp = r.implementation.as_str();
+        if !order.contains(&imp) {
+            order.push(imp);
+        }
+        if points
+            .entry(imp)
+            .or_default()
+            .insert(r.n, r.time_ms)
+            .is_some()
+        {
+            bail!(
+                "two records of kind {kind}, impl {imp} at n = {}: give the runs different impl names",
+                r.n
+            );
+        }
+    }
+    Ok(order
+        .into_iter()
+        .map(|imp| {
+            let p = points[imp].iter().map(|(&n, &t)| (n as f64, t)).collect();
+            (imp.to_string(), p)
+        })
+        .collect())
+}
+
+/// What the records of a kind share (device, dtype, sizes), for the chart's subtitle.
+fn describe(records: &[Record], kind: &str) -> String {
+    let of_kind: Vec<&Record> = records.iter().filter(|r| r.kind == kind).collect();
+    let mut parts = Vec::new();
+    let mut shared = |label: &str, get: &dyn Fn(&Record) -> Option<String>| {
+        let first = get(of_kind[0]);
+        if let Some(v) = first.clone() {
+            if of_kind.iter().all(|r| get(r) == first) {
+                parts.push(format!("{label}{v}"));
+            }
+        }
+    };
+    shared("", &|r| r.device.clone());
+    shared("", &|r| r.dtype.clone());
+    shared("B=", &|r| r.batch.map(|v| v.to_string()));
+    shared("H=", &|r| r.heads.map(|v| v.to_string()));
+    shared("D=", &|r| r.head_dim.map(|v| v.to_string()));
+    shared("w=", &|r| r.window.map(|v| v.to_string()));
+    parts.join(", ")
+}
+
+/// A file-name-safe form of a kind.
+fn file_part(kind: &str) -> String {
+    kind.chars()
+        .map(
+            |c| match c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                true => c,
+                false => '_',
+            },
+        )
+        .collect()
+}
+
+/// The range of `values` with some room on both sides (a factor on a log axis).
+fn bounds(values: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    if log {
+        (lo / 1.5, hi * 1.5)
+    } else {
+        let pad = ((hi - lo) * 0.1).max(hi.abs() * 0.05).max(1e-3);
+        ((lo - pad).max(0.0), hi + pad)
+    }
+}
+
+/// Number labels: at most three significant digits after the point, no trailing zeros.
+fn label(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() || v.abs() >= 100.0 {
+        return format!("{v:.0}");
+    }
+    let decimals = (2.0 - v.abs().log10().floor()).max(0.0) as usize;
+    let text = format!("{v:.decimals$}");
+    match text.contains('.') {
+        true => text.trim_end_matches('0').trim_end_matches('.').into(),
+        false => text,
+    }
+}
+
+/// Labels of the log2 N axis: N at whole powers of two, nothing between them.
+fn pow2_label(v: f64) -> String {
+    match (v - v.round()).abs() < 1e-6 {
+        true => format!("{}", 2f64.powf(v.round())),
+        false => String::new(),
+    }
+}
+
+/// A chart with a log2 N axis (labelled at powers of two) and the given y axis, one coloured line
+/// with markers per series, a legend, and optionally a grey reference line at `y = reference`.
+/// `colour` gives each series' palette index.
+#[allow(clippy::too_many_arguments)]
+fn line_chart<Y>(
+    path: &Path,
+    title: &str,
+    subtitle: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[Series],
+    y_range: Y,
+    reference: Option<f64>,
+    colour: &dyn Fn(&str) -> usize,
+) -> Result<()>
+where
+    Y: AsRangedCoord<Value = f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    // x is log2 N on a linear axis, so that the ticks fall on the powers of two.
+    let series: Vec<Series> = series
+        .iter()
+        .map(|(name, p)| {
+            (
+                name.clone(),
+                p.iter().map(|&(x, y)| (x.log2(), y)).collect(),
+            )
+        })
+        .collect();
+    let xs = series.iter().flat_map(|s| s.1.iter().map(|p| p.0));
+    let (x_min, x_max) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+        (lo.min(x), hi.max(x))
+    });
+    let (x_lo, x_hi) = (x_min - 0.3, x_max.max(x_min + 1.0) + 0.3);
+    let x_labels = ((x_hi - x_lo).ceil() as usize + 1).clamp(2, 12);
+    let root = BitMapBackend::new(path, CHART_SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(title, (FONT, 26).into_font())?;
+    let (upper, lower) = root.split_vertically(CHART_SIZE.1 - 60);
+    lower.draw_text(
+        subtitle,
+        &(FONT, 16).into_font().color(&BLACK.mix(0.7)),
+        (20, 10),
+    )?;
+    let mut chart = ChartBuilder::on(&upper)
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(80)
+        .build_cartesian_2d(x_lo..x_hi, y_range)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_labels(x_labels)
+        .x_label_formatter(&|v| pow2_label(*v))
+        .y_label_formatter(&|v| label(*v))
+        .label_style((FONT, 16))
+        .axis_desc_style((FONT, 18))
+        .draw()?;
+    if let Some(y) = reference {
+        chart.draw_series(LineSeries::new(
+            [(x_lo, y), (x_hi, y)],
+            BLACK.mix(0.4).stroke_width(1),
+        ))?;
+    }
+    for (name, points) in &series {
+        let name = name.as_str();
+        let color = Palette99::pick(colour(name)).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.5))
+        .label_font((FONT, 16))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! `dma plot` on synthetic records and on the output of `dma bench --json`: the expected PNG
+//! files exist, decode, have the documented size and are not blank. (Nothing here is timing.)
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("dma-cli-plot-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn dma(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_dma"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dma {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Decodes `path` and checks its size and that it holds more than a few colours (lines, text).
+fn check_png(path: &Path, size: (u32, u32)) {
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8();
+    assert_eq!(img.dimensions(), size, "{}", path.display());
+    let mut colours: Vec<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+    colours.sort();
+    colours.dedup();
+    assert!(
+        colours.len() > 10,
+        "{}: {} colours",
+        path.display(),
+        colours.len()
+    );
+}
+
+#[test]
+fn charts_from_synthetic_records() {
+    let d = dir("synthetic");
+    let mut lines = String::from("# forward times of three implementations, decode of two\n");
+    for (imp, per_n) in [("dma-cuda", 0.5), ("sdpa-cudnn", 0.1), ("sdpa-flash", 0.08)] {
+        for n in [1024usize, 2048, 4096, 8192] {
+            let t = per_n * n as f64 / 1024.0
+                * if imp == "dma-cuda" {
+                    1.0
+                } else {
+                    (n / 1024) as f64
+                };
+            lines += &format!(
+                "{{\"kind\":\"forward\",\"impl\":\"{imp}\",\"n\":{n},\"time_ms\":{t},\"device\":\"H100\",\"dtype\":\"bf16\",\"window\":256}}\n"
+            );
+        }
+    }
+    for (imp, t) in [("dma-cuda", 0.05), ("sdpa-flash", 0.02)] {
+        for ctx in [4096usize, 65536] {
+            let t = t * (ctx as f64 / 4096.0).sqrt();
+            lines += &format!(
+                "{{\"kind\":\"decode\",\"impl\":\"{imp}\",\"n\":{ctx},\"time_ms\":{t}}}\n"
+            );
+        }
+    }
+    let input = d.join("results.jsonl");
+    std::fs::write(&input, lines).unwrap();
+    let out_dir = d.join("charts");
+    let out = dma(&["plot", "--input", s(&input), "--out-dir", s(&out_dir)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "time-forward",
+        "speedup-forward",
+        "time-decode",
+        "speedup-decode",
+    ] {
+        let path = out_dir.join(format!("{name}.png"));
+        assert!(stdout.contains(s(&path)), "{stdout}");
+        check_png(&path, (960, 640));
+    }
+    // A baseline by name; a missing one only skips the speedup charts.
+    let out_dir = d.join("baseline");
+    dma(&[
+        "plot",
+        "--input",
+        s(&input),
+        "--out-dir",
+        s(&out_dir),
+        "--baseline",
+        "sdpa-flash",
+    ]);
+    check_png(&out_dir.join("speedup-forward.png"), (960, 640));
+}
+
+#[test]
+fn bench_json_feeds_plot() {
+    let d = dir("bench");
+    let json = d.join("cpu.jsonl");
+    let args = [
+        "bench",
+        "--sizes",
+        "64,128",
+        "--window",
+        "16",
+        "--head-dim",
+        "16",
+        "--heads",
+        "1",
+    ];
+    let mut all = args.to_vec();
+    all.extend(["--reps", "1", "--backward", "--decode", "--json", s(&json)]);
+    dma(&all);
+    let text = std::fs::read_to_string(&json).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 6, "{text}");
+    for kind in ["forward", "forward_backward", "decode"] {
+        let of_kind: Vec<_> = records.iter().filter(|r| r["kind"] == kind).collect();
+        assert_eq!(of_kind.len(), 2, "{kind}: {text}");
+        for r in of_kind {
+            assert_eq!(r["impl"], "dma-cpu");
+            assert_eq!(r["window"], 16);
+            assert!(r["time_ms"].as_f64().unwrap() > 0.0);
+        }
+    }
+    let out_dir = d.join("charts");
+    dma(&["plot", "--input", s(&json), "--out-dir", s(&out_dir)]);
+    for name in ["time-forward", "time-forward_backward", "time-decode"] {
+        check_png(&out_dir.join(format!("{name}.png")), (960, 640));
+    }
+    // One implementation: no speedup chart.
+    assert!(!out_dir.join("speedup-forward.png").exists());
+}
+
+#[test]
+fn bad_records_are_one_line_errors() {
+    let d = dir("bad");
+    let input = d.join("bad.jsonl");
+    std::fs::write(&input, "{\"kind\":\"forward\",\"impl\":\"x\",\"n\":4}\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dma"))
+        .args(["plot", "--input", s(&input), "--out-dir", s(&d)])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 1") && err.contains("time_ms"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
