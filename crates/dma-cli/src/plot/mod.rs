@@ -6,7 +6,6 @@
 pub mod records;
 
 use anyhow::{bail, Result};
-use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 use records::Record;
 use std::collections::BTreeMap;
@@ -83,7 +82,8 @@ pub fn render(records: &[Record], out_dir: &Path, baseline: Option<&str>) -> Res
             x_desc,
             y_desc,
             &series,
-            (lo..hi).log_scale(),
+            (lo.log10(), hi.log10()),
+            true,
             None,
             &colour,
         )?;
@@ -135,7 +135,8 @@ pub fn render(records: &[Record], out_dir: &Path, baseline: Option<&str>) -> Res
             x_desc,
             "speedup (x)",
             &speedups,
-            lo.min(1.0)..hi.max(1.0),
+            (lo.min(1.0), hi.max(1.0)),
+            false,
             Some(1.0),
             &colour,
         )?;
@@ -233,6 +234,20 @@ fn label(v: f64) -> String {
     }
 }
 
+/// Labels of a log10 axis: the values 1, 2 and 5 times a power of ten, nothing between them.
+fn log10_label(v: f64) -> String {
+    let value = 10f64.powf(v);
+    let decade = 10f64.powf(v.floor());
+    let mantissa = value / decade;
+    match [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .find(|&&m| (mantissa - m).abs() < 0.01 * m)
+    {
+        Some(&m) => label(m * decade),
+        None => String::new(),
+    }
+}
+
 /// Labels of the log2 N axis: N at whole powers of two, nothing between them.
 fn pow2_label(v: f64) -> String {
     match (v - v.round()).abs() < 1e-6 {
@@ -241,32 +256,32 @@ fn pow2_label(v: f64) -> String {
     }
 }
 
-/// A chart with a log2 N axis (labelled at powers of two) and the given y axis, one coloured line
-/// with markers per series, a legend, and optionally a grey reference line at `y = reference`.
+/// A chart with a log2 N axis (labelled at powers of two) and a y axis over `y_lo..y_hi` (log10
+/// of the values when `log_y`), one coloured line with markers per series, a legend, and optionally a grey reference line at `y = reference`.
 /// `colour` gives each series' palette index.
 #[allow(clippy::too_many_arguments)]
-fn line_chart<Y>(
+fn line_chart(
     path: &Path,
     title: &str,
     subtitle: &str,
     x_desc: &str,
     y_desc: &str,
     series: &[Series],
-    y_range: Y,
+    (y_lo, y_hi): (f64, f64),
+    log_y: bool,
     reference: Option<f64>,
     colour: &dyn Fn(&str) -> usize,
-) -> Result<()>
-where
-    Y: AsRangedCoord<Value = f64>,
-    Y::CoordDescType: ValueFormatter<f64>,
-{
-    // x is log2 N on a linear axis, so that the ticks fall on the powers of two.
+) -> Result<()> {
+    // x is log2 N on a linear axis, so that the ticks fall on the powers of two; a log y is
+    // log10 on a linear axis, labelled at 1, 2 and 5 times powers of ten.
     let series: Vec<Series> = series
         .iter()
         .map(|(name, p)| {
             (
                 name.clone(),
-                p.iter().map(|&(x, y)| (x.log2(), y)).collect(),
+                p.iter()
+                    .map(|&(x, y)| (x.log2(), if log_y { y.log10() } else { y }))
+                    .collect(),
             )
         })
         .collect();
@@ -289,14 +304,19 @@ where
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(80)
-        .build_cartesian_2d(x_lo..x_hi, y_range)?;
+        .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)?;
     chart
         .configure_mesh()
         .x_desc(x_desc)
         .y_desc(y_desc)
+        .light_line_style(BLACK.mix(0.04))
         .x_labels(x_labels)
+        .y_labels(if log_y { 40 } else { 12 })
         .x_label_formatter(&|v| pow2_label(*v))
-        .y_label_formatter(&|v| label(*v))
+        .y_label_formatter(&|v| match log_y {
+            true => log10_label(*v),
+            false => label(*v),
+        })
         .label_style((FONT, 16))
         .axis_desc_style((FONT, 18))
         .draw()?;
