@@ -9,6 +9,7 @@ mod layout;
 mod logits;
 mod model_args;
 mod mqar;
+mod needle;
 mod op;
 mod plot;
 mod selftest;
@@ -68,6 +69,10 @@ enum Command {
     /// Multi-query associative recall (Zoology): train a small model with dma, swa or mha
     /// attention on generated examples and report its test accuracy.
     Mqar(mqar::MqarArgs),
+    /// Needle in a haystack (passkey retrieval): train a small model with dma, swa or mha
+    /// attention at one length, then report the accuracy of the pass key by needle depth and
+    /// context length (longer lengths included) as a table, JSON and a PNG heat map.
+    Needle(needle::NeedleArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
@@ -216,6 +221,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(&a),
         Command::Train(a) => train::run(&a),
         Command::Mqar(a) => mqar::run(&a),
+        Command::Needle(a) => needle::run(&a),
     }
 }
 

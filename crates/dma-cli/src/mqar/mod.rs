@@ -2,11 +2,12 @@
 //! with dma, swa or mha attention on examples generated from a seed and reports the fraction of
 //! answer positions it predicts right on a test set generated from another seed.
 
-mod batch;
-mod data;
-mod model;
+// `dma needle` reuses the batches, the model and the training loop.
+pub(crate) mod batch;
+pub(crate) mod data;
+pub(crate) mod model;
 mod report;
-mod train;
+pub(crate) mod train;
 
 use crate::model_args::Kind;
 use anyhow::{bail, Result};
@@ -70,7 +71,7 @@ pub struct MqarArgs {
 }
 
 /// Independent seeds for the parts of a run, derived from `--seed` (splitmix64).
-fn derive(seed: u64, part: u64) -> u64 {
+pub(crate) fn derive(seed: u64, part: u64) -> u64 {
     let mut z = seed
         .wrapping_add(part.wrapping_mul(0x9E37_79B9_7F4A_7C15))
         .wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -88,6 +88,15 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     Ok(picked.mean_all()?.neg()?)
 }
 
+/// Whether each row of `logits` `[M, vocab]` has its largest logit at `targets` `[M]`.
+pub fn hit_mask(logits: &Tensor, targets: &Tensor) -> Result<Vec<bool>> {
+    let hits = logits
+        .argmax(D::Minus1)?
+        .eq(targets)?
+        .to_dtype(DType::U32)?;
+    Ok(hits.to_vec1::<u32>()?.into_iter().map(|h| h == 1).collect())
+}
+
 /// How many rows of `logits` `[M, vocab]` have their largest logit at `targets` `[M]`.
 pub fn correct(logits: &Tensor, targets: &Tensor) -> Result<usize> {
     let hits = logits

@@ -3,7 +3,7 @@
 
 use super::batch::Batch;
 use super::data::Example;
-use super::model::{answer_logits, correct, cross_entropy};
+use super::model::{answer_logits, correct, cross_entropy, hit_mask};
 use anyhow::Result;
 use candle_core::{Device, Var};
 use doge::train::{grad_norm, AdamW, AdamWParams, WsdSchedule};
@@ -98,15 +98,27 @@ pub fn accuracy(
     batch: usize,
     device: &Device,
 ) -> Result<f64> {
-    let (mut hits, mut answers) = (0, 0);
+    let hits = hits(model, examples, batch, device)?;
+    let right = hits.iter().filter(|&&h| h).count();
+    Ok(right as f64 / hits.len().max(1) as f64)
+}
+
+/// Whether the largest logit is the right value at each answer position of `examples`, in
+/// order (the example's positions left to right, examples in order).
+pub fn hits(
+    model: &DogeForCausalLM,
+    examples: &[Example],
+    batch: usize,
+    device: &Device,
+) -> Result<Vec<bool>> {
+    let mut out = Vec::new();
     let ids: Vec<usize> = (0..examples.len()).collect();
     for chunk in ids.chunks(batch.max(1)) {
         let b = Batch::new(examples, chunk, device)?;
         let logits = answer_logits(&model.forward(&b.inputs)?.detach(), &b.answers)?;
-        hits += correct(&logits, &b.targets)?;
-        answers += b.answer_count()?;
+        out.extend(hit_mask(&logits, &b.targets)?);
     }
-    Ok(hits as f64 / answers.max(1) as f64)
+    Ok(out)
 }
 
 /// Example indices in shuffled passes.

@@ -1,0 +1,269 @@
+//! `dma needle`: needle in a haystack (passkey retrieval, Mohtashami & Jaggi 2023). Trains a
+//! small Doge with dma, swa or mha attention at one length on needles at random depths, then
+//! measures the exact-match accuracy of the pass key for every (length, depth) of a grid,
+//! lengths past the training length included. Training, batches and the model are `dma mqar`'s.
+
+pub mod data;
+mod heatmap;
+mod report;
+
+use crate::model_args::Kind;
+use crate::mqar::{derive, model, train};
+use anyhow::{bail, Result};
+use clap::Args;
+use data::{Depth, KEY_DIGITS};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Head sizes the CUDA attention kernels are built for.
+const CUDA_HEAD_DIMS: &[usize] = &[32, 64, 96, 128, 256];
+
+#[derive(Args)]
+pub struct NeedleArgs {
+    /// Attention of every layer (dma and swa keep --window keys per query).
+    #[arg(long, value_enum, default_value_t = Kind::Dma)]
+    pub attention: Kind,
+    /// The training length L (tokens = characters; at least 102: the needle and the question).
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Lengths to evaluate [default: L/2, L, 2L, 4L, leaving out those under 102].
+    #[arg(long, value_delimiter = ',')]
+    pub eval_lengths: Vec<usize>,
+    /// Relative needle depths to evaluate (0: the start of the text, 1: right before the
+    /// question).
+    #[arg(long, value_delimiter = ',', default_value = "0,0.25,0.5,0.75,1")]
+    pub depths: Vec<f64>,
+    /// Examples per (length, depth) cell.
+    #[arg(long, default_value_t = 32)]
+    pub eval_examples: usize,
+    /// Model width. With --device cuda the head size d_model / heads must be 32, 64, 96, 128
+    /// or 256 (the CUDA kernels, which run the attention in bf16), e.g. --d-model 128 --heads 2.
+    #[arg(long, default_value_t = 64)]
+    pub d_model: usize,
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 2)]
+    pub heads: usize,
+    /// Keys kept per query by dma and swa (ignored by mha).
+    #[arg(long, default_value_t = 16)]
+    pub window: usize,
+    /// Training examples (length L, depths uniform in [0, 1], random 5-digit keys).
+    #[arg(long, default_value_t = 4_000)]
+    pub train_examples: usize,
+    /// Optimiser steps (default: --epochs passes over the training examples).
+    #[arg(long, conflicts_with = "epochs")]
+    pub steps: Option<usize>,
+    /// Passes over the training examples (used when --steps is not given).
+    #[arg(long, default_value_t = 2)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Seeds the training examples, the weights, the batch order and (derived) the evaluation
+    /// examples.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where the model runs (cuda: see --d-model for the head sizes).
+    #[arg(long, value_enum, default_value_t = crate::Device::Cpu)]
+    pub device: crate::Device,
+    /// Write every cell, the arguments and the seed to this file as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Draw the accuracy grid (depth by length) as a PNG.
+    #[arg(long, value_name = "FILE.png")]
+    pub heatmap: Option<PathBuf>,
+}
+
+/// The accuracy of one (length, depth) cell.
+#[derive(Debug, Clone, Copy)]
+pub struct Cell {
+    pub length: usize,
+    pub depth: f64,
+    pub examples: usize,
+    /// Examples with all five digits right.
+    pub exact: usize,
+    /// Digits right, over all examples.
+    pub digits: usize,
+}
+
+impl Cell {
+    pub fn accuracy(&self) -> f64 {
+        self.exact as f64 / self.examples.max(1) as f64
+    }
+
+    pub fn digit_accuracy(&self) -> f64 {
+        self.digits as f64 / (KEY_DIGITS * self.examples).max(1) as f64
+    }
+}
+
+/// The lengths to evaluate: the flag's, or L/2, L, 2L, 4L that fit a needle.
+fn eval_lengths(a: &NeedleArgs) -> Vec<usize> {
+    match a.eval_lengths.is_empty() {
+        false => a.eval_lengths.clone(),
+        true => [a.seq_len / 2, a.seq_len, 2 * a.seq_len, 4 * a.seq_len]
+            .into_iter()
+            .filter(|&n| n >= data::min_len())
+            .collect(),
+    }
+}
+
+fn check(a: &NeedleArgs, lengths: &[usize]) -> Result<()> {
+    for (flag, x) in [
+        ("--d-model", a.d_model),
+        ("--layers", a.layers),
+        ("--heads", a.heads),
+        ("--window", a.window),
+        ("--train-examples", a.train_examples),
+        ("--eval-examples", a.eval_examples),
+        ("--batch", a.batch),
+        ("--epochs", a.epochs),
+    ] {
+        if x == 0 {
+            bail!("{flag} must be at least 1");
+        }
+    }
+    if a.steps == Some(0) {
+        bail!("--steps must be at least 1");
+    }
+    let min = data::min_len();
+    if a.seq_len < min {
+        bail!(
+            "--seq-len {} is too short: the needle and the question alone take {min} tokens",
+            a.seq_len
+        );
+    }
+    if let Some(&n) = lengths.iter().find(|&&n| n < min) {
+        bail!(
+            "--eval-lengths {n} is too short: the needle and the question alone take {min} tokens"
+        );
+    }
+    if a.depths.is_empty() {
+        bail!("--depths needs at least one depth");
+    }
+    if let Some(d) = a.depths.iter().find(|d| !(0.0..=1.0).contains(*d)) {
+        bail!("--depths {d}: a depth must be in [0, 1]");
+    }
+    if a.d_model % a.heads != 0 || (a.d_model / a.heads) % 2 != 0 {
+        bail!(
+            "--heads {} must divide --d-model {} into an even head size",
+            a.heads,
+            a.d_model
+        );
+    }
+    let head = a.d_model / a.heads;
+    if a.device == crate::Device::Cuda && !CUDA_HEAD_DIMS.contains(&head) {
+        bail!(
+            "--device cuda needs a head size d_model / heads of 32, 64, 96, 128 or 256, got {} / {} = {head}",
+            a.d_model,
+            a.heads
+        );
+    }
+    for (flag, x) in [("--lr", a.lr), ("--weight-decay", a.weight_decay)] {
+        if !(x.is_finite() && x >= 0.0) {
+            bail!("{flag} must be a finite number >= 0, got {x}");
+        }
+    }
+    if a.clip.is_nan() || a.clip <= 0.0 {
+        bail!("--clip must be positive, got {}", a.clip);
+    }
+    Ok(())
+}
+
+pub fn run(a: &NeedleArgs) -> Result<()> {
+    let lengths = eval_lengths(a);
+    check(a, &lengths)?;
+    let device = a.device.candle()?;
+    let train_set: Vec<_> = data::generate(
+        a.seq_len,
+        Depth::Uniform,
+        a.train_examples,
+        derive(a.seed, 0),
+    )?
+    .into_iter()
+    .map(|h| h.example)
+    .collect();
+    let longest = lengths
+        .iter()
+        .copied()
+        .chain([a.seq_len])
+        .max()
+        .unwrap_or(a.seq_len);
+    let spec = model::ModelSpec {
+        kind: a.attention.attention(),
+        vocab: data::vocab(),
+        // RoPE has no learned positions: this only has to allow the longest evaluation.
+        seq_len: longest,
+        d_model: a.d_model,
+        layers: a.layers,
+        heads: a.heads,
+        window: a.window,
+    };
+    let net = model::build(&spec, derive(a.seed, 2), &device)?;
+    let steps = a
+        .steps
+        .unwrap_or_else(|| (a.epochs * a.train_examples).div_ceil(a.batch));
+    let schedule = train::Schedule {
+        steps,
+        batch: a.batch,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        clip: a.clip,
+        seed: derive(a.seed, 3),
+    };
+    eprintln!(
+        "needle: {} training examples of length {}, {steps} steps of {}",
+        a.train_examples, a.seq_len, a.batch
+    );
+    let clock = Instant::now();
+    let summary = train::train(&net, &train_set, &schedule, &device)?;
+    let train_seconds = clock.elapsed().as_secs_f64();
+    let clock = Instant::now();
+    let eval_seed = derive(a.seed, 1);
+    let mut cells = Vec::new();
+    for (i, &length) in lengths.iter().enumerate() {
+        for (j, &depth) in a.depths.iter().enumerate() {
+            let seed = derive(eval_seed, (i * a.depths.len() + j) as u64);
+            let examples: Vec<_> = data::generate(length, Depth::At(depth), a.eval_examples, seed)?
+                .into_iter()
+                .map(|h| h.example)
+                .collect();
+            // Teacher-forced: the argmax at each labelled position, the true digits before it.
+            let hits = train::hits(&net, &examples, a.batch, &device)?;
+            let exact = hits
+                .chunks(KEY_DIGITS)
+                .filter(|c| c.iter().all(|&h| h))
+                .count();
+            let digits = hits.iter().filter(|&&h| h).count();
+            cells.push(Cell {
+                length,
+                depth,
+                examples: examples.len(),
+                exact,
+                digits,
+            });
+        }
+    }
+    let result = report::Report {
+        args: a,
+        lengths: &lengths,
+        steps,
+        train_loss: summary.loss,
+        train_accuracy: summary.accuracy,
+        train_seconds,
+        eval_seconds: clock.elapsed().as_secs_f64(),
+        cells: &cells,
+    };
+    print!("{}", result.table());
+    if let Some(path) = &a.json {
+        result.write_json(path)?;
+    }
+    if let Some(path) = &a.heatmap {
+        heatmap::draw(&result, path)?;
+    }
+    Ok(())
+}

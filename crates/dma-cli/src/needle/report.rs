@@ -1,0 +1,142 @@
+//! The result of a run: a table on stdout (depth by length) and, on request, a JSON file.
+
+use super::{Cell, NeedleArgs};
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+use std::fmt::Write;
+use std::path::Path;
+
+pub struct Report<'a> {
+    pub args: &'a NeedleArgs,
+    pub lengths: &'a [usize],
+    pub steps: usize,
+    /// Mean over the last tenth of the training steps (per digit).
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub train_seconds: f64,
+    pub eval_seconds: f64,
+    /// Lengths outer, depths inner, in the order of the flags.
+    pub cells: &'a [Cell],
+}
+
+impl Report<'_> {
+    /// The cell of (length `i`, depth `j`).
+    pub fn cell(&self, i: usize, j: usize) -> &Cell {
+        &self.cells[i * self.args.depths.len() + j]
+    }
+
+    /// A title naming the run.
+    pub fn title(&self) -> String {
+        let a = self.args;
+        let window = match a.attention {
+            crate::model_args::Kind::Mha => String::new(),
+            _ => format!(", window {}", a.window),
+        };
+        format!(
+            "needle: {}{window}, trained at length {}",
+            a.attention.name(),
+            a.seq_len
+        )
+    }
+
+    /// A header line and the exact-match accuracy grid: one row per depth, one column per
+    /// length (lengths past the training length marked with `*`).
+    pub fn table(&self) -> String {
+        let a = self.args;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} (d_model {}, {} layers, {} heads; {} steps, train loss {:.3}, train digit \
+             accuracy {:.3}; {:.1} s training, {:.1} s evaluation)",
+            self.title(),
+            a.d_model,
+            a.layers,
+            a.heads,
+            self.steps,
+            self.train_loss,
+            self.train_accuracy,
+            self.train_seconds,
+            self.eval_seconds
+        );
+        let _ = writeln!(
+            s,
+            "exact-match accuracy of the 5-digit pass key, {} examples per cell",
+            a.eval_examples
+        );
+        let _ = write!(s, "{:>12}", "depth\\length");
+        for &n in self.lengths {
+            let mark = if n > a.seq_len { "*" } else { " " };
+            let _ = write!(s, " {:>7}{mark}", n);
+        }
+        s.push('\n');
+        for (j, d) in a.depths.iter().enumerate() {
+            let _ = write!(s, "{:>12}", format!("{d:.2}"));
+            for i in 0..self.lengths.len() {
+                let _ = write!(s, " {:>7.3} ", self.cell(i, j).accuracy());
+            }
+            s.push('\n');
+        }
+        let _ = writeln!(s, "(* longer than the training length)");
+        s
+    }
+
+    /// Every argument, the seed and every cell.
+    pub fn json(&self) -> Value {
+        let a = self.args;
+        let cells: Vec<Value> = self
+            .cells
+            .iter()
+            .map(|c| {
+                json!({
+                    "length": c.length,
+                    "depth": c.depth,
+                    "examples": c.examples,
+                    "exact": c.exact,
+                    "accuracy": number(c.accuracy()),
+                    "digit_accuracy": number(c.digit_accuracy()),
+                })
+            })
+            .collect();
+        json!({
+            "task": "needle",
+            "attention": a.attention.name(),
+            "seq_len": a.seq_len,
+            "eval_lengths": self.lengths,
+            "depths": a.depths,
+            "eval_examples": a.eval_examples,
+            "d_model": a.d_model,
+            "layers": a.layers,
+            "heads": a.heads,
+            "window": a.window,
+            "vocab": super::data::vocab(),
+            "train_examples": a.train_examples,
+            "steps": self.steps,
+            "epochs": a.epochs,
+            "batch": a.batch,
+            "lr": number(a.lr),
+            "weight_decay": number(a.weight_decay),
+            "clip": number(a.clip),
+            "seed": a.seed,
+            "device": format!("{:?}", a.device).to_lowercase(),
+            "train_loss": number(self.train_loss),
+            "train_accuracy": number(self.train_accuracy),
+            "train_seconds": number(self.train_seconds),
+            "eval_seconds": number(self.eval_seconds),
+            "metric": "exact match of all 5 digits, teacher-forced argmax at each digit",
+            "cells": cells,
+        })
+    }
+
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(&self.json())? + "\n";
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// A JSON number (null for NaN or infinity, which JSON cannot hold).
+fn number(x: f64) -> Value {
+    match x.is_finite() {
+        true => json!(x),
+        false => Value::Null,
+    }
+}
