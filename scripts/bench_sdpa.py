@@ -4,6 +4,7 @@ in crates/dma/tests/cuda.rs: bf16, D=128, median of CUDA-event times.
     python3 scripts/bench_sdpa.py [N ...]                  forward, dense causal, B=1, H=16
     python3 scripts/bench_sdpa.py --fwdbwd [--hkv 4] N ..  forward + backward, dense causal, B=1,
                                                            Hq=16, Hkv=16 (or --hkv), GQA
+        [--hq 8] [--dim 64]                                other query heads / head dim
     python3 scripts/bench_sdpa.py --decode CTX ...         decode: B=1, one query, Hq=32, Hkv=8,
                                                            context CTX keys (dense, GQA)
 (default sizes 16384 32768; decode 8192 32768 131072)
@@ -45,8 +46,7 @@ def forward(sizes):
             print(f"BENCH sdpa {name} dense causal N={n} H={h} D={d} bf16: {ms:.3f} ms ({tflops:.0f} TFLOP/s)")
 
 
-def fwdbwd(sizes, hkv):
-    h, d = 16, 128
+def fwdbwd(sizes, hkv, h=16, d=128):
     for n in sizes:
         q = torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         k, v = (torch.randn(1, hkv, n, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -87,11 +87,18 @@ def decode(sizes):
 
 def main():
     args = sys.argv[1:]
-    hkv = 16
-    if "--hkv" in args:
-        i = args.index("--hkv")
-        hkv = int(args[i + 1])
+
+    def option(name, default):
+        if name not in args:
+            return default
+        i = args.index(name)
+        value = int(args[i + 1])
         del args[i:i + 2]
+        return value
+
+    hkv = option("--hkv", 16)
+    hq = option("--hq", 16)
+    dim = option("--dim", 128)
     mode = "fwd"
     for m in ("--fwdbwd", "--decode"):
         if m in args:
@@ -101,7 +108,7 @@ def main():
     if mode == "decode":
         decode(sizes or [8192, 32768, 131072])
     elif mode == "fwdbwd":
-        fwdbwd(sizes or [16384, 32768], hkv)
+        fwdbwd(sizes or [16384, 32768], hkv, hq, dim)
     else:
         forward(sizes or [16384, 32768])
 

@@ -4,7 +4,10 @@
 set -eu
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target-cuda}"
+# nvcc, cuBLAS and a libcuda stub for candle's `cuda` build (scripts/cuda-env.sh install), and
+# the H100's compute capability so that candle's build does not look for a GPU.
+source scripts/cuda-env.sh
+export CUDA_COMPUTE_CAP=90
 bin=$(cargo test -p dma --features cuda --release --test cuda --no-run --message-format=json 2>/dev/null |
   python3 -c 'import json,sys
 for l in sys.stdin:
@@ -15,8 +18,13 @@ mkdir -p .devbin
 cp "$bin" .devbin/dma-cuda-tests
 strip .devbin/dma-cuda-tests
 ls -la .devbin/dma-cuda-tests
-# The `dma` CLI with the cuda device (`dma selftest --device cuda`, `dma op --device cuda`).
+# The `dma` CLI with the cuda device (`dma selftest --device cuda`, `dma op --device cuda`, the
+# model subcommands with --device cuda).
 cargo build -p dma-cli --features cuda --release 2>/dev/null
 cp "$CARGO_TARGET_DIR/release/dma" .devbin/dma
 strip .devbin/dma
 ls -la .devbin/dma
+# Compressed for the device tool's 64 MiB carry limit (candle's kernels make the binary ~60 MB);
+# scripts/cuda-device-suite.sh unpacks it there.
+xz -T2 -6 -kf .devbin/dma
+ls -la .devbin/dma.xz

@@ -29,7 +29,7 @@ if [ "${1:-}" = "install" ] || [ "${1:-}" = "install-candle" ]; then
     nvidia-cublas==13.0.0.19 nvidia-curand==10.4.0.35 || exit 1
   cp -a "$_dma_root"/.cuda/candle-wheels/nvidia/cu13/lib/. "$_dma_cu13/lib/" || exit 1
   for lib in "$_dma_cu13"/lib/libcublas.so.13 "$_dma_cu13"/lib/libcublasLt.so.13 \
-    "$_dma_cu13"/lib/libcurand.so.10; do
+    "$_dma_cu13"/lib/libcurand.so.10 "$_dma_cu13"/lib/libcudart.so.13; do
     [ -e "$lib" ] && ln -sf "$(basename "$lib")" "${lib%%.so*}.so"
   done
   # No wheel carries libcuda (it comes with the driver): link against a stub that defines every

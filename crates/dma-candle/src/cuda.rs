@@ -7,7 +7,7 @@
 
 use crate::Error;
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceSlice};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, CudaDevice};
 use candle_core::op::BackpropOp;
 use candle_core::{CudaStorage, DType, Layout, Result, Storage, Tensor};
@@ -48,7 +48,7 @@ fn driver(e: impl std::fmt::Display) -> candle_core::Error {
 
 /// The elements of a contiguous storage: the slice itself when the layout covers all of it, a
 /// copy of the covered range otherwise (a narrowed tensor).
-fn contiguous<'a, T: CudaDType + CudaElement>(
+fn contiguous<'a, T: CudaDType + DeviceRepr>(
     name: &'static str,
     s: &'a CudaStorage,
     l: &Layout,

@@ -48,6 +48,9 @@ pub struct DmaAttentionConfig {
     pub rope_theta: f64,
     pub kind: AttentionKind,
     pub bias_fn: BiasFn,
+    /// The dtype q, k and v are cast to for the op (its output is cast back). `None`: the
+    /// input's dtype, except f32 on CUDA, which attends in bf16 (the kernels have no f32 path).
+    pub attention_dtype: Option<DType>,
 }
 
 impl DmaAttentionConfig {
@@ -71,6 +74,7 @@ impl DmaAttentionConfig {
             rope_theta: 10_000.0,
             kind: AttentionKind::Dma,
             bias_fn: BiasFn::ExpSoftplus,
+            attention_dtype: None,
         }
     }
 
@@ -125,7 +129,7 @@ struct DynamicBias {
 /// `k_norm`); `dt_proj` and `A` exist only for [`AttentionKind::Dma`].
 ///
 /// On CUDA an f32 layer runs the attention itself in bf16 (the kernels have no f32 path) and
-/// everything else in f32.
+/// everything else in f32; [`DmaAttentionConfig::attention_dtype`] chooses otherwise.
 #[derive(Debug, Clone)]
 pub struct DmaAttention {
     q_proj: Linear,
@@ -230,15 +234,18 @@ impl DmaAttention {
         };
         // Causal, scale 1/sqrt(D) as in Doge.
         let params = Params::new(window);
-        let out = match (q.device(), q.dtype()) {
-            // The CUDA kernels take bf16/f16: an f32 model attends in bf16 (like autocast), the
-            // rest of the model stays f32.
-            (candle_core::Device::Cuda(_), DType::F32) => {
-                let bf16 = |t: &Tensor| t.to_dtype(DType::BF16);
-                dma_attention(&bf16(q)?, &bf16(k)?, &bf16(v)?, bias, &params)?
-                    .to_dtype(DType::F32)?
+        let dtype = match (c.attention_dtype, q.device(), q.dtype()) {
+            (Some(dtype), _, _) => dtype,
+            (None, candle_core::Device::Cuda(_), DType::F32) => DType::BF16,
+            (None, _, dtype) => dtype,
+        };
+        let out = match dtype == q.dtype() {
+            true => dma_attention(q, k, v, bias, &params)?,
+            false => {
+                let cast = |t: &Tensor| t.to_dtype(dtype);
+                dma_attention(&cast(q)?, &cast(k)?, &cast(v)?, bias, &params)?
+                    .to_dtype(q.dtype())?
             }
-            _ => dma_attention(q, k, v, bias, &params)?,
         };
         self.o_proj.forward(&out.reshape((b, nq, hq * d))?)
     }

@@ -15,6 +15,7 @@ mod plot;
 mod selftest;
 mod tensors;
 mod train;
+mod train_bench;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -73,6 +74,9 @@ enum Command {
     /// attention at one length, then report the accuracy of the pass key by needle depth and
     /// context length (longer lengths included) as a table, JSON and a PNG heat map.
     Needle(needle::NeedleArgs),
+    /// Training throughput of one Doge with each attention kind side by side (tokens/s), and
+    /// the attention op alone at the model's shape.
+    TrainBench(train_bench::TrainBenchArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
@@ -222,6 +226,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::run(&a),
         Command::Mqar(a) => mqar::run(&a),
         Command::Needle(a) => needle::run(&a),
+        Command::TrainBench(a) => train_bench::run(&a),
     }
 }
 

@@ -10,6 +10,7 @@ use doge::train::{
 };
 use doge::{DogeConfig, DogeForCausalLM, ModelOptions, Tokenizer};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -53,9 +54,21 @@ pub struct TrainArgs {
     pub weight_decay: f64,
     #[arg(long, default_value_t = 1.0)]
     pub clip: f64,
-    /// Held-out perplexity every this many steps (the last 5% of the tokens are held out).
+    /// Held-out perplexity every this many steps (on --eval-data, or else the last 5% of the
+    /// --data tokens).
     #[arg(long, default_value_t = 100)]
     pub eval_every: usize,
+    /// Text files held out for validation (for example a split by file); default: the last 5%
+    /// of the --data tokens.
+    #[arg(long, num_args = 1..)]
+    pub eval_data: Vec<PathBuf>,
+    /// Batches averaged for each held-out loss (the same batches every time).
+    #[arg(long, default_value_t = 4)]
+    pub eval_batches: usize,
+    /// Append one JSON line per step (step, loss, lr, grad norm, tokens/s, and the held-out
+    /// loss where measured) to this file, for loss curves.
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
     #[arg(long, default_value_t = 200)]
     pub save_every: usize,
     #[arg(long, default_value_t = 0)]
@@ -92,15 +105,15 @@ fn tokenizer_path(a: &TrainArgs, vocab_size: usize) -> Result<Option<PathBuf>> {
     Ok((a.init.is_dir() && p.exists()).then_some(p))
 }
 
-fn read_corpus(a: &TrainArgs, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+fn read_corpus(files: &[PathBuf], tokenizer: &Tokenizer) -> Result<Vec<u32>> {
     let mut tokens = Vec::new();
-    for path in &a.data {
+    for path in files {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {} as UTF-8 text", path.display()))?;
         tokens.extend(tokenizer.encode(&text)?);
     }
     if tokens.is_empty() {
-        bail!("the corpus is empty: no tokens in {:?}", a.data);
+        bail!("the corpus is empty: no tokens in {files:?}");
     }
     Ok(tokens)
 }
@@ -151,20 +164,40 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     if tokenizer.is_bytes() && vocab < 256 {
         bail!("no tokenizer.json and vocab_size {vocab} is too small for byte-level ids");
     }
-    let tokens = read_corpus(a, &tokenizer)?;
-    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+    let tokens = read_corpus(&a.data, &tokenizer)?;
+    let (train_tokens, eval_tokens) = match a.eval_data.is_empty() {
+        true => {
+            let held = (tokens.len() / 20).max(a.seq_len + 1).min(tokens.len());
+            let (train, eval) = tokens.split_at(tokens.len() - held);
+            (train.to_vec(), eval.to_vec())
+        }
+        false => (tokens, read_corpus(&a.eval_data, &tokenizer)?),
+    };
+    if let Some(&bad) = train_tokens
+        .iter()
+        .chain(&eval_tokens)
+        .find(|&&t| t as usize >= vocab)
+    {
         bail!("the tokenizer gives id {bad}, outside the model's vocab_size {vocab}");
     }
-    let held = (tokens.len() / 20).max(a.seq_len + 1).min(tokens.len());
-    let (train_tokens, eval_tokens) = tokens.split_at(tokens.len() - held);
-    let train = TokenBatches::new(train_tokens.to_vec(), a.seq_len, a.batch, a.seed)?;
-    let eval = TokenBatches::new(eval_tokens.to_vec(), a.seq_len, a.batch, a.seed ^ 1)?;
     eprintln!(
-        "{} tokens ({} held out), {} parameters",
-        tokens.len(),
-        held,
+        "{} training tokens, {} held out, {} parameters",
+        train_tokens.len(),
+        eval_tokens.len(),
         parameters(trainer.model())
     );
+    let train = TokenBatches::new(train_tokens, a.seq_len, a.batch, a.seed)?;
+    let eval = TokenBatches::new(eval_tokens, a.seq_len, a.batch, a.seed ^ 1)?;
+    let mut log = match &a.log {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("cannot open {}", p.display()))?,
+        ),
+        None => None,
+    };
 
     let bar = ProgressBar::new(a.steps as u64).with_position(trainer.step() as u64);
     bar.set_style(
@@ -184,8 +217,14 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         ));
         bar.inc(1);
         let s = trainer.step();
+        let mut eval_loss = None;
         if s % a.eval_every.max(1) == 0 || s == a.steps {
-            let loss = trainer.eval_loss(&eval.get(0, &device)?)?;
+            let mut sum = 0.0;
+            for i in 0..a.eval_batches.max(1) {
+                sum += trainer.eval_loss(&eval.get(i, &device)?)?;
+            }
+            let loss = sum / a.eval_batches.max(1) as f64;
+            eval_loss = Some(loss);
             // Printed above the bar, or plainly when stderr is no terminal (the bar is hidden).
             bar.suspend(|| {
                 eprintln!(
@@ -194,6 +233,17 @@ pub fn run(a: &TrainArgs) -> Result<()> {
                     loss.exp()
                 )
             });
+        }
+        if let Some(file) = &mut log {
+            let line = serde_json::json!({
+                "step": s,
+                "loss": stats.loss,
+                "lr": stats.lr,
+                "grad_norm": stats.grad_norm,
+                "tokens_per_s": tps,
+                "eval_loss": eval_loss,
+            });
+            writeln!(file, "{line}").context("cannot write the --log file")?;
         }
         if s % a.save_every.max(1) == 0 || s == a.steps {
             let dir = trainer.save_checkpoint(&a.out)?;

@@ -163,3 +163,51 @@ fn trains_a_bpe_from_the_corpus() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("the quick"));
 }
+
+#[test]
+fn held_out_files_and_the_step_log() {
+    let d = dir("log");
+    std::fs::write(d.join("config.json"), CONFIG).unwrap();
+    std::fs::write(d.join("train.txt"), "abcabcabd ".repeat(30)).unwrap();
+    std::fs::write(d.join("valid.txt"), "xyzxyz ".repeat(10)).unwrap();
+    let log = d.join("log.jsonl");
+    let o = dma(&[
+        "train",
+        "--data",
+        s(&d.join("train.txt")),
+        "--eval-data",
+        s(&d.join("valid.txt")),
+        "--init",
+        s(&d.join("config.json")),
+        "--out",
+        s(&d.join("ckpt")),
+        "--steps",
+        "4",
+        "--batch",
+        "2",
+        "--seq-len",
+        "16",
+        "--eval-every",
+        "2",
+        "--eval-batches",
+        "2",
+        "--log",
+        s(&log),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    // Every byte of the validation file is a token; none of the training file is held out.
+    assert!(err.contains("300 training tokens, 70 held out"), "{err}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    for (i, line) in lines.iter().enumerate() {
+        let step = i + 1;
+        assert_eq!(line["step"], step);
+        assert!(line["loss"].as_f64().unwrap().is_finite());
+        assert_eq!(line["eval_loss"].is_f64(), step % 2 == 0, "{line}");
+    }
+}

@@ -6,7 +6,7 @@ use crate::norm::RmsNorm;
 use crate::{DogeConfig, KvCache, ModelOptions};
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use dma_candle::DmaAttention;
+use dma_candle::{DmaAttention, DmaAttentionConfig};
 
 #[derive(Debug, Clone)]
 pub(crate) struct DecoderLayer {
@@ -30,7 +30,10 @@ impl DecoderLayer {
         Ok(DecoderLayer {
             input_layernorm: RmsNorm::new(h, c.rms_norm_eps, vb.pp("input_layernorm"))?,
             self_attn: DmaAttention::new(
-                c.attention(options.kind, options.bias_fn),
+                DmaAttentionConfig {
+                    attention_dtype: options.attention_dtype,
+                    ..c.attention(options.kind, options.bias_fn)
+                },
                 vb.pp("self_attn"),
             )?,
             input_residual: vb.get_with_hints(h, "input_residual", Init::Const(1.0))?,

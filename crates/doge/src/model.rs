@@ -16,6 +16,9 @@ pub struct ModelOptions {
     pub kind: AttentionKind,
     /// How the bias follows from `dt_proj(v)`; transformers' Doge uses the default.
     pub bias_fn: BiasFn,
+    /// The dtype the attention op runs in (`None`: f32, or bf16 on CUDA; see
+    /// `dma_candle::DmaAttentionConfig::attention_dtype`).
+    pub attention_dtype: Option<DType>,
 }
 
 /// The file names of a model directory.

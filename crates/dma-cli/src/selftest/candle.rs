@@ -60,7 +60,8 @@ pub fn op(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
 }
 
 /// Logits of a small random Doge (GQA, A randomised so the bias decides the selection,
-/// keep_window_size below the length) on CUDA against the CPU, f32 weights on both.
+/// keep_window_size below the length) on CUDA against the CPU: f32 weights and bf16 attention
+/// on both.
 pub fn doge(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
     let n = match case.shape.layout {
         Layout::Dense { seqlen_q, .. } => seqlen_q,
@@ -84,14 +85,21 @@ pub fn doge(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
         }
     }
     model.save(&dir)?;
+    // The GPU attends in bf16: so does the CPU model it is compared with, so that the check
+    // measures the GPU path, not bf16 rounding.
+    let in_bf16 = ModelOptions {
+        attention_dtype: Some(DType::BF16),
+        ..Default::default()
+    };
+    let on_cpu = DogeForCausalLM::load(&dir, in_bf16, &Device::Cpu);
     let on_gpu = DogeForCausalLM::load(&dir, ModelOptions::default(), &Device::new_cuda(0)?);
     std::fs::remove_dir_all(&dir).ok();
-    let on_gpu = on_gpu?;
+    let (on_cpu, on_gpu) = (on_cpu?, on_gpu?);
     let ids: Vec<u32> = (0..n as u32)
         .map(|i| (i.wrapping_mul(2654435761) ^ seed as u32) % 512)
         .collect();
     let ids = Tensor::from_vec(ids, (1, n), &Device::Cpu)?;
-    let want = model.forward(&ids)?;
+    let want = on_cpu.forward(&ids)?;
     let got = on_gpu.forward(&ids.to_device(on_gpu.device())?)?;
     Ok(vec![(
         "logits",

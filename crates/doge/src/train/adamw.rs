@@ -118,17 +118,24 @@ impl AdamW {
     }
 }
 
-/// The global L2 norm of the gradients of `vars`.
+/// The global L2 norm of the gradients of `vars`. The squares are summed on the device and read
+/// back once (one synchronisation per step, not one per variable).
 pub fn grad_norm(grads: &GradStore, vars: &[(String, Var)]) -> Result<f64> {
-    let mut sum = 0f64;
-    for (_, var) in vars {
+    // In name order, so that the sum (and the clipping) does not depend on the map's order.
+    let mut sorted: Vec<&(String, Var)> = vars.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut sum: Option<Tensor> = None;
+    for (_, var) in sorted {
         if let Some(g) = grads.get(var.as_tensor()) {
-            sum += g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?;
+            let s = g.sqr()?.sum_all()?.to_dtype(DType::F64)?;
+            sum = Some(match sum {
+                Some(total) => (total + s)?,
+                None => s,
+            });
         }
     }
-    Ok(sum.sqrt())
+    Ok(match sum {
+        Some(total) => total.to_scalar::<f64>()?.sqrt(),
+        None => 0.0,
+    })
 }

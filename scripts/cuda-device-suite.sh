@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# On the GPU machine (device tool): the correctness suite of the CUDA backend and of the candle
+# path. Kernel tests (every head dim, dtype, layout), memcheck + racecheck on small shapes,
+# `dma selftest --device cuda` (kernels, the dma-candle op with backward, a Doge on the GPU).
+# Logs in $OUT, a summary last.
+#
+# Here first:  scripts/cuda-build-devbin.sh
+# Then run:    scripts/cuda-device-suite.sh   (carry .devbin/dma.xz and .devbin/dma-cuda-tests)
+set -u
+B=.devbin/dma-cuda-tests
+OUT=${OUT:-/tmp/dma-out}
+S=$OUT/summary.txt
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} PYTHONUNBUFFERED=1
+if [ ! -x .devbin/dma ]; then
+  python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('.devbin/dma.xz'), open('.devbin/dma', 'wb'))"
+  chmod +x .devbin/dma
+fi
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv,noheader >>"$S"
+timeout 300 $B --test-threads=1 --nocapture >"$OUT/tests.log" 2>&1; echo "tests rc=$?" >>"$S"
+grep -E "worst|panicked|FAILED|test result" "$OUT/tests.log" >>"$S"
+if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
+  for tool in memcheck racecheck; do
+    for t in forward_matches_cpu backward_matches_cpu decode_matches_cpu; do
+      DMA_CUDA_SMALL=1 DMA_CUDA_EVERY=${SAN_EVERY:-4} timeout 150 compute-sanitizer --tool $tool \
+        --print-limit 20 $B --exact $t >"$OUT/$tool-$t.log" 2>&1
+      echo "$tool $t rc=$? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool-$t.log")" >>"$S"
+    done
+  done
+fi
+timeout 200 .devbin/dma selftest --device cuda >"$OUT/selftest.log" 2>&1; echo "selftest rc=$?" >>"$S"
+grep -E "candle|doge|FAIL|error" "$OUT/selftest.log" | head -20 >>"$S"
+tail -2 "$OUT/selftest.log" >>"$S"
+cat "$S"
