@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The MQAR grid of issue 4 on the GPU machine: sequence length x kv pairs x d_model x attention,
+# w = WINDOW for dma and swa, vocab 8192, 2 layers, head dim 64 (heads = d_model / 64), a fresh
+# training set of STEPS x BATCH examples per run. Runs JOBS runs at once (they are small and
+# launch-bound), smallest first, and writes every finished run's JSON as one line of
+# OUT/mqar-grid.jsonl. Runs still going after DEADLINE seconds are stopped and listed.
+#
+#   scripts/mqar-grid.sh            # DMA=.devbin/dma, all 72 runs
+#   SEQS="512 1024" KVS=64 scripts/mqar-grid.sh
+set -u
+DMA=${DMA:-.devbin/dma}
+OUT=${OUT:-/tmp/dma-out}
+WORK=${WORK:-/tmp/dma-mqar}
+SEQS=${SEQS:-512 1024 2048 4096}
+KVS=${KVS:-64 128 256}
+DMODELS=${DMODELS:-64 128}
+KINDS=${KINDS:-dma swa mha}
+WINDOW=${WINDOW:-512}
+STEPS=${STEPS:-1500}
+BATCH=${BATCH:-32}
+LR=${LR:-3e-3}
+JOBS=${JOBS:-6}
+DEADLINE=${DEADLINE:-500}
+SEED=${SEED:-0}
+mkdir -p "$OUT" "$WORK"
+rm -f "$WORK"/*.json
+for seq in $SEQS; do for kv in $KVS; do for d in $DMODELS; do for kind in $KINDS; do
+  [ $((4 * kv)) -le "$seq" ] || continue
+  echo "$DMA mqar --device cuda --attention $kind --seq-len $seq --kv-pairs $kv --d-model $d" \
+    "--heads $((d / 64)) --layers 2 --window $WINDOW --vocab 8192 --steps $STEPS --batch $BATCH" \
+    "--train-examples $((STEPS * BATCH)) --test-examples 1000 --lr $LR --seed $SEED" \
+    "--output $WORK/$kind-$seq-$kv-$d.json"
+done; done; done; done >"$WORK/commands.txt"
+echo "$(wc -l <"$WORK/commands.txt") runs, $JOBS at a time, deadline ${DEADLINE}s"
+timeout "$DEADLINE" xargs -P "$JOBS" -I{} sh -c '{} >/dev/null 2>&1' <"$WORK/commands.txt"
+for f in "$WORK"/*.json; do [ -e "$f" ] && tr -d '\n' <"$f" && echo; done >"$OUT/mqar-grid.jsonl"
+echo "$(wc -l <"$OUT/mqar-grid.jsonl") runs finished"
+python3 - "$OUT/mqar-grid.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+rows.sort(key=lambda r: (r["seq_len"], r["kv_pairs"], r["d_model"], r["attention"]))
+for r in rows:
+    print(f'{r["attention"]} N={r["seq_len"]} kv={r["kv_pairs"]} d={r["d_model"]}: '
+          f'acc {r["accuracy"]:.3f} ({r["train_seconds"]:.0f} s)')
+PY
