@@ -53,6 +53,11 @@ enum Command {
     /// Writes, for every kind K in the records, OUT_DIR/time-K.png (time vs N, log-log, one line
     /// per impl; for K = decode, latency vs context) and, where K has two or more impls,
     /// OUT_DIR/speedup-K.png (baseline time / impl time vs N). Every chart is a 960x640 PNG.
+    ///
+    /// With --curves, draws training curves from `dma train --log` files (JSON lines of step,
+    /// loss, eval_loss, ...; each run named by its file stem) into OUT_DIR/loss.png: the
+    /// held-out loss at the eval steps (lines with markers) and the training loss as a moving
+    /// mean over --smooth steps (thinner lines), one colour per run.
     Plot(PlotArgs),
     /// Draw a Doge model's per-head kept keys and attention weights of one layer for a short
     /// input (at most 512 tokens) as a PNG.
@@ -170,8 +175,14 @@ struct BenchArgs {
 #[derive(Args)]
 struct PlotArgs {
     /// Record files (JSON lines or a JSON array); give several to put CPU and GPU runs together.
-    #[arg(long, required = true, value_name = "FILE")]
+    #[arg(long, required_unless_present = "curves", value_name = "FILE")]
     input: Vec<PathBuf>,
+    /// Training logs of `dma train --log` to draw as OUT_DIR/loss.png, one run per file.
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    curves: Vec<PathBuf>,
+    /// The training loss of --curves is a moving mean over this many steps.
+    #[arg(long, default_value_t = 20, value_name = "STEPS")]
+    smooth: usize,
     /// Folder for the PNG files (created if needed).
     #[arg(long, value_name = "DIR")]
     out_dir: PathBuf,
@@ -208,7 +219,18 @@ fn run(cli: Cli) -> Result<()> {
             for path in &a.input {
                 records.extend(plot::records::read(path)?);
             }
-            for path in plot::render(&records, &a.out_dir, a.baseline.as_deref())? {
+            if !records.is_empty() {
+                for path in plot::render(&records, &a.out_dir, a.baseline.as_deref())? {
+                    println!("wrote {}", path.display());
+                }
+            }
+            if !a.curves.is_empty() {
+                let runs = a
+                    .curves
+                    .iter()
+                    .map(|p| plot::curves::read(p))
+                    .collect::<Result<Vec<_>>>()?;
+                let path = plot::curves::render(&runs, &a.out_dir, a.smooth)?;
                 println!("wrote {}", path.display());
             }
             Ok(())

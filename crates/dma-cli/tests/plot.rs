@@ -155,3 +155,41 @@ fn bad_records_are_one_line_errors() {
     assert!(err.contains("line 1") && err.contains("time_ms"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn curves_from_synthetic_training_logs() {
+    let d = dir("curves");
+    let mut inputs = Vec::new();
+    for (kind, rate) in [("dma", 0.010), ("mha", 0.012)] {
+        let mut text = String::new();
+        for step in 1..=120u32 {
+            let loss = 2.0 + 6.0 * (-rate * step as f64).exp() + 0.1 * ((step % 7) as f64 / 7.0);
+            let eval = match step % 30 {
+                0 => format!("{}", loss - 0.05),
+                _ => "null".into(),
+            };
+            text += &format!(
+                "{{\"eval_loss\":{eval},\"grad_norm\":1.0,\"loss\":{loss},\"lr\":0.001,\"step\":{step},\"tokens_per_s\":1000.0}}\n"
+            );
+        }
+        let path = d.join(format!("{kind}.jsonl"));
+        std::fs::write(&path, text).unwrap();
+        inputs.push(path);
+    }
+    let out_dir = d.join("charts");
+    let out = dma(&[
+        "plot",
+        "--curves",
+        s(&inputs[0]),
+        s(&inputs[1]),
+        "--out-dir",
+        s(&out_dir),
+        "--smooth",
+        "10",
+    ]);
+    let path = out_dir.join("loss.png");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(s(&path)));
+    check_png(&path, (960, 640));
+    // Only the curves were asked for: no benchmark charts.
+    assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 1);
+}

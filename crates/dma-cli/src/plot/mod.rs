@@ -1,8 +1,10 @@
 //! `dma plot`: PNG charts of benchmark records (see [`records`] for the format): for every kind
 //! of record, time against N with one line per implementation, and the speedup of every
-//! implementation over a baseline one. Text is drawn with DejaVu Sans, which the `dejavu` crate
+//! implementation over a baseline one; and training curves from `dma train --log` files (see
+//! [`curves`]). Text is drawn with DejaVu Sans, which the `dejavu` crate
 //! embeds in the binary, so no system font is needed.
 
+pub mod curves;
 pub mod records;
 
 use anyhow::{bail, Result};
@@ -75,18 +77,22 @@ pub fn render(records: &[Record], out_dir: &Path, baseline: Option<&str>) -> Res
         let path = out_dir.join(format!("time-{}.png", file_part(kind)));
         let ys = series.iter().flat_map(|s| s.1.iter().map(|p| p.1));
         let (lo, hi) = bounds(ys, true);
-        line_chart(
-            &path,
-            &title,
-            &subtitle,
+        let lines: Vec<Line> = series
+            .iter()
+            .map(|(name, p)| Line::marked(name, p, colour(name)))
+            .collect();
+        let axes = Axes {
+            title: &title,
+            subtitle: &subtitle,
             x_desc,
             y_desc,
-            &series,
-            (lo.log10(), hi.log10()),
-            true,
-            None,
-            &colour,
-        )?;
+            x: XAxis::Log2,
+            y_range: (lo.log10(), hi.log10()),
+            log_y: true,
+            reference: None,
+            legend_at: SeriesLabelPosition::UpperLeft,
+        };
+        line_chart(&path, &axes, &lines)?;
         written.push(path);
 
         if series.len() < 2 {
@@ -128,18 +134,22 @@ pub fn render(records: &[Record], out_dir: &Path, baseline: Option<&str>) -> Res
         } else {
             "N (queries = keys)"
         };
-        line_chart(
-            &path,
-            &format!("{kind}: speedup over {base_name} (its time / time)"),
-            &subtitle,
+        let lines: Vec<Line> = speedups
+            .iter()
+            .map(|(name, p)| Line::marked(name, p, colour(name)))
+            .collect();
+        let axes = Axes {
+            title: &format!("{kind}: speedup over {base_name} (its time / time)"),
+            subtitle: &subtitle,
             x_desc,
-            "speedup (x)",
-            &speedups,
-            (lo.min(1.0), hi.max(1.0)),
-            false,
-            Some(1.0),
-            &colour,
-        )?;
+            y_desc: "speedup (x)",
+            x: XAxis::Log2,
+            y_range: (lo.min(1.0), hi.max(1.0)),
+            log_y: false,
+            reference: Some(1.0),
+            legend_at: SeriesLabelPosition::UpperLeft,
+        };
+        line_chart(&path, &axes, &lines)?;
         written.push(path);
     }
     Ok(written)
@@ -256,47 +266,96 @@ fn pow2_label(v: f64) -> String {
     }
 }
 
-/// A chart with a log2 N axis (labelled at powers of two) and a y axis over `y_lo..y_hi` (log10
-/// of the values when `log_y`), one coloured line with markers per series, a legend, and optionally a grey reference line at `y = reference`.
-/// `colour` gives each series' palette index.
-#[allow(clippy::too_many_arguments)]
-fn line_chart(
-    path: &Path,
-    title: &str,
-    subtitle: &str,
-    x_desc: &str,
-    y_desc: &str,
-    series: &[Series],
-    (y_lo, y_hi): (f64, f64),
+/// How a [`line_chart`] draws its x axis.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum XAxis {
+    /// log2 of the values on a linear axis, labelled at whole powers of two (N, context).
+    Log2,
+    /// The values as they are (steps).
+    Linear,
+}
+
+/// One line of a [`line_chart`]: its points (x ascending, in data units), palette index, width,
+/// opacity, whether each point gets a marker, and its legend entry (none when `None`).
+struct Line<'a> {
+    points: &'a [(f64, f64)],
+    colour: usize,
+    width: u32,
+    opacity: f64,
+    markers: bool,
+    legend: Option<String>,
+}
+
+impl<'a> Line<'a> {
+    /// A solid line of width 2 with a marker at every point, named in the legend.
+    fn marked(name: &str, points: &'a [(f64, f64)], colour: usize) -> Self {
+        Line {
+            points,
+            colour,
+            width: 2,
+            opacity: 1.0,
+            markers: true,
+            legend: Some(name.to_string()),
+        }
+    }
+}
+
+/// What a [`line_chart`] shows besides its lines: texts, the x axis, the y range `y_lo..y_hi`
+/// (log10 of the values when `log_y`) and an optional grey reference line at `y = reference`.
+struct Axes<'a> {
+    title: &'a str,
+    subtitle: &'a str,
+    x_desc: &'a str,
+    y_desc: &'a str,
+    x: XAxis,
+    y_range: (f64, f64),
     log_y: bool,
     reference: Option<f64>,
-    colour: &dyn Fn(&str) -> usize,
-) -> Result<()> {
-    // x is log2 N on a linear axis, so that the ticks fall on the powers of two; a log y is
+    legend_at: SeriesLabelPosition,
+}
+
+/// A chart of `lines` over `axes`: a log2 x axis is labelled at powers of two, a log y axis at
+/// 1, 2 and 5 times powers of ten; a legend names the lines that have a legend entry.
+fn line_chart(path: &Path, axes: &Axes, lines: &[Line]) -> Result<()> {
+    // A log2 x is log2 on a linear axis, so that the ticks fall on the powers of two; a log y is
     // log10 on a linear axis, labelled at 1, 2 and 5 times powers of ten.
-    let series: Vec<Series> = series
+    let log_x = axes.x == XAxis::Log2;
+    let log_y = axes.log_y;
+    let (y_lo, y_hi) = axes.y_range;
+    let points: Vec<Vec<(f64, f64)>> = lines
         .iter()
-        .map(|(name, p)| {
-            (
-                name.clone(),
-                p.iter()
-                    .map(|&(x, y)| (x.log2(), if log_y { y.log10() } else { y }))
-                    .collect(),
-            )
+        .map(|l| {
+            l.points
+                .iter()
+                .map(|&(x, y)| {
+                    (
+                        if log_x { x.log2() } else { x },
+                        if log_y { y.log10() } else { y },
+                    )
+                })
+                .collect()
         })
         .collect();
-    let xs = series.iter().flat_map(|s| s.1.iter().map(|p| p.0));
+    let xs = points.iter().flat_map(|p| p.iter().map(|p| p.0));
     let (x_min, x_max) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
         (lo.min(x), hi.max(x))
     });
-    let (x_lo, x_hi) = (x_min - 0.3, x_max.max(x_min + 1.0) + 0.3);
-    let x_labels = ((x_hi - x_lo).ceil() as usize + 1).clamp(2, 12);
+    let (x_lo, x_hi, x_labels) = match axes.x {
+        XAxis::Log2 => {
+            let (lo, hi) = (x_min - 0.3, x_max.max(x_min + 1.0) + 0.3);
+            (lo, hi, ((hi - lo).ceil() as usize + 1).clamp(2, 12))
+        }
+        XAxis::Linear => {
+            let pad = ((x_max - x_min) * 0.03).max(1e-3);
+            ((x_min - pad).min(0.0), x_max + pad, 12)
+        }
+    };
     let root = BitMapBackend::new(path, CHART_SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let root = root.titled(title, (FONT, 26).into_font())?;
+    let root = root.titled(axes.title, (FONT, 26).into_font())?;
     let (upper, lower) = root.split_vertically(CHART_SIZE.1 - 60);
     lower.draw_text(
-        subtitle,
+        axes.subtitle,
         &(FONT, 16).into_font().color(&BLACK.mix(0.7)),
         (20, 10),
     )?;
@@ -307,12 +366,15 @@ fn line_chart(
         .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)?;
     chart
         .configure_mesh()
-        .x_desc(x_desc)
-        .y_desc(y_desc)
+        .x_desc(axes.x_desc)
+        .y_desc(axes.y_desc)
         .light_line_style(BLACK.mix(0.04))
         .x_labels(x_labels)
         .y_labels(if log_y { 40 } else { 12 })
-        .x_label_formatter(&|v| pow2_label(*v))
+        .x_label_formatter(&|v| match log_x {
+            true => pow2_label(*v),
+            false => label(*v),
+        })
         .y_label_formatter(&|v| match log_y {
             true => log10_label(*v),
             false => label(*v),
@@ -320,29 +382,28 @@ fn line_chart(
         .label_style((FONT, 16))
         .axis_desc_style((FONT, 18))
         .draw()?;
-    if let Some(y) = reference {
+    if let Some(y) = axes.reference {
         chart.draw_series(LineSeries::new(
             [(x_lo, y), (x_hi, y)],
             BLACK.mix(0.4).stroke_width(1),
         ))?;
     }
-    for (name, points) in &series {
-        let name = name.as_str();
-        let color = Palette99::pick(colour(name)).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().copied(),
-                color.stroke_width(2),
-            ))?
-            .label(name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-        chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+    for (line, points) in lines.iter().zip(&points) {
+        let color = Palette99::pick(line.colour).mix(line.opacity);
+        let style = color.stroke_width(line.width);
+        let drawn = chart.draw_series(LineSeries::new(points.iter().copied(), style))?;
+        if let Some(name) = &line.legend {
+            drawn
+                .label(name.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        }
+        if line.markers {
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+        }
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(axes.legend_at.clone())
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.5))
         .label_font((FONT, 16))
