@@ -2,6 +2,7 @@
 in crates/dma/tests/cuda.rs: bf16, D=128, median of CUDA-event times.
 
     python3 scripts/bench_sdpa.py [N ...]                  forward, dense causal, B=1, H=16
+                                                           (--hq, --hkv as below)
     python3 scripts/bench_sdpa.py --fwdbwd [--hkv 4] N ..  forward + backward, dense causal, B=1,
                                                            Hq=16, Hkv=16 (or --hkv), GQA
         [--hq 8] [--dim 64]                                other query heads / head dim
@@ -35,15 +36,20 @@ def median_ms(fn, warmup=3, reps=20):
 BACKENDS = [("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)]
 
 
-def forward(sizes):
-    h, d = 16, 128
+def forward(sizes, hkv, h=16, d=128):
     for n in sizes:
-        q, k, v = (torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        q = torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16)
+        k, v = (torch.randn(1, hkv, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
         for name, backend in BACKENDS:
-            with sdpa_kernel([backend]):
-                ms = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+            try:
+                with sdpa_kernel([backend]):
+                    ms = median_ms(lambda: F.scaled_dot_product_attention(
+                        q, k, v, is_causal=True, enable_gqa=hkv != h))
+            except RuntimeError as e:
+                print(f"BENCH sdpa {name} forward N={n} Hkv={hkv}: unavailable ({str(e)[:80]})")
+                continue
             tflops = 4 * (n * (n + 1) / 2) * h * d / (ms * 1e-3) / 1e12
-            print(f"BENCH sdpa {name} dense causal N={n} H={h} D={d} bf16: {ms:.3f} ms ({tflops:.0f} TFLOP/s)")
+            print(f"BENCH sdpa {name} dense causal N={n} Hq={h} Hkv={hkv} D={d} bf16: {ms:.3f} ms ({tflops:.0f} TFLOP/s)")
 
 
 def fwdbwd(sizes, hkv, h=16, d=128):
@@ -110,7 +116,7 @@ def main():
     elif mode == "fwdbwd":
         fwdbwd(sizes or [16384, 32768], hkv, hq, dim)
     else:
-        forward(sizes or [16384, 32768])
+        forward(sizes or [16384, 32768], hkv if "--hkv" in sys.argv else hq, hq, dim)
 
 
 if __name__ == "__main__":

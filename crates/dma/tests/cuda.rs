@@ -755,6 +755,43 @@ fn bench_hkv(default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Query heads of the forward and backward benchmarks: DMA_BENCH_HQ, or 16.
+fn bench_hq() -> usize {
+    std::env::var("DMA_BENCH_HQ")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16)
+}
+
+/// The most device memory in use (bytes, stream-ordered allocations of the device's default
+/// pool, which cudarc allocates from) while `f` runs, counting what was allocated before it.
+/// `None` where the device has no memory pools.
+fn peak_pool_bytes(dev: &Device, f: &mut dyn FnMut()) -> Option<u64> {
+    use cudarc::driver::sys;
+    if !dev.context().has_async_alloc() {
+        return None;
+    }
+    let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    dev.stream().synchronize().ok()?;
+    // SAFETY: plain driver calls on the current context's device; the attribute is a u64.
+    unsafe {
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, dev.context().cu_device())
+            != sys::CUresult::CUDA_SUCCESS
+        {
+            return None;
+        }
+        let mut reset: u64 = 0; // resets the high-water mark to the memory in use now
+        sys::cuMemPoolSetAttribute(pool, attr, (&mut reset as *mut u64).cast());
+    }
+    f();
+    dev.stream().synchronize().ok()?;
+    let mut high: u64 = 0;
+    // SAFETY: as above.
+    let ok = unsafe { sys::cuMemPoolGetAttribute(pool, attr, (&mut high as *mut u64).cast()) };
+    (ok == sys::CUresult::CUDA_SUCCESS).then_some(high)
+}
+
 /// Median of `reps` CUDA-event times of `f` on `dev`'s stream, after `warmup` untimed runs.
 fn median_ms(dev: &Device, warmup: usize, reps: usize, f: &mut dyn FnMut()) -> f64 {
     let (ctx, s) = (dev.context(), dev.stream());
@@ -773,6 +810,13 @@ fn median_ms(dev: &Device, warmup: usize, reps: usize, f: &mut dyn FnMut()) -> f
     }
     ms.sort_by(|x, y| x.total_cmp(y));
     ms[ms.len() / 2]
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    match bytes {
+        Some(b) => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        None => "n/a".into(),
+    }
 }
 
 /// Device buffers of a benchmark: random bf16 q, k, v and f32 bias, zeroed out and lse.
@@ -800,21 +844,28 @@ fn bench_buffers(dev: &Device, rng: &mut StdRng, shape: &Shape) -> BenchBuffers 
     }
 }
 
-/// Forward timing: B=1, Hq=16, Hkv=DMA_BENCH_HKV (default 16), Hb=Hkv, D=128, bf16, w=2048,
-/// causal, N in DMA_BENCH_N (default 16384,32768); medians of CUDA-event times over the whole
-/// call (selection and host-side planning included) and over the selection alone.
+/// Forward timing: B=1, Hq=DMA_BENCH_HQ (default 16), Hkv=DMA_BENCH_HKV (default Hq), Hb=Hkv,
+/// D=128, bf16, w=2048, causal, N in DMA_BENCH_N (default 16384,32768); medians of CUDA-event
+/// times over the whole call (selection and host-side planning included) and over the selection
+/// alone; the peak device memory of one call.
 #[test]
 #[ignore = "timing, run on the GPU with --ignored"]
 fn bench_forward() {
     let Some(dev) = device() else { return };
     let sizes = bench_sizes("DMA_BENCH_N", "16384,32768");
-    let (h, d, w) = (16usize, 128usize, 2048usize);
+    let (h, d, w) = (bench_hq(), 128usize, 2048usize);
     let hkv = bench_hkv(h);
     let mut rng = StdRng::seed_from_u64(fresh_seed());
     for n in sizes {
         let shape = Shape::dense(1, n, n, Heads::new(h, hkv), d);
         let params = Params::new(w);
         let mut b = bench_buffers(&dev, &mut rng, &shape);
+        let peak = peak_pool_bytes(&dev, &mut || {
+            cuda::forward_into(
+                &dev, &params, &shape, &b.q, &b.k, &b.v, &b.bias, &mut b.out, &mut b.lse,
+            )
+            .unwrap()
+        });
         let time = |f: &mut dyn FnMut()| median_ms(&dev, 3, 20, f);
         let t_all = time(&mut || {
             cuda::forward_into(
@@ -829,14 +880,17 @@ fn bench_forward() {
         let tflops = 4.0 * pairs * d as f64 / (t_all * 1e-3) / 1e12;
         println!(
             "BENCH dma forward N={n} Hq={h} Hkv={hkv} D={d} w={w} bf16 causal: {t_all:.3} ms \
-             (selection {t_sel:.3} ms, attend ~{:.3} ms), effective {tflops:.0} TFLOP/s",
-            t_all - t_sel
+             (selection {t_sel:.3} ms, attend ~{:.3} ms), effective {tflops:.0} TFLOP/s, \
+             peak device memory {} (inputs and outputs included)",
+            t_all - t_sel,
+            mib(peak)
         );
     }
 }
 
-/// Forward + backward timing: like `bench_forward` (B=1, Hq=16, Hkv=DMA_BENCH_HKV, Hb=Hkv, D=128,
-/// bf16, w=2048, causal, N in DMA_BENCH_N), the forward keeping its selection and the backward
+/// Forward + backward timing: like `bench_forward` (B=1, Hq=DMA_BENCH_HQ, Hkv=DMA_BENCH_HKV,
+/// Hb=Hkv, D=128, bf16, w=2048, causal, N in DMA_BENCH_N), the forward keeping its selection and
+/// the backward
 /// reusing it; medians of CUDA-event times over the whole calls (planning, allocations, scratch
 /// zeroing and dk/dv conversion included), and over the backward alone.
 #[test]
@@ -844,7 +898,7 @@ fn bench_forward() {
 fn bench_backward() {
     let Some(dev) = device() else { return };
     let sizes = bench_sizes("DMA_BENCH_N", "16384,32768");
-    let (h, d, w) = (16usize, 128usize, 2048usize);
+    let (h, d, w) = (bench_hq(), 128usize, 2048usize);
     let hkv = bench_hkv(h);
     let mut rng = StdRng::seed_from_u64(fresh_seed());
     let s = dev.stream().clone();
@@ -887,7 +941,7 @@ fn bench_backward() {
             };
             cuda::backward_into(&dev, &params, &shape, &x, Some(&sel), &mut grads).unwrap()
         });
-        let t_all = time(&mut || {
+        let mut step = || {
             let sel = cuda::forward_into_with_selection(
                 &dev, &params, &shape, &q, &k, &v, &bias, &mut out, &mut lse,
             )
@@ -902,10 +956,14 @@ fn bench_backward() {
                 dout: &dout,
             };
             cuda::backward_into(&dev, &params, &shape, &x, Some(&sel), &mut grads).unwrap()
-        });
+        };
+        let t_all = time(&mut step);
+        let peak = peak_pool_bytes(&dev, &mut step);
         println!(
             "BENCH dma fwd+bwd N={n} Hq={h} Hkv={hkv} D={d} w={w} bf16 causal: {t_all:.3} ms \
-             (backward alone {t_bwd:.3} ms)"
+             (backward alone {t_bwd:.3} ms), peak device memory {} (inputs, outputs and \
+             gradients included)",
+            mib(peak)
         );
     }
 }
