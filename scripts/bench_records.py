@@ -2,11 +2,13 @@
 records of `dma plot` on stdout:
 
     python3 scripts/bench_records.py bench.log > bench.jsonl
-    dma plot --input bench.jsonl --out-dir docs/img/h100 --baseline sdpa-cudnn-Hkv16
+    dma plot --input bench.jsonl --out-dir docs/img/h100 --baseline sdpa-cudnn
 
-One record per timing: kind forward | forward_backward | decode, impl naming the implementation
-and its kv heads (dma-Hkv4, sdpa-cudnn-Hkv16, ...), n the sequence length (decode: the context),
-time_ms the median.
+One record per timing: kind forward | forward_backward | decode (with the suffix _paper for the
+paper's configuration, Hq=2, Hkv=1), impl naming the implementation (dma, sdpa-cudnn, sdpa-flash,
+sdpa-default) and, for grouped kv heads outside the paper's configuration, its kv heads
+(dma-Hkv4), n the sequence length (decode: the context), time_ms the median, peak_mib the peak
+device memory where the line has it.
 """
 import json
 import re
@@ -33,11 +35,16 @@ def record(line):
     hkv = int(f.get("Hkv", hq))
     if hq == 2:  # the paper's configuration gets its own charts
         kind += "_paper"
-    rec = {"kind": kind, "impl": f"{who}-Hkv{hkv}" if kind != "decode" else who, "n": n,
+    grouped = hkv != hq and kind in ("forward", "forward_backward")
+    rec = {"kind": kind, "impl": f"{who}-Hkv{hkv}" if grouped else who, "n": n,
            "time_ms": float(m.group(1)), "device": "H100", "dtype": "bf16",
            "heads": hq, "head_dim": int(f.get("D", 128))}
     if "w" in f:
         rec["window"] = int(f["w"])
+    peak = re.search(r"peak device memory ([0-9.]+) MiB", line)
+    if peak:
+        rec["peak_mib"] = float(peak.group(1))
+    rec["hkv"] = hkv
     return rec
 
 
