@@ -9,7 +9,9 @@ ids to ids.safetensors, computes transformers' logits, runs
     DMA_BINARY logits --model DIR --input ids.safetensors --output logits.safetensors
 
 and prints the relative Frobenius error ||ours - theirs|| / ||theirs|| of the logits for each
-model, then PASS (every error <= 1e-4) or FAIL. Exit code 0 on PASS, 1 on FAIL.
+model. Then the other direction: a model that our `dma train` trained for two steps and saved is
+loaded by transformers' from_pretrained and compared with `dma logits` on it the same way.
+PASS when every error <= 1e-4, else FAIL. Exit code 0 on PASS, 1 on FAIL.
 
 Token ids are distinct within each row: a repeated token has the same value vector, so in the
 first layer exactly the same bias as its earlier occurrence, and which of two tied keys makes
@@ -109,6 +111,65 @@ def rel_frobenius(ours, theirs):
     return (torch.linalg.norm((ours - theirs).double()) / torch.linalg.norm(theirs.double())).item()
 
 
+def our_logits(binary, d, ids):
+    """`dma logits` of the model directory d on ids, or None (printed) when it fails."""
+    save_file({"input_ids": ids.to(torch.int32).contiguous()}, str(d / "ids.safetensors"))
+    cmd = [
+        str(binary), "logits",
+        "--model", str(d),
+        "--input", str(d / "ids.safetensors"),
+        "--output", str(d / "logits.safetensors"),
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        print(f"  {' '.join(cmd)}\n  failed: {run.stderr.strip()}")
+        return None
+    return load_file(str(d / "logits.safetensors"))["logits"]
+
+
+def save(model, d):
+    try:
+        model.save_pretrained(d, safe_serialization=True)
+    except TypeError:  # transformers versions that always write safetensors
+        model.save_pretrained(d)
+
+
+def round_trip(binary, work):
+    """Our save format read by transformers: two steps of `dma train` from a random model, the
+    checkpoint loaded with from_pretrained, its logits against `dma logits` of the same files."""
+    kwargs = dict(CASES[0][1], vocab_size=300)  # byte-level ids need 256 tokens
+    init = work / "round-trip-init"
+    model = eager_model(kwargs)
+    randomise(model)
+    save(model, init)
+    corpus = work / "round-trip-corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 50)
+    out = work / "round-trip-trained"
+    cmd = [str(binary), "train", "--data", str(corpus), "--init", str(init), "--out", str(out),
+           "--steps", "2", "--batch", "2", "--seq-len", "32", "--warmup", "1",
+           "--save-every", "2", "--eval-every", "2", "--lr", "1e-2"]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        print(f"  {' '.join(cmd)}\n  failed: {run.stderr.strip()}")
+        return math.inf
+    saved = out / "step-00000002"
+    theirs_model = DogeForCausalLM.from_pretrained(saved, attn_implementation="eager").float().eval()
+    ids = distinct_ids(kwargs["vocab_size"])
+    with torch.no_grad():
+        theirs = theirs_model(input_ids=ids).logits.float()
+        before = model(input_ids=ids).logits.float()
+    ours = our_logits(binary, saved, ids)
+    if ours is None or tuple(ours.shape) != tuple(theirs.shape):
+        return math.inf
+    err = rel_frobenius(ours, theirs)
+    print(
+        f"round trip (dma train -> transformers from_pretrained): logits {tuple(theirs.shape)}, "
+        f"relative Frobenius error {err:.3e} (training moved the logits by "
+        f"{rel_frobenius(theirs, before):.3e})"
+    )
+    return err
+
+
 def check(binary, work, name, kwargs):
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
@@ -124,24 +185,12 @@ def check(binary, work, name, kwargs):
         dense = model(input_ids=ids).logits.float()
         for layer, w in zip(model.model.layers, windows):
             layer.self_attn.keep_window_size = w
-    try:
-        model.save_pretrained(d, safe_serialization=True)
-    except TypeError:  # transformers versions that always write safetensors
-        model.save_pretrained(d)
+    save(model, d)
     if not (d / "model.safetensors").exists():
         raise SystemExit(f"{d}: save_pretrained wrote no model.safetensors: {sorted(p.name for p in d.iterdir())}")
-    save_file({"input_ids": ids.to(torch.int32).contiguous()}, str(d / "ids.safetensors"))
-    cmd = [
-        str(binary), "logits",
-        "--model", str(d),
-        "--input", str(d / "ids.safetensors"),
-        "--output", str(d / "logits.safetensors"),
-    ]
-    run = subprocess.run(cmd, capture_output=True, text=True)
-    if run.returncode != 0:
-        print(f"  {' '.join(cmd)}\n  failed: {run.stderr.strip()}")
+    ours = our_logits(binary, d, ids)
+    if ours is None:
         return math.inf
-    ours = load_file(str(d / "logits.safetensors"))["logits"]
     if tuple(ours.shape) != tuple(theirs.shape):
         print(f"  shape {tuple(ours.shape)} != transformers' {tuple(theirs.shape)}")
         return math.inf
@@ -165,6 +214,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(tmp)
         errors = [check(binary, work, name, kwargs) for name, kwargs in CASES]
+        errors.append(round_trip(binary, work))
     worst = max(errors)
     verdict = "PASS" if worst <= TOLERANCE else "FAIL"
     print(f"{verdict}: worst relative Frobenius error {worst:.3e} (tolerance {TOLERANCE:.0e})")
