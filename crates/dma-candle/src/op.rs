@@ -110,8 +110,9 @@ pub(crate) struct Tensors<'a> {
 enum SavedForward {
     /// The log-sum-exp `[B, Hq, Nq]` (f32).
     Cpu(Tensor),
+    /// The lse and the selection (boxed: the device buffers are large next to a tensor handle).
     #[cfg(feature = "cuda")]
-    Cuda(cuda::Saved),
+    Cuda(Box<cuda::Saved>),
 }
 
 impl SavedForward {
@@ -169,7 +170,7 @@ impl candle_core::CustomOp3 for DmaOp {
     ) -> Result<(CudaStorage, Shape)> {
         let geometry = shape::dense(lq.dims(), shape::unpack_kv(lkv.dims())?, lb.dims())?;
         let (out, s) = cuda::forward(&self.params, &geometry, (q, lq), (kv, lkv), (bias, lb))?;
-        *saved(&self.saved)? = Some(SavedForward::Cuda(s));
+        *saved(&self.saved)? = Some(SavedForward::Cuda(Box::new(s)));
         Ok((out, lq.shape().clone()))
     }
 
