@@ -60,8 +60,8 @@ pub fn op(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
 }
 
 /// Logits of a small random Doge (GQA, A randomised so the bias decides the selection,
-/// keep_window_size below the length) on CUDA against the CPU: f32 weights and bf16 attention
-/// on both.
+/// keep_window_size below the length) on CUDA against the CPU, f32 weights and bf16 attention
+/// on both: a full forward, and the last tokens decoded one at a time with the KV cache.
 pub fn doge(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
     let n = match case.shape.layout {
         Layout::Dense { seqlen_q, .. } => seqlen_q,
@@ -100,11 +100,29 @@ pub fn doge(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
         .collect();
     let ids = Tensor::from_vec(ids, (1, n), &Device::Cpu)?;
     let want = on_cpu.forward(&ids)?;
-    let got = on_gpu.forward(&ids.to_device(on_gpu.device())?)?;
-    Ok(vec![(
-        "logits",
-        rel_err(&flat(&got.to_device(&Device::Cpu)?)?, &flat(&want)?),
-    )])
+    let gpu_ids = ids.to_device(on_gpu.device())?;
+    let got = on_gpu.forward(&gpu_ids)?;
+    // Incremental decoding on the GPU (KV cache with per-key bias, the decode kernels): a
+    // prefill of all but the last STEPS tokens, then one token at a time, against the CPU's
+    // full forward over the same rows.
+    const STEPS: usize = 8;
+    let mut cache = on_gpu.new_cache();
+    on_gpu.forward_cached(&gpu_ids.narrow(1, 0, n - STEPS)?, &mut cache)?;
+    let mut rows = Vec::new();
+    for i in n - STEPS..n {
+        rows.push(on_gpu.forward_cached(&gpu_ids.narrow(1, i, 1)?, &mut cache)?);
+    }
+    let decoded = Tensor::cat(&rows, 1)?.to_device(&Device::Cpu)?;
+    Ok(vec![
+        (
+            "logits",
+            rel_err(&flat(&got.to_device(&Device::Cpu)?)?, &flat(&want)?),
+        ),
+        (
+            "decoded",
+            rel_err(&flat(&decoded)?, &flat(&want.narrow(1, n - STEPS, STEPS)?)?),
+        ),
+    ])
 }
 
 fn flat(t: &Tensor) -> Result<Vec<f32>> {
