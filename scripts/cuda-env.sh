@@ -4,16 +4,21 @@
 #
 #   scripts/cuda-env.sh install   # once per machine: pip wheels into .cuda/, and what candle's
 #                                 # `cuda` feature needs to build (cuBLAS, cuRAND, a libcuda stub)
+#   scripts/cuda-env.sh install-nvrtc   # only NVRTC and headers: compiling the kernels (CI)
 #   source scripts/cuda-env.sh    # in each shell: PATH, LD_LIBRARY_PATH, CUDA_HOME
 #
 # The GPU machine has its own CUDA under /usr/local/cuda; nothing here is needed there.
 _dma_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _dma_cu13="$_dma_root/.cuda/nvidia/cu13"
 
-if [ "${1:-}" = "install" ]; then
-  python3 -m pip install --quiet --target "$_dma_root/.cuda" \
-    nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 \
-    nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-nvrtc==13.0.88 || exit 1
+if [ "${1:-}" = "install" ] || [ "${1:-}" = "install-nvrtc" ]; then
+  # NVRTC and the headers the kernels include: enough to compile every kernel (CI does).
+  _dma_wheels="nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cuda-crt==13.0.88
+    nvidia-cuda-nvrtc==13.0.88"
+  # nvcc and NVVM too (ptxas -v, candle's kernels).
+  [ "$1" = "install" ] && _dma_wheels="$_dma_wheels nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88"
+  # shellcheck disable=SC2086
+  python3 -m pip install --quiet --target "$_dma_root/.cuda" $_dma_wheels || exit 1
   # The wheels ship versioned sonames only; cudarc also looks for the unversioned names.
   for lib in "$_dma_cu13"/lib/libnvrtc.so.13 "$_dma_cu13"/lib/libnvrtc-builtins.so.13.0; do
     [ -e "$lib" ] && ln -sf "$(basename "$lib")" "${lib%%.so*}.so"
