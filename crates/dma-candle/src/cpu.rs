@@ -141,19 +141,12 @@ fn f32_slice<'a>(name: &'static str, s: &'a CpuStorage) -> std::result::Result<&
 
 /// Why q and kv are not one supported dtype.
 fn dtype_error(q: DType, kv: DType) -> Error {
-    if matches!(q, DType::F32 | DType::BF16 | DType::F16) {
-        Error::DType {
-            name: "k",
-            actual: kv,
-            expected: format!("{q:?} like q"),
-        }
-    } else {
-        Error::DType {
-            name: "q",
-            actual: q,
-            expected: "F32, BF16 or F16".into(),
-        }
-    }
+    Error::dtypes(
+        q,
+        kv,
+        &[DType::F32, DType::BF16, DType::F16],
+        "F32, BF16 or F16",
+    )
 }
 
 /// The elements of a tensor in row-major order: borrowed when its layout is contiguous,

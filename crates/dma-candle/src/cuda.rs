@@ -264,17 +264,10 @@ fn cuda(storage: &Storage) -> std::result::Result<&CudaStorage, Error> {
 
 /// Why q and kv are not one dtype the CUDA kernels take.
 fn dtype_error(q: DType, kv: DType) -> Error {
-    if matches!(q, DType::BF16 | DType::F16) {
-        Error::DType {
-            name: "k",
-            actual: kv,
-            expected: format!("{q:?} like q"),
-        }
-    } else {
-        Error::DType {
-            name: "q",
-            actual: q,
-            expected: "BF16 or F16 on CUDA (the CUDA kernels have no f32 path; cast first)".into(),
-        }
-    }
+    Error::dtypes(
+        q,
+        kv,
+        &[DType::BF16, DType::F16],
+        "BF16 or F16 on CUDA (the CUDA kernels have no f32 path; cast first)",
+    )
 }

@@ -51,6 +51,26 @@ pub enum Error {
     Op(#[from] dma::DmaError),
 }
 
+impl Error {
+    /// Why q and kv are not one dtype of `supported` (`expected` lists them for the message):
+    /// a q of a supported dtype names k as the odd one out.
+    pub(crate) fn dtypes(q: DType, kv: DType, supported: &[DType], expected: &str) -> Error {
+        if supported.contains(&q) {
+            Error::DType {
+                name: "k",
+                actual: kv,
+                expected: format!("{q:?} like q"),
+            }
+        } else {
+            Error::DType {
+                name: "q",
+                actual: q,
+                expected: expected.into(),
+            }
+        }
+    }
+}
+
 impl From<Error> for candle_core::Error {
     fn from(e: Error) -> Self {
         candle_core::Error::wrap(e)
