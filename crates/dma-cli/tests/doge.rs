@@ -1,52 +1,18 @@
 //! `dma logits` and `dma generate` end to end on a small random Doge written to a temp dir.
 
 use candle_core::{DType, Device, Tensor};
-use doge::{DogeConfig, DogeForCausalLM, ModelOptions};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+mod common;
+
+use common::{dir, dma, random_model, s};
 
 const CPU: Device = Device::Cpu;
 
-fn dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("dma-cli-doge-{name}"));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A model of `vocab` tokens with every weight random (A away from 0), saved in `dir`.
-fn model(dir: &Path, vocab: usize) -> DogeForCausalLM {
-    let mut c = DogeConfig::new(vocab, 32, 48, 2, 4, 2);
-    c.keep_window_size = 4;
-    c.max_position_embeddings = 64;
-    let m = DogeForCausalLM::new(c, ModelOptions::default(), &CPU).unwrap();
-    for (name, var) in m.vars().data().lock().unwrap().iter() {
-        let value = match name.ends_with(".A") {
-            true => Tensor::new(&[0.8f32, -0.5], &CPU).unwrap(),
-            false => Tensor::randn(0f32, 0.3, var.shape(), &CPU).unwrap(),
-        };
-        var.set(&value).unwrap();
-    }
-    m.save(dir).unwrap();
-    m
-}
-
-fn dma(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dma"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 #[test]
 fn logits_match_the_library() {
-    let d = dir("logits");
-    let m = model(&d, 50);
+    let d = dir("doge-logits");
+    let m = random_model(&d, 50, 64);
     let ids: Vec<i32> = (0..2 * 12).map(|i| (i * 7 + 3) % 50).collect();
     let input = d.join("ids.safetensors");
     let t = Tensor::from_vec(ids.clone(), (2, 12), &CPU).unwrap();
@@ -81,8 +47,8 @@ fn logits_match_the_library() {
 
 #[test]
 fn logits_errors_are_one_clear_line() {
-    let d = dir("logits-errors");
-    model(&d, 50);
+    let d = dir("doge-logits-errors");
+    random_model(&d, 50, 64);
     let input = d.join("ids.safetensors");
     let output = d.join("out.safetensors");
     let run = |t: Tensor, name: &str| {
@@ -113,8 +79,8 @@ fn logits_errors_are_one_clear_line() {
 
 #[test]
 fn generate_streams_bytes_and_repeats_under_a_seed() {
-    let d = dir("generate");
-    model(&d, 260);
+    let d = dir("doge-generate");
+    random_model(&d, 260, 64);
     let run = |extra: &[&str]| {
         let mut args = vec![
             "generate",
@@ -164,8 +130,8 @@ const TOKENIZER: &str = r#"{
 
 #[test]
 fn generate_uses_tokenizer_json() {
-    let d = dir("tokenizer");
-    model(&d, 50);
+    let d = dir("doge-tokenizer");
+    random_model(&d, 50, 64);
     std::fs::write(d.join("tokenizer.json"), TOKENIZER).unwrap();
     let out = dma(&[
         "generate",

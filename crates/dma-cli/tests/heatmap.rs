@@ -2,40 +2,17 @@
 //! decodes, has the size the command reports and shows kept keys; long prompts and bad layers
 //! are one-line errors.
 
-use candle_core::{Device, Tensor};
-use doge::{DogeConfig, DogeForCausalLM, ModelOptions};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+
+mod common;
+
+use common::{dir, dma, random_model, s};
 
 fn model_dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("dma-cli-heatmap-{name}"));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
+    let d = dir(&format!("heatmap-{name}"));
     // 256 tokens: no tokenizer.json needed (UTF-8 bytes are the ids).
-    let mut c = DogeConfig::new(256, 32, 48, 2, 4, 2);
-    c.keep_window_size = 4;
-    c.max_position_embeddings = 1024;
-    let m = DogeForCausalLM::new(c, ModelOptions::default(), &Device::Cpu).unwrap();
-    for (name, var) in m.vars().data().lock().unwrap().iter() {
-        let value = match name.ends_with(".A") {
-            true => Tensor::new(&[0.8f32, -0.5], &Device::Cpu).unwrap(),
-            false => Tensor::randn(0f32, 0.3, var.shape(), &Device::Cpu).unwrap(),
-        };
-        var.set(&value).unwrap();
-    }
-    m.save(&d).unwrap();
+    random_model(&d, 256, 1024);
     d
-}
-
-fn dma(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dma"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]

@@ -13,10 +13,11 @@ mod mqar {
 #[path = "../src/needle/data.rs"]
 mod needle_data;
 
+mod common;
+
+use common::{dir, error, ok};
 use mqar::data::IGNORE;
 use needle_data::*;
-use std::path::PathBuf;
-use std::process::{Command, Output};
 
 fn check(h: &Haystack, len: usize) {
     let e = &h.example;
@@ -110,19 +111,8 @@ fn short_lengths_and_bad_depths_are_errors() {
     assert_eq!(vocab(), 68);
 }
 
-fn dma(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dma"))
-        .arg("needle")
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 const TINY: &[&str] = &[
+    "needle",
     "--seq-len",
     "110",
     "--eval-lengths",
@@ -149,8 +139,7 @@ const TINY: &[&str] = &[
 
 #[test]
 fn a_tiny_run_writes_its_table_json_and_heat_map() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dma-cli-needle");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir("needle");
     for kind in ["dma", "swa", "mha"] {
         let json = dir.join(format!("{kind}.json"));
         let png = dir.join(format!("{kind}.png"));
@@ -165,9 +154,7 @@ fn a_tiny_run_writes_its_table_json_and_heat_map() {
             "--heatmap",
             png.to_str().unwrap(),
         ]);
-        let o = dma(&args);
-        assert!(o.status.success(), "{}", stderr(&o));
-        let out = String::from_utf8(o.stdout).unwrap();
+        let out = String::from_utf8(ok(&args).stdout).unwrap();
         assert!(out.contains(&format!("needle: {kind}")), "{out}");
         assert_eq!(
             out.lines().filter(|l| l.contains("0.50 ")).count(),
@@ -213,30 +200,40 @@ fn a_tiny_run_writes_its_table_json_and_heat_map() {
     }
 }
 
-/// The error a run fails with: exit code 1 and one `error:` line.
-fn error(args: &[&str]) -> String {
-    let o = dma(args);
-    assert!(!o.status.success(), "{args:?} should fail");
-    let err = stderr(&o);
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one line expected, got {err}");
-    assert!(lines[0].starts_with("error:"), "{err}");
-    err
+#[test]
+fn settings_that_cannot_work_are_one_line_errors() {
+    let e = error(&["needle", "--seq-len", "100"]);
+    assert!(e.contains("--seq-len 100 is too short"), "{e}");
+    let e = error(&["needle", "--eval-lengths", "64,128"]);
+    assert!(e.contains("--eval-lengths 64 is too short"), "{e}");
+    let e = error(&["needle", "--depths", "0,1.5"]);
+    assert!(e.contains("--depths 1.5"), "{e}");
+    let e = error(&["needle", "--heads", "3"]);
+    assert!(e.contains("--heads 3"), "{e}");
+    let e = error(&["needle", "--eval-examples", "0"]);
+    assert!(e.contains("--eval-examples must be at least 1"), "{e}");
+    // The tests run the binary built without the `cuda` feature; the head size is checked first.
+    let e = error(&[
+        "needle",
+        "--device",
+        "cuda",
+        "--d-model",
+        "64",
+        "--heads",
+        "4",
+    ]);
+    assert!(e.contains("head size"), "{e}");
 }
 
 #[test]
-fn settings_that_cannot_work_are_one_line_errors() {
-    let e = error(&["--seq-len", "100"]);
-    assert!(e.contains("--seq-len 100 is too short"), "{e}");
-    let e = error(&["--eval-lengths", "64,128"]);
-    assert!(e.contains("--eval-lengths 64 is too short"), "{e}");
-    let e = error(&["--depths", "0,1.5"]);
-    assert!(e.contains("--depths 1.5"), "{e}");
-    let e = error(&["--heads", "3"]);
-    assert!(e.contains("--heads 3"), "{e}");
-    let e = error(&["--eval-examples", "0"]);
-    assert!(e.contains("--eval-examples must be at least 1"), "{e}");
-    // The tests run the binary built without the `cuda` feature; the head size is checked first.
-    let e = error(&["--device", "cuda", "--d-model", "64", "--heads", "4"]);
-    assert!(e.contains("head size"), "{e}");
+fn epochs_default_to_two_here_and_four_in_mqar() {
+    for (sub, default) in [("needle", "2"), ("mqar", "4")] {
+        let help = String::from_utf8(ok(&[sub, "--help"]).stdout).unwrap();
+        let epochs = &help[help.find("--epochs").unwrap()..];
+        let line = epochs.lines().find(|l| l.contains("[default:")).unwrap();
+        assert!(
+            line.contains(&format!("[default: {default}]")),
+            "{sub}: {line}"
+        );
+    }
 }

@@ -7,7 +7,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+mod common;
+
+use common::{dma, s, temp};
 
 /// A tensor to write: name, dtype, shape, little-endian bytes.
 struct Raw(&'static str, Dtype, Vec<usize>, Vec<u8>);
@@ -36,10 +39,6 @@ fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
-fn temp(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("dma-cli-{name}"))
-}
-
 fn write(name: &str, tensors: &[Raw]) -> PathBuf {
     let path = temp(name);
     let views: Vec<_> = tensors
@@ -53,13 +52,6 @@ fn write(name: &str, tensors: &[Raw]) -> PathBuf {
         .collect();
     safetensors::serialize_to_file(views, None, &path).unwrap();
     path
-}
-
-fn dma(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dma"))
-        .args(args)
-        .output()
-        .expect("run dma")
 }
 
 /// Runs `dma op` on `input` and returns the bytes of the output file.
@@ -232,14 +224,10 @@ fn op_error(input: &str, extra: &[&str]) -> String {
     stderr
 }
 
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 #[test]
 fn missing_bias_is_named() {
     let input = dense_input("nobias.safetensors", |t| t.retain(|r| r.0 != "bias"));
-    let e = op_error(path_str(&input), &["--window", "2"]);
+    let e = op_error(s(&input), &["--window", "2"]);
     assert!(e.contains("missing tensor `bias`"), "{e}");
 }
 
@@ -249,7 +237,7 @@ fn q_in_f64_or_i32_is_rejected() {
         let input = dense_input(&format!("q-{word}.safetensors"), |t| {
             t[0] = Raw("q", dtype, vec![1, 4, 2, 4], vec![0; 32 * size]);
         });
-        let e = op_error(path_str(&input), &["--window", "2"]);
+        let e = op_error(s(&input), &["--window", "2"]);
         assert!(e.contains("dtype") && e.contains(word), "{e}");
     }
 }
@@ -259,7 +247,7 @@ fn k_of_another_dtype_is_rejected() {
     let input = dense_input("k-bf16.safetensors", |t| {
         t[1] = Raw("k", Dtype::BF16, vec![1, 4, 2, 4], vec![0; 64]);
     });
-    let e = op_error(path_str(&input), &["--window", "2"]);
+    let e = op_error(s(&input), &["--window", "2"]);
     assert!(e.contains("`k`") && e.contains("BF16"), "{e}");
 }
 
@@ -268,14 +256,14 @@ fn bad_shape_names_the_tensor() {
     let input = dense_input("bad-bias-shape.safetensors", |t| {
         t[3] = Raw("bias", Dtype::F32, vec![1, 2, 3], vec![0; 24]);
     });
-    let e = op_error(path_str(&input), &["--window", "2"]);
+    let e = op_error(s(&input), &["--window", "2"]);
     assert!(e.contains("`bias`") && e.contains("[1, 2, 3]"), "{e}");
 }
 
 #[test]
 fn nonexistent_input_file() {
     let missing = temp("does-not-exist.safetensors");
-    let e = op_error(path_str(&missing), &["--window", "2"]);
+    let e = op_error(s(&missing), &["--window", "2"]);
     assert!(
         e.contains("cannot read") && e.contains("does-not-exist"),
         "{e}"
@@ -290,14 +278,14 @@ fn garbage_file() {
         b"\xff\xff\xff\xff\xff\xff\xff\x7fthis is not a safetensors file",
     )
     .unwrap();
-    let e = op_error(path_str(&path), &["--window", "2"]);
+    let e = op_error(s(&path), &["--window", "2"]);
     assert!(e.contains("not a valid safetensors file"), "{e}");
 }
 
 #[test]
 fn window_zero() {
     let input = dense_input("window0.safetensors", |_| {});
-    let e = op_error(path_str(&input), &["--window", "0"]);
+    let e = op_error(s(&input), &["--window", "0"]);
     assert!(e.contains("window"), "{e}");
 }
 
@@ -306,7 +294,7 @@ fn window_zero() {
 #[cfg(feature = "cuda")]
 fn cuda_device_takes_16_bit_tensors() {
     let input = dense_input("cuda_f32.safetensors", |_| {});
-    let e = op_error(path_str(&input), &["--window", "2", "--device", "cuda"]);
+    let e = op_error(s(&input), &["--window", "2", "--device", "cuda"]);
     assert!(e.contains("bf16 or f16"), "{e}");
 }
 
@@ -314,6 +302,6 @@ fn cuda_device_takes_16_bit_tensors() {
 #[cfg(not(feature = "cuda"))]
 fn cuda_device_is_not_built() {
     let input = dense_input("cuda.safetensors", |_| {});
-    let e = op_error(path_str(&input), &["--window", "2", "--device", "cuda"]);
+    let e = op_error(s(&input), &["--window", "2", "--device", "cuda"]);
     assert!(e.contains("cuda"), "{e}");
 }

@@ -1,32 +1,11 @@
 //! `dma plot` on synthetic records and on the output of `dma bench --json`: the expected PNG
 //! files exist, decode, have the documented size and are not blank. (Nothing here is timing.)
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("dma-cli-plot-{name}"));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
 
-fn dma(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_dma"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "dma {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{dir, dma, ok, s};
 
 /// Decodes `path` and checks its size and that it holds more than a few colours (lines, text).
 fn check_png(path: &Path, size: (u32, u32)) {
@@ -47,7 +26,7 @@ fn check_png(path: &Path, size: (u32, u32)) {
 
 #[test]
 fn charts_from_synthetic_records() {
-    let d = dir("synthetic");
+    let d = dir("plot-synthetic");
     let mut lines = String::from("# forward times of three implementations, decode of two\n");
     for (imp, per_n) in [("dma-cuda", 0.5), ("sdpa-cudnn", 0.1), ("sdpa-flash", 0.08)] {
         for n in [1024usize, 2048, 4096, 8192] {
@@ -73,7 +52,7 @@ fn charts_from_synthetic_records() {
     let input = d.join("results.jsonl");
     std::fs::write(&input, lines).unwrap();
     let out_dir = d.join("charts");
-    let out = dma(&["plot", "--input", s(&input), "--out-dir", s(&out_dir)]);
+    let out = ok(&["plot", "--input", s(&input), "--out-dir", s(&out_dir)]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     for name in [
         "time-forward",
@@ -87,7 +66,7 @@ fn charts_from_synthetic_records() {
     }
     // A baseline by name; a missing one only skips the speedup charts.
     let out_dir = d.join("baseline");
-    dma(&[
+    ok(&[
         "plot",
         "--input",
         s(&input),
@@ -101,7 +80,7 @@ fn charts_from_synthetic_records() {
 
 #[test]
 fn bench_json_feeds_plot() {
-    let d = dir("bench");
+    let d = dir("plot-bench");
     let json = d.join("cpu.jsonl");
     let args = [
         "bench",
@@ -116,7 +95,7 @@ fn bench_json_feeds_plot() {
     ];
     let mut all = args.to_vec();
     all.extend(["--reps", "1", "--backward", "--decode", "--json", s(&json)]);
-    dma(&all);
+    ok(&all);
     let text = std::fs::read_to_string(&json).unwrap();
     let records: Vec<serde_json::Value> = text
         .lines()
@@ -133,7 +112,7 @@ fn bench_json_feeds_plot() {
         }
     }
     let out_dir = d.join("charts");
-    dma(&["plot", "--input", s(&json), "--out-dir", s(&out_dir)]);
+    ok(&["plot", "--input", s(&json), "--out-dir", s(&out_dir)]);
     for name in ["time-forward", "time-forward_backward", "time-decode"] {
         check_png(&out_dir.join(format!("{name}.png")), (960, 640));
     }
@@ -143,13 +122,10 @@ fn bench_json_feeds_plot() {
 
 #[test]
 fn bad_records_are_one_line_errors() {
-    let d = dir("bad");
+    let d = dir("plot-bad");
     let input = d.join("bad.jsonl");
     std::fs::write(&input, "{\"kind\":\"forward\",\"impl\":\"x\",\"n\":4}\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_dma"))
-        .args(["plot", "--input", s(&input), "--out-dir", s(&d)])
-        .output()
-        .unwrap();
+    let out = dma(&["plot", "--input", s(&input), "--out-dir", s(&d)]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 1") && err.contains("time_ms"), "{err}");
@@ -158,7 +134,7 @@ fn bad_records_are_one_line_errors() {
 
 #[test]
 fn curves_from_synthetic_training_logs() {
-    let d = dir("curves");
+    let d = dir("plot-curves");
     let mut inputs = Vec::new();
     for (kind, rate) in [("dma", 0.010), ("mha", 0.012)] {
         let mut text = String::new();
@@ -177,7 +153,7 @@ fn curves_from_synthetic_training_logs() {
         inputs.push(path);
     }
     let out_dir = d.join("charts");
-    let out = dma(&[
+    let out = ok(&[
         "plot",
         "--curves",
         s(&inputs[0]),

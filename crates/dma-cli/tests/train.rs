@@ -1,26 +1,9 @@
 //! `dma train` end to end: a byte-level Doge trains on a text file, writes checkpoints, resumes
 //! from them, and a checkpoint is a model directory that `dma generate` runs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("dma-cli-train-{name}"));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn dma(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dma"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{dir, dma, s};
 
 const CONFIG: &str = r#"{"vocab_size": 256, "hidden_size": 32, "intermediate_size": 64,
   "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -28,7 +11,7 @@ const CONFIG: &str = r#"{"vocab_size": 256, "hidden_size": 32, "intermediate_siz
 
 #[test]
 fn trains_checkpoints_resumes_and_generates() {
-    let d = dir("run");
+    let d = dir("train-run");
     std::fs::write(d.join("config.json"), CONFIG).unwrap();
     std::fs::write(
         d.join("corpus.txt"),
@@ -94,7 +77,7 @@ fn trains_checkpoints_resumes_and_generates() {
 
 #[test]
 fn empty_corpus_is_an_error() {
-    let d = dir("empty");
+    let d = dir("train-empty");
     std::fs::write(d.join("config.json"), CONFIG).unwrap();
     std::fs::write(d.join("corpus.txt"), "").unwrap();
     let o = dma(&[
@@ -112,7 +95,7 @@ fn empty_corpus_is_an_error() {
 
 #[test]
 fn trains_a_bpe_from_the_corpus() {
-    let d = dir("bpe");
+    let d = dir("train-bpe");
     std::fs::write(
         d.join("config.json"),
         CONFIG.replace("\"vocab_size\": 256", "\"vocab_size\": 300"),
@@ -166,7 +149,7 @@ fn trains_a_bpe_from_the_corpus() {
 
 #[test]
 fn held_out_files_and_the_step_log() {
-    let d = dir("log");
+    let d = dir("train-log");
     std::fs::write(d.join("config.json"), CONFIG).unwrap();
     std::fs::write(d.join("train.txt"), "abcabcabd ".repeat(30)).unwrap();
     std::fs::write(d.join("valid.txt"), "xyzxyz ".repeat(10)).unwrap();

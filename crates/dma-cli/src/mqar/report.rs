@@ -1,7 +1,6 @@
 //! The result of a run: one line on stdout and, on request, a JSON file.
 
 use super::MqarArgs;
-use crate::model_args::Kind;
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -16,24 +15,16 @@ pub struct Report<'a> {
     pub train_seconds: f64,
 }
 
-fn name(k: Kind) -> &'static str {
-    match k {
-        Kind::Dma => "dma",
-        Kind::Swa => "swa",
-        Kind::Mha => "mha",
-    }
-}
-
 impl Report<'_> {
     /// `mqar attention=dma seq_len=64 kv_pairs=4 d_model=64 accuracy=0.973`.
     pub fn line(&self) -> String {
         let a = self.args;
         format!(
             "mqar attention={} seq_len={} kv_pairs={} d_model={} accuracy={:.3}",
-            name(a.attention),
+            a.attention.name(),
             a.seq_len,
             a.kv_pairs,
-            a.d_model,
+            a.net.d_model,
             self.accuracy
         )
     }
@@ -43,23 +34,23 @@ impl Report<'_> {
         let a = self.args;
         let fields: Vec<(&str, String)> = vec![
             ("task", "\"mqar\"".into()),
-            ("attention", format!("\"{}\"", name(a.attention))),
+            ("attention", format!("\"{}\"", a.attention.name())),
             ("seq_len", a.seq_len.to_string()),
             ("kv_pairs", a.kv_pairs.to_string()),
-            ("d_model", a.d_model.to_string()),
-            ("layers", a.layers.to_string()),
-            ("heads", a.heads.to_string()),
-            ("window", a.window.to_string()),
+            ("d_model", a.net.d_model.to_string()),
+            ("layers", a.net.layers.to_string()),
+            ("heads", a.net.heads.to_string()),
+            ("window", a.net.window.to_string()),
             ("vocab", a.vocab.to_string()),
             ("power_a", number(a.power_a)),
             ("train_examples", a.train_examples.to_string()),
             ("test_examples", a.test_examples.to_string()),
             ("steps", self.steps.to_string()),
-            ("batch", a.batch.to_string()),
-            ("lr", number(a.lr)),
-            ("weight_decay", number(a.weight_decay)),
-            ("clip", number(a.clip)),
-            ("seed", a.seed.to_string()),
+            ("batch", a.train.batch.to_string()),
+            ("lr", number(a.train.lr)),
+            ("weight_decay", number(a.train.weight_decay)),
+            ("clip", number(a.train.clip)),
+            ("seed", a.train.seed.to_string()),
             ("train_loss", number(self.train_loss)),
             ("train_accuracy", number(self.train_accuracy)),
             ("accuracy", number(self.accuracy)),

@@ -8,7 +8,8 @@ mod heatmap;
 mod report;
 
 use crate::model_args::Kind;
-use crate::mqar::{derive, model, train};
+use crate::mqar::setup::{check_counts, NetArgs, TrainArgs};
+use crate::mqar::{derive, train};
 use anyhow::{bail, Result};
 use clap::Args;
 use data::{Depth, KEY_DIGITS};
@@ -19,6 +20,8 @@ use std::time::Instant;
 const CUDA_HEAD_DIMS: &[usize] = &[32, 64, 96, 128, 256];
 
 #[derive(Args)]
+// --epochs defaults to 2 here; the shared TrainArgs's default, 4, is `dma mqar`'s.
+#[command(mut_arg("epochs", |a| a.default_value("2")))]
 pub struct NeedleArgs {
     /// Attention of every layer (dma and swa keep --window keys per query).
     #[arg(long, value_enum, default_value_t = Kind::Dma)]
@@ -36,41 +39,13 @@ pub struct NeedleArgs {
     /// Examples per (length, depth) cell.
     #[arg(long, default_value_t = 32)]
     pub eval_examples: usize,
-    /// Model width. With --device cuda the head size d_model / heads must be 32, 64, 96, 128
-    /// or 256 (the CUDA kernels, which run the attention in bf16), e.g. --d-model 128 --heads 2.
-    #[arg(long, default_value_t = 64)]
-    pub d_model: usize,
-    #[arg(long, default_value_t = 2)]
-    pub layers: usize,
-    #[arg(long, default_value_t = 2)]
-    pub heads: usize,
-    /// Keys kept per query by dma and swa (ignored by mha).
-    #[arg(long, default_value_t = 16)]
-    pub window: usize,
+    #[command(flatten)]
+    pub net: NetArgs,
     /// Training examples (length L, depths uniform in [0, 1], random 5-digit keys).
     #[arg(long, default_value_t = 4_000)]
     pub train_examples: usize,
-    /// Optimiser steps (default: --epochs passes over the training examples).
-    #[arg(long, conflicts_with = "epochs")]
-    pub steps: Option<usize>,
-    /// Passes over the training examples (used when --steps is not given).
-    #[arg(long, default_value_t = 2)]
-    pub epochs: usize,
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
-    #[arg(long, default_value_t = 3e-3)]
-    pub lr: f64,
-    #[arg(long, default_value_t = 0.1)]
-    pub weight_decay: f64,
-    #[arg(long, default_value_t = 1.0)]
-    pub clip: f64,
-    /// Seeds the training examples, the weights, the batch order and (derived) the evaluation
-    /// examples.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Where the model runs (cuda: see --d-model for the head sizes).
-    #[arg(long, value_enum, default_value_t = crate::Device::Cpu)]
-    pub device: crate::Device,
+    #[command(flatten)]
+    pub train: TrainArgs,
     /// Write every cell, the arguments and the seed to this file as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -113,23 +88,11 @@ fn eval_lengths(a: &NeedleArgs) -> Vec<usize> {
 }
 
 fn check(a: &NeedleArgs, lengths: &[usize]) -> Result<()> {
-    for (flag, x) in [
-        ("--d-model", a.d_model),
-        ("--layers", a.layers),
-        ("--heads", a.heads),
-        ("--window", a.window),
+    let examples = [
         ("--train-examples", a.train_examples),
         ("--eval-examples", a.eval_examples),
-        ("--batch", a.batch),
-        ("--epochs", a.epochs),
-    ] {
-        if x == 0 {
-            bail!("{flag} must be at least 1");
-        }
-    }
-    if a.steps == Some(0) {
-        bail!("--steps must be at least 1");
-    }
+    ];
+    check_counts(&a.net, examples, &a.train)?;
     let min = data::min_len();
     if a.seq_len < min {
         bail!(
@@ -148,41 +111,27 @@ fn check(a: &NeedleArgs, lengths: &[usize]) -> Result<()> {
     if let Some(d) = a.depths.iter().find(|d| !(0.0..=1.0).contains(*d)) {
         bail!("--depths {d}: a depth must be in [0, 1]");
     }
-    if a.d_model % a.heads != 0 || (a.d_model / a.heads) % 2 != 0 {
-        bail!(
-            "--heads {} must divide --d-model {} into an even head size",
-            a.heads,
-            a.d_model
-        );
-    }
-    let head = a.d_model / a.heads;
-    if a.device == crate::Device::Cuda && !CUDA_HEAD_DIMS.contains(&head) {
+    a.net.check_heads()?;
+    let head = a.net.d_model / a.net.heads;
+    if a.train.device == crate::Device::Cuda && !CUDA_HEAD_DIMS.contains(&head) {
         bail!(
             "--device cuda needs a head size d_model / heads of 32, 64, 96, 128 or 256, got {} / {} = {head}",
-            a.d_model,
-            a.heads
+            a.net.d_model,
+            a.net.heads
         );
     }
-    for (flag, x) in [("--lr", a.lr), ("--weight-decay", a.weight_decay)] {
-        if !(x.is_finite() && x >= 0.0) {
-            bail!("{flag} must be a finite number >= 0, got {x}");
-        }
-    }
-    if a.clip.is_nan() || a.clip <= 0.0 {
-        bail!("--clip must be positive, got {}", a.clip);
-    }
-    Ok(())
+    a.train.check_rates()
 }
 
 pub fn run(a: &NeedleArgs) -> Result<()> {
     let lengths = eval_lengths(a);
     check(a, &lengths)?;
-    let device = a.device.candle()?;
+    let device = a.train.device.candle()?;
     let train_set: Vec<_> = data::generate(
         a.seq_len,
         Depth::Uniform,
         a.train_examples,
-        derive(a.seed, 0),
+        derive(a.train.seed, 0),
     )?
     .into_iter()
     .map(|h| h.example)
@@ -193,37 +142,18 @@ pub fn run(a: &NeedleArgs) -> Result<()> {
         .chain([a.seq_len])
         .max()
         .unwrap_or(a.seq_len);
-    let spec = model::ModelSpec {
-        kind: a.attention.attention(),
-        vocab: data::vocab(),
-        // RoPE has no learned positions: this only has to allow the longest evaluation.
-        seq_len: longest,
-        d_model: a.d_model,
-        layers: a.layers,
-        heads: a.heads,
-        window: a.window,
-    };
-    let net = model::build(&spec, derive(a.seed, 2), &device)?;
-    let steps = a
-        .steps
-        .unwrap_or_else(|| (a.epochs * a.train_examples).div_ceil(a.batch));
-    let schedule = train::Schedule {
-        steps,
-        batch: a.batch,
-        lr: a.lr,
-        weight_decay: a.weight_decay,
-        clip: a.clip,
-        seed: derive(a.seed, 3),
-    };
-    eprintln!(
-        "needle: {} training examples of length {}, {steps} steps of {}",
-        a.train_examples, a.seq_len, a.batch
-    );
+    // RoPE has no learned positions: the length only has to allow the longest evaluation.
+    let net = a
+        .net
+        .build(a.attention, data::vocab(), longest, a.train.seed, &device)?;
+    let trained = a.train.train(&net, &train_set, &device, |steps| {
+        format!(
+            "needle: {} training examples of length {}, {steps} steps of {}",
+            a.train_examples, a.seq_len, a.train.batch
+        )
+    })?;
     let clock = Instant::now();
-    let summary = train::train(&net, &train_set, &schedule, &device)?;
-    let train_seconds = clock.elapsed().as_secs_f64();
-    let clock = Instant::now();
-    let eval_seed = derive(a.seed, 1);
+    let eval_seed = derive(a.train.seed, 1);
     let mut cells = Vec::new();
     for (i, &length) in lengths.iter().enumerate() {
         for (j, &depth) in a.depths.iter().enumerate() {
@@ -233,7 +163,7 @@ pub fn run(a: &NeedleArgs) -> Result<()> {
                 .map(|h| h.example)
                 .collect();
             // Teacher-forced: the argmax at each labelled position, the true digits before it.
-            let hits = train::hits(&net, &examples, a.batch, &device)?;
+            let hits = train::hits(&net, &examples, a.train.batch, &device)?;
             let exact = hits
                 .chunks(KEY_DIGITS)
                 .filter(|c| c.iter().all(|&h| h))
@@ -251,10 +181,10 @@ pub fn run(a: &NeedleArgs) -> Result<()> {
     let result = report::Report {
         args: a,
         lengths: &lengths,
-        steps,
-        train_loss: summary.loss,
-        train_accuracy: summary.accuracy,
-        train_seconds,
+        steps: trained.steps,
+        train_loss: trained.summary.loss,
+        train_accuracy: trained.summary.accuracy,
+        train_seconds: trained.seconds,
         eval_seconds: clock.elapsed().as_secs_f64(),
         cells: &cells,
     };
