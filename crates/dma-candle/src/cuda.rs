@@ -147,7 +147,7 @@ where
         .map_err(Error::from)?;
         Some(sel)
     };
-    let lse = tensor(lse, problem.lse_len(), lse_dims(lq.dims()), &cdev);
+    let lse = tensor(lse, lse_dims(lq.dims()), &cdev);
     let out = CudaStorage::wrap_cuda_slice(out, cdev);
     Ok((out, Saved { lse, selection }))
 }
@@ -157,18 +157,15 @@ fn lse_dims(q: &[usize]) -> (usize, usize, usize) {
     (q[0], q[2], q[1])
 }
 
-/// A candle tensor over a device buffer of at least `len` elements (buffers are allocated with
-/// at least one element, so an empty tensor views a prefix).
+/// A candle tensor of shape `dims` over a device buffer (which may be longer: buffers are
+/// allocated with at least one element).
 fn tensor<T: CudaDType, S: Into<candle_core::Shape>>(
     slice: CudaSlice<T>,
-    len: usize,
     dims: S,
     dev: &CudaDevice,
 ) -> Tensor {
     let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(slice, dev.clone()));
-    let t = Tensor::from_storage(storage, dims, BackpropOp::none(), false);
-    debug_assert_eq!(t.elem_count(), len);
-    t
+    Tensor::from_storage(storage, dims, BackpropOp::none(), false)
 }
 
 /// Gradients of q, kv (dk stacked over dv) and bias, as CUDA tensors.
@@ -249,9 +246,9 @@ where
             .map_err(driver)?;
     }
     Ok((
-        tensor(g.dq, problem.q_len(), t.q.dims(), &cdev),
-        tensor(dkv, 2 * k_len, t.kv.dims(), &cdev),
-        tensor(g.dbias, problem.bias_len(), t.bias.dims(), &cdev),
+        tensor(g.dq, t.q.dims(), &cdev),
+        tensor(dkv, t.kv.dims(), &cdev),
+        tensor(g.dbias, t.bias.dims(), &cdev),
     ))
 }
 
