@@ -269,10 +269,5 @@ fn copy_tokenizer(tokenizer: Option<&Path>, dir: &Path) -> Result<()> {
 }
 
 pub fn parameters(model: &DogeForCausalLM) -> usize {
-    let data = model
-        .vars()
-        .data()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    data.values().map(|v| v.elem_count()).sum()
+    model.named_vars().iter().map(|(_, v)| v.elem_count()).sum()
 }

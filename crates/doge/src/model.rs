@@ -120,6 +120,12 @@ impl DogeForCausalLM {
         &self.vars
     }
 
+    /// The trainable variables as (name, variable) pairs, for an optimiser.
+    pub fn named_vars(&self) -> Vec<(String, candle_core::Var)> {
+        let data = self.vars.data().lock().unwrap_or_else(|p| p.into_inner());
+        data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     /// An empty cache for incremental decoding.
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())

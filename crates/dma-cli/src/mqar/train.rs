@@ -5,7 +5,7 @@ use super::batch::Batch;
 use super::data::Example;
 use super::model::{answer_logits, correct, cross_entropy, hit_mask};
 use anyhow::Result;
-use candle_core::{Device, Var};
+use candle_core::Device;
 use doge::train::{grad_norm, AdamW, AdamWParams, WsdSchedule};
 use doge::DogeForCausalLM;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -40,7 +40,7 @@ pub fn train(
     s: &Schedule,
     device: &Device,
 ) -> Result<TrainSummary> {
-    let vars = named_vars(model);
+    let vars = model.named_vars();
     let mut opt = AdamW::new(
         vars.clone(),
         AdamWParams {
@@ -159,13 +159,4 @@ fn progress_bar(steps: usize) -> ProgressBar {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
-}
-
-fn named_vars(model: &DogeForCausalLM) -> Vec<(String, Var)> {
-    let data = model
-        .vars()
-        .data()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }

@@ -54,7 +54,7 @@ pub fn lm_loss(model: &DogeForCausalLM, batch: &Tensor) -> Result<Tensor> {
 
 impl Trainer {
     pub fn new(model: DogeForCausalLM, config: TrainConfig) -> Result<Self> {
-        let vars = named_vars(&model);
+        let vars = model.named_vars();
         let opt = AdamW::new(vars, config.adamw)?;
         Ok(Trainer { model, opt, config })
     }
@@ -73,7 +73,7 @@ impl Trainer {
         let lr = self.config.schedule.lr(self.opt.step);
         let loss = lm_loss(&self.model, batch)?;
         let grads = loss.backward()?;
-        let norm = grad_norm(&grads, &named_vars(&self.model))?;
+        let norm = grad_norm(&grads, &self.model.named_vars())?;
         let scale = match norm > self.config.clip_norm && norm.is_finite() {
             true => self.config.clip_norm / norm,
             false => 1.0,
@@ -91,13 +91,4 @@ impl Trainer {
         let loss = lm_loss(&self.model, batch)?.detach();
         Ok(loss.to_dtype(candle_core::DType::F64)?.to_scalar()?)
     }
-}
-
-fn named_vars(model: &DogeForCausalLM) -> Vec<(String, candle_core::Var)> {
-    let data = model
-        .vars()
-        .data()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
