@@ -4,7 +4,7 @@
 use crate::decoder::DecoderLayer;
 use crate::norm::RmsNorm;
 use crate::{weights, DogeConfig, Error, KvCache, Result};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Init, Linear, VarBuilder, VarMap};
 use dma_candle::{AttentionKind, BiasFn};
 use std::path::Path;
@@ -145,7 +145,28 @@ impl DogeForCausalLM {
         self.run(input_ids, offset, Some(cache))
     }
 
+    /// Logits `[M, vocab]` at `positions` `[M]` (u32 flat indices b * N + n) of `input_ids`
+    /// `[B, N]`, the other positions never reaching the head: training on a few labelled
+    /// positions (MQAR's answers) then skips the `[B, N, vocab]` logits.
+    pub fn forward_at(&self, input_ids: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let x = self.hidden(input_ids, 0, None)?;
+        let width = x.dim(D::Minus1)?;
+        let picked = x.reshape(((), width))?.index_select(positions, 0)?;
+        Ok(self.lm_head.forward(&self.norm.forward(&picked)?)?)
+    }
+
     fn run(
+        &self,
+        input_ids: &Tensor,
+        offset: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let x = self.hidden(input_ids, offset, cache)?;
+        Ok(self.lm_head.forward(&self.norm.forward(&x)?)?)
+    }
+
+    /// The last decoder layer's output `[B, N, hidden]`.
+    fn hidden(
         &self,
         input_ids: &Tensor,
         offset: usize,
@@ -156,7 +177,7 @@ impl DogeForCausalLM {
         for layer in &self.layers {
             x = layer.forward(&x, offset, cache.as_deref_mut())?;
         }
-        Ok(self.lm_head.forward(&self.norm.forward(&x)?)?)
+        Ok(x)
     }
 
     /// The ids as u32 after checking rank, range and length.

@@ -57,6 +57,27 @@ fn incremental_decoding_equals_full_forward() {
 }
 
 #[test]
+fn forward_at_gives_the_full_forwards_rows() {
+    let config = small_config();
+    let model = random_model(config.clone(), ModelOptions::default());
+    let (b, n) = (3, 16);
+    let ids = random_ids(b, n, config.vocab_size);
+    let full = model.forward(&ids).unwrap();
+    let full = full.reshape((b * n, config.vocab_size)).unwrap();
+    // Unsorted, repeated, first and last positions.
+    let picks: Vec<u32> = vec![47, 0, 5, 16, 5, 33];
+    let positions = Tensor::new(picks.as_slice(), &candle_core::Device::Cpu).unwrap();
+    let at = model.forward_at(&ids, &positions).unwrap();
+    assert_eq!(at.dims(), &[picks.len(), config.vocab_size]);
+    let want = full.index_select(&positions, 0).unwrap();
+    let err = rel_err(&at, &want);
+    assert!(err < 1e-6, "forward_at vs forward rows: {err}");
+    // A position past B * N is an error, not a panic.
+    let past = Tensor::new(&[(b * n) as u32], &candle_core::Device::Cpu).unwrap();
+    assert!(model.forward_at(&ids, &past).is_err());
+}
+
+#[test]
 fn the_window_matters() {
     // With w < N, dma, swa and mha give different logits on the same weights.
     let config = small_config();

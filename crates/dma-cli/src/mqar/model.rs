@@ -71,13 +71,6 @@ fn normal(rng: &mut StdRng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
-/// The logits at the answer positions `[M, vocab]`: `logits` `[B, N, vocab]` and the flat
-/// indices (b * N + n) of the answers.
-pub fn answer_logits(logits: &Tensor, answers: &Tensor) -> Result<Tensor> {
-    let vocab = logits.dim(D::Minus1)?;
-    Ok(logits.reshape(((), vocab))?.index_select(answers, 0)?)
-}
-
 /// Mean cross-entropy of `logits` `[M, vocab]` against `targets` `[M]` (u32).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let max = logits.max_keepdim(D::Minus1)?.detach();

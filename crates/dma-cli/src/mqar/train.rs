@@ -3,7 +3,7 @@
 
 use super::batch::Batch;
 use super::data::Example;
-use super::model::{answer_logits, correct, cross_entropy, hit_mask};
+use super::model::{correct, cross_entropy, hit_mask};
 use anyhow::Result;
 use candle_core::Device;
 use doge::train::{grad_norm, AdamW, AdamWParams, WsdSchedule};
@@ -61,7 +61,7 @@ pub fn train(
     let (mut tail_loss, mut tail_hits, mut tail_answers) = (0.0, 0usize, 0usize);
     for step in 0..s.steps {
         let batch = Batch::new(examples, &order.next(s.batch), device)?;
-        let logits = answer_logits(&model.forward(&batch.inputs)?, &batch.answers)?;
+        let logits = model.forward_at(&batch.inputs, &batch.answers)?;
         let loss = cross_entropy(&logits, &batch.targets)?;
         let grads = loss.backward()?;
         let norm = grad_norm(&grads, &vars)?;
@@ -115,7 +115,7 @@ pub fn hits(
     let ids: Vec<usize> = (0..examples.len()).collect();
     for chunk in ids.chunks(batch.max(1)) {
         let b = Batch::new(examples, chunk, device)?;
-        let logits = answer_logits(&model.forward(&b.inputs)?.detach(), &b.answers)?;
+        let logits = model.forward_at(&b.inputs, &b.answers)?.detach();
         out.extend(hit_mask(&logits, &b.targets)?);
     }
     Ok(out)
