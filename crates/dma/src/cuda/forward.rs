@@ -3,7 +3,7 @@
 
 use super::buffers::{self, alloc_uninit};
 use super::compile::KernelSpec;
-use super::device::Device;
+use super::device::{Arch, Device};
 use super::error;
 use super::plan::{Plan, BLOCK_M, BLOCK_N};
 use super::select::{self, DevicePlan, Selection};
@@ -15,6 +15,7 @@ use cudarc::driver::{
 use half::{bf16, f16};
 
 const SOURCE: &str = include_str!("kernels/forward.cu");
+const HOPPER_SOURCE: &str = include_str!("kernels/forward_hopper.cu");
 /// Threads of a forward or backward CTA (8 warps x 16 rows).
 const THREADS: u32 = (BLOCK_M * 2) as u32;
 
@@ -100,6 +101,74 @@ pub(crate) fn spec<T: CudaElement>(head_dim: usize, causal: bool) -> Result<Kern
         "dma_forward",
         &[(T::SHORT, T::C_TYPE), d, c, tile_arg(tile_n(head_dim))],
     ))
+}
+
+/// Key-tile stages of the Hopper forward (its `STAGES`; the producer keeps `STAGES - 2` tiles
+/// in flight). `DMA_CUDA_HOPPER_STAGES` (3 or 4) overrides it for experiments.
+fn hopper_stages() -> usize {
+    std::env::var("DMA_CUDA_HOPPER_STAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|s| (3..=4).contains(s))
+        .unwrap_or(HOPPER_STAGES)
+}
+const HOPPER_STAGES: usize = 4;
+/// Threads of a Hopper forward CTA: two consumer warpgroups and a producer.
+const HOPPER_THREADS: u32 = 384;
+
+/// The Hopper forward (warpgroup MMAs, kernels/forward_hopper.cu) for one element type, head
+/// dim, masking and stage count, where it exists: D = 64 and 128.
+pub(crate) fn hopper_spec<T: CudaElement>(
+    head_dim: usize,
+    causal: bool,
+    stages: usize,
+) -> Option<KernelSpec> {
+    if !matches!(head_dim, 64 | 128) {
+        return None;
+    }
+    let (d, c) = spec_args(head_dim, causal).ok()?;
+    let st = match stages {
+        3 => ("s3", "3"),
+        _ => ("s4", "4"),
+    };
+    Some(KernelSpec::new(
+        HOPPER_SOURCE,
+        "DMA_FORWARD_HOPPER_KERNEL",
+        "dma_forward_hopper",
+        &[(T::SHORT, T::C_TYPE), d, c, st],
+    ))
+}
+
+/// The Hopper forwards `all_kernels` compiles (the default stage count).
+pub(crate) fn hopper_specs<T: CudaElement>(head_dim: usize, causal: bool) -> Option<KernelSpec> {
+    hopper_spec::<T>(head_dim, causal, HOPPER_STAGES)
+}
+
+/// Dynamic shared memory of the Hopper forward (`HopSmem::BYTES`): unpadded swizzled tiles,
+/// 2 * stages tiles of ranks, two mbarriers and a bias tile per stage.
+pub(crate) fn hopper_smem_bytes(head_dim: usize, stages: usize) -> usize {
+    (BLOCK_M * head_dim + 2 * stages * BLOCK_N * head_dim) * 2
+        + 2 * stages * BLOCK_N * 8
+        + 2 * stages * 8
+        + stages * BLOCK_N * 4
+}
+
+/// The kernel, shared memory and threads of a forward launch: the Hopper forward on sm_90 where
+/// it has the head dim and no split-K is asked for, unless `DMA_CUDA_NO_WGMMA` is set (an A/B
+/// switch for benchmarks and tests); forward.cu otherwise.
+fn attend_kernel<T: CudaElement>(
+    dev: &Device,
+    head_dim: usize,
+    causal: bool,
+    splits: usize,
+) -> Result<(KernelSpec, usize, u32)> {
+    let wanted =
+        splits == 1 && dev.arch() == Arch::SM90 && std::env::var_os("DMA_CUDA_NO_WGMMA").is_none();
+    let stages = hopper_stages();
+    match hopper_spec::<T>(head_dim, causal, stages) {
+        Some(spec) if wanted => Ok((spec, hopper_smem_bytes(head_dim, stages), HOPPER_THREADS)),
+        _ => Ok((spec::<T>(head_dim, causal)?, smem_bytes(head_dim), THREADS)),
+    }
 }
 
 /// Dynamic shared memory of the forward kernel (`FwdSmem::BYTES`).
@@ -239,16 +308,10 @@ pub(crate) fn attend<T: CudaElement>(
     lse: &mut CudaSlice<f32>,
     split: Option<(usize, &mut CudaSlice<f32>)>,
 ) -> Result<()> {
-    let spec = spec::<T>(problem.head_dim, params.causal)?;
     let splits = split.as_ref().map_or(1, |(n, _)| *n);
-    let (f, cfg, ints) = block_launch(
-        dev,
-        &spec,
-        smem_bytes(problem.head_dim),
-        problem,
-        plan,
-        splits,
-    )?;
+    let (spec, smem, threads) = attend_kernel::<T>(dev, problem.head_dim, params.causal, splits)?;
+    let (f, mut cfg, ints) = block_launch(dev, &spec, smem, problem, plan, splits)?;
+    cfg.block_dim.0 = threads;
     let scale_log2 = params.scale_for(problem.head_dim) * std::f32::consts::LOG2_E;
     let null = 0u64;
     let mut launch = dev.stream().launch_builder(&f);
