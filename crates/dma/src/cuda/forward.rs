@@ -103,50 +103,30 @@ pub(crate) fn spec<T: CudaElement>(head_dim: usize, causal: bool) -> Result<Kern
     ))
 }
 
-/// Key-tile stages of the Hopper forward (its `STAGES`; the producer keeps `STAGES - 2` tiles
-/// in flight). `DMA_CUDA_HOPPER_STAGES` (3 or 4) overrides it for experiments.
-fn hopper_stages() -> usize {
-    std::env::var("DMA_CUDA_HOPPER_STAGES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|s| (3..=4).contains(s))
-        .unwrap_or(HOPPER_STAGES)
-}
+/// Key-tile stages of the Hopper forward (`HOP_STAGES` in kernels/forward_hopper.cu).
 const HOPPER_STAGES: usize = 4;
 /// Threads of a Hopper forward CTA: two consumer warpgroups and a producer.
 const HOPPER_THREADS: u32 = 384;
 
 /// The Hopper forward (warpgroup MMAs, kernels/forward_hopper.cu) for one element type, head
-/// dim, masking and stage count, where it exists: D = 64 and 128.
-pub(crate) fn hopper_spec<T: CudaElement>(
-    head_dim: usize,
-    causal: bool,
-    stages: usize,
-) -> Option<KernelSpec> {
+/// dim and masking, where it exists: D = 64 and 128.
+pub(crate) fn hopper_spec<T: CudaElement>(head_dim: usize, causal: bool) -> Option<KernelSpec> {
     if !matches!(head_dim, 64 | 128) {
         return None;
     }
     let (d, c) = spec_args(head_dim, causal).ok()?;
-    let st = match stages {
-        3 => ("s3", "3"),
-        _ => ("s4", "4"),
-    };
     Some(KernelSpec::new(
         HOPPER_SOURCE,
         "DMA_FORWARD_HOPPER_KERNEL",
         "dma_forward_hopper",
-        &[(T::SHORT, T::C_TYPE), d, c, st],
+        &[(T::SHORT, T::C_TYPE), d, c],
     ))
-}
-
-/// The Hopper forwards `all_kernels` compiles (the default stage count).
-pub(crate) fn hopper_specs<T: CudaElement>(head_dim: usize, causal: bool) -> Option<KernelSpec> {
-    hopper_spec::<T>(head_dim, causal, HOPPER_STAGES)
 }
 
 /// Dynamic shared memory of the Hopper forward (`HopSmem::BYTES`): unpadded swizzled tiles,
 /// 2 * stages tiles of ranks, two mbarriers and a bias tile per stage.
-pub(crate) fn hopper_smem_bytes(head_dim: usize, stages: usize) -> usize {
+pub(crate) fn hopper_smem_bytes(head_dim: usize) -> usize {
+    let stages = HOPPER_STAGES;
     (BLOCK_M * head_dim + 2 * stages * BLOCK_N * head_dim) * 2
         + 2 * stages * BLOCK_N * 8
         + 2 * stages * 8
@@ -164,9 +144,8 @@ fn attend_kernel<T: CudaElement>(
 ) -> Result<(KernelSpec, usize, u32)> {
     let wanted =
         splits == 1 && dev.arch() == Arch::SM90 && std::env::var_os("DMA_CUDA_NO_WGMMA").is_none();
-    let stages = hopper_stages();
-    match hopper_spec::<T>(head_dim, causal, stages) {
-        Some(spec) if wanted => Ok((spec, hopper_smem_bytes(head_dim, stages), HOPPER_THREADS)),
+    match hopper_spec::<T>(head_dim, causal) {
+        Some(spec) if wanted => Ok((spec, hopper_smem_bytes(head_dim), HOPPER_THREADS)),
         _ => Ok((spec::<T>(head_dim, causal)?, smem_bytes(head_dim), THREADS)),
     }
 }

@@ -6,10 +6,9 @@
 // - two consumer warpgroups, 64 query rows each, run S = Q K^T and O += P V as warpgroup MMAs
 //   (wgmma; Q, K, V in shared memory, P from registers), the keep test and the online softmax in
 //   registers, and mark a stage empty once its V has been used.
-// The consumers take turns on the tensor cores (named barriers): one issues its MMAs while the
-// other runs its softmax. Each consumer also overlaps its own MMAs: the products of tile t
-// (S_t = Q K_t and O += P_{t-1} V_{t-1}) are issued together, and the softmax of S_t waits only for
-// the first.
+// Each consumer overlaps its own MMAs with its softmax: the products of tile t (S_t = Q K_t and
+// O += P_{t-1} V_{t-1}) are issued together, and the softmax of S_t waits only for the first.
+// (FA3's ping-pong, the two consumers taking turns on the tensor cores, measured no faster.)
 //
 // Shared-memory tiles use the 128-byte swizzle that wgmma reads: a tile of R rows x D columns is
 // stored as D/64 column blocks of R rows x 128 bytes, and the 16-byte chunk c of row r sits at
@@ -18,6 +17,7 @@
 
 #define HOP_THREADS 384  // two consumer warpgroups of 64 query rows, one producer warpgroup
 #define HOP_BN 64        // keys per tile (DMA_TILE_N: lists are padded to it)
+#define HOP_STAGES 4     // key tiles in shared memory (3, 4 and 5 measured the same)
 
 // wgmma operand lists: 32 or 64 f32 accumulators.
 #define DMA_F8(d, i)                                                                           \
@@ -109,16 +109,31 @@ __device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
         "r"(parity)
         : "memory");
 }
-// Named barriers (0 is __syncthreads): sync waits for `threads` arrivals including its own
-// warp's; arrive adds this warp's without waiting.
-__device__ __forceinline__ void named_sync(int id, int threads) {
-    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+// The producer warpgroup's own barrier (0 is __syncthreads).
+__device__ __forceinline__ void producer_sync() { asm volatile("bar.sync 1, 128;\n" ::: "memory"); }
+
+// The keep test of one tile of scores (a consumer thread's rows g and g + 8, accumulator
+// layout): scaled scores plus bias (log2 domain) where kept, -inf elsewhere, and each row's max.
+// CHECK_POS adds the causal test, which only tiles reaching the block's own keys need.
+template <bool CHECK_POS>
+__device__ __forceinline__ void mask_tile(float (&sc)[HOP_BN / 2], const u64* ranks,
+                                          const float* biases, const u64 (&rthr)[2],
+                                          const int (&pos)[2], int tq, float scale_log2,
+                                          float (&mx)[2]) {
+#pragma unroll
+    for (int nt = 0; nt < HOP_BN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int col = nt * 8 + 2 * tq + (e & 1);
+            const int r = e >> 1;
+            const u64 rank = ranks[col];  // DMA_NO_KEY past the list's end
+            const bool keep = rank >= rthr[r] && (!CHECK_POS || (int)(u32)rank <= pos[r]);
+            const float x = keep ? sc[nt * 4 + e] * scale_log2 + biases[col] : -DMA_INF;
+            sc[nt * 4 + e] = x;
+            mx[r] = fmaxf(mx[r], x);
+        }
+    }
 }
-__device__ __forceinline__ void named_arrive(int id, int threads) {
-    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-#define HOP_BAR_PRODUCER 1  // the producer warpgroup's own barrier
-#define HOP_BAR_TURN 2      // + c: consumer c may issue its MMAs
 
 // A shared-memory matrix descriptor for the 128-byte swizzle: start address, leading and stride
 // byte offsets (in 16-byte units), layout type 1 (128B swizzle) in bits 62-63.
@@ -215,7 +230,7 @@ __device__ __forceinline__ void forward_hopper_body(
         for (int t = 0; t < STAGES; ++t) load_ranks(t);
         cp_async_commit();
         cp_async_wait<0>();
-        named_sync(HOP_BAR_PRODUCER, 128);
+        producer_sync();
         for (int t = 0; t < tiles; ++t) {
             const int st = t % STAGES;
             if (t >= STAGES) mbar_wait(empty + st, ((t / STAGES) + 1) & 1);
@@ -238,7 +253,7 @@ __device__ __forceinline__ void forward_hopper_body(
             cp_async_wait<LAG>();
             fence_proxy_async();
             if (t >= LAG) mbar_arrive(full + (t - LAG) % STAGES);
-            named_sync(HOP_BAR_PRODUCER, 128);
+            producer_sync();
         }
         cp_async_wait<0>();
         fence_proxy_async();
@@ -301,19 +316,13 @@ __device__ __forceinline__ void forward_hopper_body(
         const u64* ranks = ranks_of(t);
         const float* biases = sB + (t % STAGES) * BN;
         float mx[2] = {-DMA_INF, -DMA_INF};
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int col = nt * 8 + 2 * tq + (e & 1);
-                const int r = e >> 1;
-                const u64 rank = ranks[col];  // DMA_NO_KEY past the list's end
-                const bool keep = rank >= rthr[r] && (!CAUSAL || (int)(u32)rank <= pos[r]);
-                const float x = keep ? sc[nt * 4 + e] * scale_log2 + biases[col] : -DMA_INF;
-                sc[nt * 4 + e] = x;
-                mx[r] = fmaxf(mx[r], x);
-            }
-        }
+        // The list ascends by key index, so a tile whose last key precedes the block's first
+        // row is visible to every row: no causal test there (only the last tiles need one).
+        const int last = min(count - t * BN, BN) - 1;
+        if (CAUSAL && (int)(u32)ranks[last] > offset + B.y)
+            mask_tile<true>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
+        else
+            mask_tile<false>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
@@ -338,32 +347,20 @@ __device__ __forceinline__ void forward_hopper_body(
             pa[nt >> 1][(nt & 1) * 2 + 1] = Elem<T>::pack(pr[2], pr[3]);
         }
     };
-    // Turns on the tensor cores: consumer 0 goes first; each consumer passes the turn on after
-    // issuing, and consumer 1 does not pass its last one (nobody waits for it).
-    auto take_turn = [&]() { named_sync(HOP_BAR_TURN + c, 256); };
-    auto pass_turn = [&](bool last) {
-        if (!(last && c == 1)) named_arrive(HOP_BAR_TURN + (1 - c), 256);
-    };
-
     if (tiles > 0) {
-        if (c == 1) named_arrive(HOP_BAR_TURN, 256);
         float alpha[2], use[2];
         mbar_wait(full, 0);
-        take_turn();
         wgmma_fence();
         issue_s(0);
-        pass_turn(false);
         wgmma_wait<0>();
         wgmma_settle(sc);
         mask_and_max(0, alpha, use);
         exponentiate(use);
         for (int t = 1; t < tiles; ++t) {
             mbar_wait(full + t % STAGES, (t / STAGES) & 1);
-            take_turn();
             wgmma_fence();
             issue_s(t);
             issue_pv(t - 1);
-            pass_turn(false);
             wgmma_wait<1>();  // S_t
             wgmma_settle(sc);
             mask_and_max(t, alpha, use);
@@ -381,10 +378,8 @@ __device__ __forceinline__ void forward_hopper_body(
             l[1] *= alpha[1];
             exponentiate(use);
         }
-        take_turn();
         wgmma_fence();
         issue_pv(tiles - 1);
-        pass_turn(true);
         wgmma_wait<0>();
         wgmma_settle(o);
         mbar_arrive(empty + (tiles - 1) % STAGES);
@@ -413,13 +408,13 @@ __device__ __forceinline__ void forward_hopper_body(
 // The same signature as DMA_FORWARD_KERNEL (cuda/forward.rs launches either); the split-K
 // scratch and the bias head stride are unused here (no split-K: decode keeps forward.cu).
 // min blocks 1 caps the registers at entry, which setmaxnreg needs.
-#define DMA_FORWARD_HOPPER_KERNEL(NAME, T, D, CAUSAL, STAGES)                                     \
+#define DMA_FORWARD_HOPPER_KERNEL(NAME, T, D, CAUSAL)                                     \
     extern "C" __global__ void __launch_bounds__(HOP_THREADS, 1)                                  \
         NAME(const T* q, const T* k, const T* v, const SeqInfo* seqs,                             \
              const int4* blocks, const u64* cand, const u32* cand_count, const u64* thr, T* out,  \
              float* lse, float* part, int q_heads, int kv_heads, int bias_heads,                  \
              int bias_head_stride, int lse_head_stride, int total_q, int cap, float scale_log2) { \
-        forward_hopper_body<T, D, CAUSAL, STAGES>(q, k, v, seqs, blocks, cand, cand_count, thr,   \
+        forward_hopper_body<T, D, CAUSAL, HOP_STAGES>(q, k, v, seqs, blocks, cand, cand_count, thr,   \
                                                   out, lse, q_heads, kv_heads, bias_heads,       \
                                                   lse_head_stride, total_q, cap, scale_log2);    \
     }
