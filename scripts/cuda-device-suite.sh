@@ -2,6 +2,7 @@
 # On the GPU machine (device tool): the correctness suite of the CUDA backend and of the candle
 # path. Kernel tests (every head dim, dtype, layout), memcheck + racecheck on small shapes,
 # `dma selftest --device cuda` (kernels, the dma-candle op with backward, a Doge on the GPU).
+# The forward test runs twice: with the Hopper forward (default on sm_90) and without it.
 # Logs in $OUT, a summary last. Knobs: SKIP_TESTS=1, SKIP_SANITIZER=1, SAN_EVERY, SAN_TIMEOUT.
 #
 # Here first:  scripts/cuda-build-devbin.sh
@@ -20,6 +21,10 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=cs
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   timeout 300 $B --test-threads=1 --nocapture >"$OUT/tests.log" 2>&1; echo "tests rc=$?" >>"$S"
   grep -E "worst|panicked|FAILED|test result" "$OUT/tests.log" >>"$S"
+  # On sm_90 the forward at D = 64 and 128 runs kernels/forward_hopper.cu; check forward.cu there too.
+  DMA_CUDA_NO_WGMMA=1 timeout 200 $B --exact forward_matches_cpu --nocapture >"$OUT/tests-no-wgmma.log" 2>&1
+  echo "forward_matches_cpu with DMA_CUDA_NO_WGMMA=1 rc=$?" >>"$S"
+  grep -E "worst|panicked|test result" "$OUT/tests-no-wgmma.log" >>"$S"
 fi
 if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
   for tool in memcheck racecheck; do
