@@ -175,7 +175,7 @@ struct BenchArgs {
 #[derive(Args)]
 struct PlotArgs {
     /// Record files (JSON lines or a JSON array); give several to put CPU and GPU runs together.
-    #[arg(long, required_unless_present = "curves", value_name = "FILE")]
+    #[arg(long, required_unless_present_any = ["curves", "mqar"], value_name = "FILE")]
     input: Vec<PathBuf>,
     /// Training logs of `dma train --log` to draw as OUT_DIR/loss.png, one run per file.
     #[arg(long, num_args = 1.., value_name = "FILE")]
@@ -183,6 +183,10 @@ struct PlotArgs {
     /// The training loss of --curves is a moving mean over this many steps.
     #[arg(long, default_value_t = 20, value_name = "STEPS")]
     smooth: usize,
+    /// Results of `dma mqar --output` to draw as OUT_DIR/mqar-grid.png: test accuracy vs
+    /// sequence length, one panel per (kv_pairs, d_model), one line per attention kind.
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    mqar: Vec<PathBuf>,
     /// Folder for the PNG files (created if needed).
     #[arg(long, value_name = "DIR")]
     out_dir: PathBuf,
@@ -231,6 +235,14 @@ fn run(cli: Cli) -> Result<()> {
                     .map(|p| plot::curves::read(p))
                     .collect::<Result<Vec<_>>>()?;
                 let path = plot::curves::render(&runs, &a.out_dir, a.smooth)?;
+                println!("wrote {}", path.display());
+            }
+            if !a.mqar.is_empty() {
+                let mut runs = Vec::new();
+                for path in &a.mqar {
+                    runs.extend(plot::mqar::read(path)?);
+                }
+                let path = plot::mqar::render(&runs, &a.out_dir)?;
                 println!("wrote {}", path.display());
             }
             Ok(())

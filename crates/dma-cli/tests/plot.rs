@@ -5,7 +5,7 @@ use std::path::Path;
 
 mod common;
 
-use common::{dir, dma, ok, s};
+use common::{dir, dma, error, ok, s};
 
 /// Decodes `path` and checks its size and that it holds more than a few colours (lines, text).
 fn check_png(path: &Path, size: (u32, u32)) {
@@ -168,4 +168,38 @@ fn curves_from_synthetic_training_logs() {
     check_png(&path, (960, 640));
     // Only the curves were asked for: no benchmark charts.
     assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 1);
+}
+
+#[test]
+fn mqar_grid_from_synthetic_records() {
+    let d = dir("plot-mqar");
+    let record = |attention: &str, seq_len: usize, d_model: usize, steps: u32, accuracy: f64| {
+        format!(
+            "{{  \"task\": \"mqar\",  \"attention\": \"{attention}\",  \"seq_len\": {seq_len},  \"kv_pairs\": 64,  \"d_model\": {d_model},  \"steps\": {steps},  \"batch\": 32,  \"lr\": 0.001,  \"seed\": 0,  \"accuracy\": {accuracy}}}\n"
+        )
+    };
+    let input = d.join("mqar.jsonl");
+    let text = record("dma", 512, 128, 100, 0.9)
+        + &record("swa", 512, 128, 100, 0.1)
+        + &record("dma", 1024, 64, 100, 0.5);
+    std::fs::write(&input, text).unwrap();
+    let out_dir = d.join("charts");
+    let out = ok(&["plot", "--mqar", s(&input), "--out-dir", s(&out_dir)]);
+    let path = out_dir.join("mqar-grid.png");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(s(&path)));
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert!(bytes.len() > 10_000, "{} bytes", bytes.len());
+    // Only the grid was asked for.
+    assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 1);
+
+    // A record without its accuracy: one error line naming the file and the line.
+    let bad = d.join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"task\":\"mqar\",\"attention\":\"dma\",\"seq_len\":512}\n",
+    )
+    .unwrap();
+    let err = error(&["plot", "--mqar", s(&bad), "--out-dir", s(&out_dir)]);
+    assert!(err.contains(s(&bad)) && err.contains("line 1"), "{err}");
 }

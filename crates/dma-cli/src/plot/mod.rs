@@ -5,6 +5,7 @@
 //! embeds in the binary, so no system font is needed.
 
 pub mod curves;
+pub mod mqar;
 pub mod records;
 
 use anyhow::{bail, Result};
