@@ -14,8 +14,15 @@ use cudarc::driver::{
 };
 use half::{bf16, f16};
 
-const SOURCE: &str = include_str!("kernels/forward.cu");
-const HOPPER_SOURCE: &str = include_str!("kernels/forward_hopper.cu");
+// Both forward kernels take the softmax pieces of attend.cu.
+const SOURCE: &str = concat!(
+    include_str!("kernels/attend.cu"),
+    include_str!("kernels/forward.cu")
+);
+const HOPPER_SOURCE: &str = concat!(
+    include_str!("kernels/attend.cu"),
+    include_str!("kernels/forward_hopper.cu")
+);
 /// Threads of a forward or backward CTA (8 warps x 16 rows).
 const THREADS: u32 = (BLOCK_M * 2) as u32;
 

@@ -216,9 +216,8 @@ __device__ __forceinline__ void backward_body(
                 const int c = nt * 8 + 2 * tq + (e & 1);
                 const int r = e >> 1;
                 const u64 rank = ranks[c];
-                const bool keep = rank >= rthr[r] && (!CAUSAL || (int)(u32)rank <= pos[r]);
                 const float p =
-                    keep ? fast_exp2(sc[nt][e] * scale_log2 + biases[c] - rlse[r]) : 0.f;
+                    dma_keeps<CAUSAL>(rank, rthr[r], pos[r]) ? fast_exp2(sc[nt][e] * scale_log2 + biases[c] - rlse[r]) : 0.f;
                 const float ds = p * (dp[nt][e] - rdelta[r]);
                 sc[nt][e] = p;
                 dp[nt][e] = ds;

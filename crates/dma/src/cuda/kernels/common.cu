@@ -37,6 +37,13 @@ __device__ __forceinline__ u64 dma_rank(float bias, int j) {
     return ((u64)ordered << 32) | (u32)j;
 }
 
+// SPEC.md's keep rule on the GPU: the row at position `pos` with threshold `thr` keeps the key of
+// rank `rank` iff rank >= thr, and (causal) the key's index <= pos.
+template <bool CAUSAL>
+__device__ __forceinline__ bool dma_keeps(u64 rank, u64 thr, int pos) {
+    return rank >= thr && (!CAUSAL || (int)(u32)rank <= pos);
+}
+
 // The bias a rank was made from (-0.0 comes back as +0.0, the same bias).
 __device__ __forceinline__ float rank_bias(u64 rank) {
     const u32 ordered = (u32)(rank >> 32);

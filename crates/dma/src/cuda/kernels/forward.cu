@@ -36,7 +36,6 @@ __device__ __forceinline__ void forward_body(
     typedef FwdSmem<T, D, BN> L;
     constexpr bool QREG = D <= 128;  // Q fragments held in registers
     constexpr float LOG2E = 1.4426950408889634f;
-    constexpr float LN2 = 0.6931471805599453f;
     constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -113,17 +112,11 @@ __device__ __forceinline__ void forward_body(
         for (int kk = 0; kk < (QREG ? D / 16 : 0); ++kk) ldmatrix_x4(qf[kk], q_frag + kk * 16);
     }
 
-    // This thread's two rows: g and g + 8 of the warp's slice.
-    const int g = lane >> 2, tq = lane & 3;
-    int row[2];
-    int pos[2];
+    // This thread's two rows of the warp's 16 (g = lane / 4 and g + 8), in the m16n8 layout.
+    const int tq = lane & 3;
+    int row[2], pos[2];
     u64 rthr[2];
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-        row[e] = B.y + warp * 16 + g + 8 * e;
-        pos[e] = offset + row[e];
-        rthr[e] = row[e] < B.z ? thr[(i64)hb * total_q + s.q_start + row[e]] : DMA_KEEP_NONE;
-    }
+    thread_rows(B, warp, lane, offset, thr, hb, total_q, s.q_start, row, pos, rthr);
 
     float o[D / 8][4];
 #pragma unroll
@@ -168,31 +161,11 @@ __device__ __forceinline__ void forward_body(
         }
 
         // Keep test, scale and bias (log2 domain), and the running max of each row.
-        float mx[2] = {-DMA_INF, -DMA_INF};
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int c = nt * 8 + 2 * tq + (e & 1);
-                const int r = e >> 1;
-                const u64 rank = ranks[c];  // DMA_NO_KEY past the list's end
-                const bool keep = rank >= rthr[r] && (!CAUSAL || (int)(u32)rank <= pos[r]);
-                const float x = keep ? sc[nt][e] * scale_log2 + biases[c] : -DMA_INF;
-                sc[nt][e] = x;
-                mx[r] = fmaxf(mx[r], x);
-            }
-        }
-        float alpha[2], use[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            const float mn = fmaxf(m[r], mx[r]);
-            use[r] = mn == -DMA_INF ? 0.f : mn;
-            alpha[r] = fast_exp2(m[r] - use[r]);
-            m[r] = mn;
-            l[r] *= alpha[r];
-        }
+        float mx[2] = {-DMA_INF, -DMA_INF}, alpha[2], use[2];
+        mask_scores<CAUSAL, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
+        update_max(mx, m, use, alpha);
+        l[0] *= alpha[0];
+        l[1] *= alpha[1];
 #pragma unroll
         for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
@@ -229,12 +202,7 @@ __device__ __forceinline__ void forward_body(
         }
     }
 
-    // Normalise and write: out (the input type) and lse (natural log, f32).
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    }
+    sum_rows(l);
     if (gridDim.z > 1) {
         // Partial: unnormalised o (f32) at part[z][row][h][D], then (m, l) (log2 domain) at
         // part[splits * total_q * q_heads * D + ((z * total_q + row) * q_heads + h) * 2].
@@ -254,18 +222,7 @@ __device__ __forceinline__ void forward_body(
         }
         return;
     }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        if (row[r] >= B.z) continue;
-        const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-        T* dst = out + (s.q_start + row[r]) * q_row + h * D + 2 * tq;
-#pragma unroll
-        for (int i = 0; i < D / 8; ++i)
-            *reinterpret_cast<u32*>(dst + i * 8) = Elem<T>::pack(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
-        if (tq == 0)
-            lse[s.lse_offset + (i64)h * lse_head_stride + row[r]] =
-                l[r] > 0.f ? (m[r] + __log2f(l[r])) * LN2 : -DMA_INF;
-    }
+    write_rows<T, D>(o, l, m, row, B.z, s, h, q_heads, tq, lse_head_stride, out, lse);
 }
 
 #define DMA_FORWARD_KERNEL(NAME, T, D, CAUSAL, BN)                                                \

@@ -19,12 +19,15 @@
 #define HOP_BN 64        // keys per tile (DMA_TILE_N: lists are padded to it)
 #define HOP_STAGES 4     // key tiles in shared memory (3, 4 and 5 measured the same)
 
-// wgmma operand lists: 32 or 64 f32 accumulators.
-#define DMA_F8(d, i)                                                                           \
-    "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
-        "+f"(d[i + 6]), "+f"(d[i + 7])
-#define DMA_F32(d) DMA_F8(d, 0), DMA_F8(d, 8), DMA_F8(d, 16), DMA_F8(d, 24)
-#define DMA_F64(d) DMA_F32(d), DMA_F8(d, 32), DMA_F8(d, 40), DMA_F8(d, 48), DMA_F8(d, 56)
+// wgmma operand lists: 32 or 64 f32 accumulators, held as [N / 8][4] (the m16n8 layout's
+// fragments, as attend.cu takes them).
+#define DMA_F4(d, j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
+#define DMA_F32(d) \
+    DMA_F4(d, 0), DMA_F4(d, 1), DMA_F4(d, 2), DMA_F4(d, 3), DMA_F4(d, 4), DMA_F4(d, 5), \
+        DMA_F4(d, 6), DMA_F4(d, 7)
+#define DMA_F64(d) \
+    DMA_F32(d), DMA_F4(d, 8), DMA_F4(d, 9), DMA_F4(d, 10), DMA_F4(d, 11), DMA_F4(d, 12), \
+        DMA_F4(d, 13), DMA_F4(d, 14), DMA_F4(d, 15)
 #define DMA_D32                                                                                 \
     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
     "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
@@ -35,12 +38,12 @@
     "%56, %57, %58, %59, %60, %61, %62, %63}"
 
 // The three warpgroup MMAs the kernel uses, for one 16-bit input type (PTX name TY):
-//   ss64: d[32] (+)= A(64x16, smem, K-major) B(16x64, smem, K-major); accumulate = false zeroes d;
-//   rs64 / rs128: d[32 / 64] += A(64x16, registers) B(16x64 / 16x128, smem, MN-major).
+//   ss64: d (+)= A(64x16, smem, K-major) B(16x64, smem, K-major); accumulate = false zeroes d;
+//   rs64 / rs128: d += A(64x16, registers) B(16x64 / 16x128, smem, MN-major).
 #define DMA_WGMMA_OPS(T, TY)                                                                     \
     template <>                                                                                  \
     struct Wgmma<T> {                                                                            \
-        __device__ __forceinline__ static void ss64(float (&d)[32], u64 a, u64 b, bool accumulate) { \
+        __device__ __forceinline__ static void ss64(float (&d)[8][4], u64 a, u64 b, bool accumulate) { \
             asm volatile(                                                                        \
                 "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                     \
                 "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " DMA_D32              \
@@ -48,14 +51,14 @@
                 : DMA_F32(d)                                                                     \
                 : "l"(a), "l"(b), "r"((int)accumulate));                                         \
         }                                                                                        \
-        __device__ __forceinline__ static void rs64(float (&d)[32], const u32 (&a)[4], u64 b) {  \
+        __device__ __forceinline__ static void rs64(float (&d)[8][4], const u32 (&a)[4], u64 b) {  \
             asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                          \
                          "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " DMA_D32     \
                          ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"                        \
                          : DMA_F32(d)                                                            \
                          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));          \
         }                                                                                        \
-        __device__ __forceinline__ static void rs128(float (&d)[64], const u32 (&a)[4], u64 b) { \
+        __device__ __forceinline__ static void rs128(float (&d)[16][4], const u32 (&a)[4], u64 b) { \
             asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                          \
                          "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " DMA_D64    \
                          ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"                        \
@@ -83,9 +86,11 @@ __device__ __forceinline__ void wgmma_wait() {
 // After wgmma_wait: ties every accumulator to this point, so that no read of them is scheduled
 // before the wait (the compiler sees the MMA's asm as having written them already).
 template <int N>
-__device__ __forceinline__ void wgmma_settle(float (&d)[N]) {
+__device__ __forceinline__ void wgmma_settle(float (&d)[N][4]) {
 #pragma unroll
-    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+    for (int i = 0; i < N; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e])::"memory");
 }
 // Orders this thread's generic-proxy shared-memory writes (cp.async's, once waited for) before
 // the async proxy's reads (wgmma) that a later synchronisation lets other threads make.
@@ -111,29 +116,6 @@ __device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
 }
 // The producer warpgroup's own barrier (0 is __syncthreads).
 __device__ __forceinline__ void producer_sync() { asm volatile("bar.sync 1, 128;\n" ::: "memory"); }
-
-// The keep test of one tile of scores (a consumer thread's rows g and g + 8, accumulator
-// layout): scaled scores plus bias (log2 domain) where kept, -inf elsewhere, and each row's max.
-// CHECK_POS adds the causal test, which only tiles reaching the block's own keys need.
-template <bool CHECK_POS>
-__device__ __forceinline__ void mask_tile(float (&sc)[HOP_BN / 2], const u64* ranks,
-                                          const float* biases, const u64 (&rthr)[2],
-                                          const int (&pos)[2], int tq, float scale_log2,
-                                          float (&mx)[2]) {
-#pragma unroll
-    for (int nt = 0; nt < HOP_BN / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int col = nt * 8 + 2 * tq + (e & 1);
-            const int r = e >> 1;
-            const u64 rank = ranks[col];  // DMA_NO_KEY past the list's end
-            const bool keep = rank >= rthr[r] && (!CHECK_POS || (int)(u32)rank <= pos[r]);
-            const float x = keep ? sc[nt * 4 + e] * scale_log2 + biases[col] : -DMA_INF;
-            sc[nt * 4 + e] = x;
-            mx[r] = fmaxf(mx[r], x);
-        }
-    }
-}
 
 // A shared-memory matrix descriptor for the 128-byte swizzle: start address, leading and stride
 // byte offsets (in 16-byte units), layout type 1 (128B swizzle) in bits 62-63.
@@ -175,7 +157,6 @@ __device__ __forceinline__ void forward_hopper_body(
     typedef HopSmem<D, STAGES> L;
     constexpr int BN = HOP_BN;
     constexpr float LOG2E = 1.4426950408889634f;
-    constexpr float LN2 = 0.6931471805599453f;
     constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
     // Tiles the producer has in flight before it waits for the oldest: at most STAGES - 2, so
     // that the stage it waits to refill is released by a tile the consumers already have.
@@ -264,22 +245,17 @@ __device__ __forceinline__ void forward_hopper_body(
     // Consumer c: rows 64 c .. 64 c + 63 of the block.
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
     const int c = wg;
-    const int g = lane >> 2, tq = lane & 3;
+    const int tq = lane & 3;
+    // The wgmma accumulator layout is mma.sync's m16n8 layout repeated over N, warp w of a
+    // warpgroup holding its rows 16w .. 16w + 15.
     int row[2], pos[2];
     u64 rthr[2];
+    thread_rows(B, warp, lane, offset, thr, hb, total_q, s.q_start, row, pos, rthr);
+    float o[D / 8][4];
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-        // The wgmma accumulator layout is mma.sync's m16n8 layout repeated over N, warp w of a
-        // warpgroup holding its rows 16w .. 16w + 15: this thread has rows g and g + 8.
-        row[e] = B.y + warp * 16 + g + 8 * e;
-        pos[e] = offset + row[e];
-        rthr[e] = row[e] < B.z ? thr[(i64)hb * total_q + s.q_start + row[e]] : DMA_KEEP_NONE;
-    }
-    float o[D / 2];
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float m[2] = {-DMA_INF, -DMA_INF}, l[2] = {0.f, 0.f};
-    float sc[BN / 2];
+    float sc[BN / 8][4];
     u32 pa[BN / 16][4];
 
     // S_t = Q K_t: Q (A, K-major) is this consumer's 64 rows, a step of 16 columns 32 bytes
@@ -310,8 +286,8 @@ __device__ __forceinline__ void forward_hopper_body(
         }
         wgmma_commit();
     };
-    // Keep test, scale and bias (log2 domain) of S_t, and the new running max: returns alpha,
-    // the factor that takes O and l from the old max to the new one.
+    // Keep test, scale and bias (log2 domain) of S_t, and the new running max; alpha takes O and
+    // l from the old max to the new one.
     auto mask_and_max = [&](int t, float (&alpha)[2], float (&use)[2]) {
         const u64* ranks = ranks_of(t);
         const float* biases = sB + (t % STAGES) * BN;
@@ -320,18 +296,10 @@ __device__ __forceinline__ void forward_hopper_body(
         // row is visible to every row: no causal test there (only the last tiles need one).
         const int last = min(count - t * BN, BN) - 1;
         if (CAUSAL && (int)(u32)ranks[last] > offset + B.y)
-            mask_tile<true>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
+            mask_scores<true, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
         else
-            mask_tile<false>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            const float mn = fmaxf(m[r], mx[r]);
-            use[r] = mn == -DMA_INF ? 0.f : mn;
-            alpha[r] = fast_exp2(m[r] - use[r]);
-            m[r] = mn;
-        }
+            mask_scores<false, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
+        update_max(mx, m, use, alpha);
     };
     // P_t = exp2(S_t - max) into the A fragments (rows g, g + 8; keys 16 kc + 2 tq (+ 8)).
     auto exponentiate = [&](const float (&use)[2]) {
@@ -340,7 +308,7 @@ __device__ __forceinline__ void forward_hopper_body(
             float pr[4];
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                pr[e] = fast_exp2(sc[nt * 4 + e] - use[e >> 1]);
+                pr[e] = fast_exp2(sc[nt][e] - use[e >> 1]);
                 l[e >> 1] += pr[e];
             }
             pa[nt >> 1][(nt & 1) * 2] = Elem<T>::pack(pr[0], pr[1]);
@@ -369,10 +337,10 @@ __device__ __forceinline__ void forward_hopper_body(
             mbar_arrive(empty + (t - 1) % STAGES);
 #pragma unroll
             for (int i = 0; i < D / 8; ++i) {
-                o[4 * i] *= alpha[0];
-                o[4 * i + 1] *= alpha[0];
-                o[4 * i + 2] *= alpha[1];
-                o[4 * i + 3] *= alpha[1];
+                o[i][0] *= alpha[0];
+                o[i][1] *= alpha[0];
+                o[i][2] *= alpha[1];
+                o[i][3] *= alpha[1];
             }
             l[0] *= alpha[0];
             l[1] *= alpha[1];
@@ -385,24 +353,8 @@ __device__ __forceinline__ void forward_hopper_body(
         mbar_arrive(empty + (tiles - 1) % STAGES);
     }
 
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        if (row[r] >= B.z) continue;
-        const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-        T* dst = out + (s.q_start + row[r]) * q_row + h * D + 2 * tq;
-#pragma unroll
-        for (int i = 0; i < D / 8; ++i)
-            *reinterpret_cast<u32*>(dst + i * 8) =
-                Elem<T>::pack(o[4 * i + 2 * r] * inv, o[4 * i + 2 * r + 1] * inv);
-        if (tq == 0)
-            lse[s.lse_offset + (i64)h * lse_head_stride + row[r]] =
-                l[r] > 0.f ? (m[r] + __log2f(l[r])) * LN2 : -DMA_INF;
-    }
+    sum_rows(l);
+    write_rows<T, D>(o, l, m, row, B.z, s, h, q_heads, tq, lse_head_stride, out, lse);
 }
 
 // The same signature as DMA_FORWARD_KERNEL (cuda/forward.rs launches either); the split-K

@@ -1,0 +1,90 @@
+// The per-row softmax pieces both forward kernels share (forward.cu with mma.sync,
+// forward_hopper.cu with wgmma), on one thread's part of a 16-row slice in the m16n8
+// accumulator layout: rows g and g + 8 (g = lane / 4), columns 8 j + 2 tq (+1) of every 8-column
+// block j (tq = lane % 4). cuda/forward.rs compiles this file in front of each of them.
+
+// This thread's rows of warp `warp`'s 16 in query block B (sequence, first row, end row, list):
+// their index in the sequence, their position among the keys (offset = Nk - Nq) and their
+// threshold (DMA_KEEP_NONE past the block's end, so such rows keep nothing).
+__device__ __forceinline__ void thread_rows(const int4& B, int warp, int lane, int offset,
+                                            const u64* thr, int hb, int total_q, int q_start,
+                                            int (&row)[2], int (&pos)[2], u64 (&rthr)[2]) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+        row[e] = B.y + warp * 16 + (lane >> 2) + 8 * e;
+        pos[e] = offset + row[e];
+        rthr[e] = row[e] < B.z ? thr[(i64)hb * total_q + q_start + row[e]] : DMA_KEEP_NONE;
+    }
+}
+
+// The keep test of one tile of BN scores (SPEC.md): key j is kept by the row at position p iff
+// rank_j >= thr_p, and j <= p when causal. Kept scores become scale * s + bias (log2 domain),
+// the others -inf; mx gets each row's max. CHECK_POS adds the causal test, which only tiles that
+// reach the block's own keys need.
+template <bool CHECK_POS, int BN>
+__device__ __forceinline__ void mask_scores(float (&sc)[BN / 8][4], const u64* ranks,
+                                            const float* biases, const u64 (&rthr)[2],
+                                            const int (&pos)[2], int tq, float scale_log2,
+                                            float (&mx)[2]) {
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int c = nt * 8 + 2 * tq + (e & 1);
+            const int r = e >> 1;
+            const u64 rank = ranks[c];  // DMA_NO_KEY past the list's end
+            const float x = dma_keeps<CHECK_POS>(rank, rthr[r], pos[r]) ? sc[nt][e] * scale_log2 + biases[c] : -DMA_INF;
+            sc[nt][e] = x;
+            mx[r] = fmaxf(mx[r], x);
+        }
+    }
+}
+
+// The online softmax's max step: mx (this thread's) becomes the row's max over its 4 threads,
+// m the new running max, use the offset the exponentials take (0 while a row has kept nothing)
+// and alpha the factor that takes O and l from the old max to the new one.
+__device__ __forceinline__ void update_max(float (&mx)[2], float (&m)[2], float (&use)[2],
+                                           float (&alpha)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        const float mn = fmaxf(m[r], mx[r]);
+        use[r] = mn == -DMA_INF ? 0.f : mn;
+        alpha[r] = fast_exp2(m[r] - use[r]);
+        m[r] = mn;
+    }
+}
+
+// Each row's sum l over its 4 threads.
+__device__ __forceinline__ void sum_rows(float (&l)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+}
+
+// Normalises and writes this thread's part of rows row[0], row[1] (those before `end`) of
+// sequence s, query head h: out (the input type) and lse (natural log, f32; -inf and out 0 for
+// a row that kept nothing). l must be the rows' full sums (sum_rows).
+template <typename T, int D>
+__device__ __forceinline__ void write_rows(const float (&o)[D / 8][4], const float (&l)[2],
+                                           const float (&m)[2], const int (&row)[2], int end,
+                                           const SeqInfo& s, int h, int q_heads, int tq,
+                                           int lse_head_stride, T* out, float* lse) {
+    constexpr float LN2 = 0.6931471805599453f;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        if (row[r] >= end) continue;
+        const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+        T* dst = out + (s.q_start + row[r]) * (i64)q_heads * D + h * D + 2 * tq;
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i)
+            *reinterpret_cast<u32*>(dst + i * 8) =
+                Elem<T>::pack(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+        if (tq == 0)
+            lse[s.lse_offset + (i64)h * lse_head_stride + row[r]] =
+                l[r] > 0.f ? (m[r] + __log2f(l[r])) * LN2 : -DMA_INF;
+    }
+}
