@@ -8,8 +8,11 @@
 //! A call runs two kernels on the device's stream:
 //! 1. selection (`kernels/select.cu`): for each block of 128 query rows and bias head, the
 //!    candidate keys (at most w + 128) and each row's threshold rank;
-//! 2. forward (`kernels/forward.cu`): gathers the candidates' K/V rows into shared memory, runs
-//!    QK^T and PV on the tensor cores with an online softmax that applies each row's keep test.
+//! 2. forward: gathers the candidates' K/V rows into shared memory, runs QK^T and PV on the
+//!    tensor cores with an online softmax that applies each row's keep test. On sm_90 at head
+//!    dims 64 and 128 this is `kernels/forward_hopper.cu` (warpgroup MMAs, a producer warpgroup
+//!    gathering for two consumer warpgroups); elsewhere `kernels/forward.cu` (mma.sync). The
+//!    environment variable `DMA_CUDA_NO_WGMMA` forces the second (for A/B comparisons).
 //!
 //! ```no_run
 //! use dma::{cuda, Heads, Params, Shape};
