@@ -17,7 +17,13 @@ use data::TaskSpec;
 use setup::{check_counts, NetArgs, TrainArgs};
 use std::path::PathBuf;
 
+// The defaults are a CPU quickstart that learns the task: 4 pairs in 64 tokens, window 16,
+// vocab 16, 4 epochs of 4000 examples in batches of 16 (1000 steps) at lr 5e-4, mqar's own
+// (the shared --lr default, 3e-3, stalls at accuracy ~0.25 here; 1e-3 learns, then spikes).
+// 2 cores, seed 0: test accuracy dma 1.000, swa 0.784, mha 1.000, ~45 s a run. The GPU grid
+// (scripts/mqar-grid.sh) passes every size, --vocab 8192 included.
 #[derive(Args)]
+#[command(mut_arg("lr", |a| a.default_value("5e-4")))]
 pub struct MqarArgs {
     /// Attention of every layer (dma and swa keep --window keys per query).
     #[arg(long, value_enum, default_value_t = Kind::Dma)]
@@ -29,13 +35,14 @@ pub struct MqarArgs {
     pub kv_pairs: usize,
     #[command(flatten)]
     pub net: NetArgs,
-    /// Vocabulary: keys from 1..vocab/2, values from vocab/2..vocab (Zoology uses 8192).
-    #[arg(long, default_value_t = 64)]
+    /// Vocabulary: keys from 1..vocab/2, values from vocab/2..vocab (Zoology and the GPU grid
+    /// use 8192; the CPU default is small so that the quickstart learns in 1000 steps).
+    #[arg(long, default_value_t = 16)]
     pub vocab: usize,
     /// Gap exponent of the query positions (weight g^(a-1); 1 is uniform).
     #[arg(long, default_value_t = 0.01)]
     pub power_a: f64,
-    #[arg(long, default_value_t = 8_000)]
+    #[arg(long, default_value_t = 4_000)]
     pub train_examples: usize,
     #[arg(long, default_value_t = 1_000)]
     pub test_examples: usize,
