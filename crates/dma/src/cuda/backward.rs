@@ -201,8 +201,9 @@ fn launch<T: CudaElement>(
     grads: &mut DeviceGradients<T>,
     (dk_acc, dv_acc): (&mut CudaSlice<f32>, &mut CudaSlice<f32>),
 ) -> Result<()> {
+    let smem = smem_bytes(problem.head_dim);
     let (f, cfg, ints) =
-        forward::block_launch(dev, spec, smem_bytes(problem.head_dim), problem, plan, 1)?;
+        forward::block_launch(dev, spec, smem, forward::THREADS, problem, plan, 1)?;
     let scale = params.scale_for(problem.head_dim);
     let scale_log2 = scale * std::f32::consts::LOG2_E;
     let mut l = dev.stream().launch_builder(&f);

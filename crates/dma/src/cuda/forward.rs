@@ -23,8 +23,8 @@ const HOPPER_SOURCE: &str = concat!(
     include_str!("kernels/attend.cu"),
     include_str!("kernels/forward_hopper.cu")
 );
-/// Threads of a forward or backward CTA (8 warps x 16 rows).
-const THREADS: u32 = (BLOCK_M * 2) as u32;
+/// Threads of a forward.cu or backward CTA (8 warps x 16 rows).
+pub(crate) const THREADS: u32 = (BLOCK_M * 2) as u32;
 
 /// Head dims with a kernel (forward, backward, decode).
 pub const HEAD_DIMS: &[usize] = &[32, 64, 96, 128, 256];
@@ -296,8 +296,7 @@ pub(crate) fn attend<T: CudaElement>(
 ) -> Result<()> {
     let splits = split.as_ref().map_or(1, |(n, _)| *n);
     let (spec, smem, threads) = attend_kernel::<T>(dev, problem.head_dim, params.causal, splits)?;
-    let (f, mut cfg, ints) = block_launch(dev, &spec, smem, problem, plan, splits)?;
-    cfg.block_dim.0 = threads;
+    let (f, cfg, ints) = block_launch(dev, &spec, smem, threads, problem, plan, splits)?;
     let scale_log2 = params.scale_for(problem.head_dim) * std::f32::consts::LOG2_E;
     let null = 0u64;
     let mut launch = dev.stream().launch_builder(&f);
@@ -334,13 +333,15 @@ pub(crate) fn attend<T: CudaElement>(
     Ok(())
 }
 
-/// The setup the forward and backward launches share, one CTA of `THREADS` per (query block,
+/// The setup the forward and backward launches share, one CTA of `threads` per (query block,
 /// query head, split): the kernel with its dynamic shared memory set, the launch config, and the
 /// geometry both kernels take (Hq, Hkv, Hb, bias head stride, lse head stride, total_q, cap).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn block_launch(
     dev: &Device,
     spec: &KernelSpec,
     smem: usize,
+    threads: u32,
     problem: &Problem,
     plan: &Plan,
     splits: usize,
@@ -363,7 +364,7 @@ pub(crate) fn block_launch(
     ];
     let cfg = LaunchConfig {
         grid_dim: (plan.num_blocks() as u32, h.q as u32, splits as u32),
-        block_dim: (THREADS, 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: smem as u32,
     };
     Ok((f, cfg, ints))
