@@ -304,27 +304,21 @@ def needle(exp):
             "Each cell: accuracy (exact / examples)."
         )
         out.append("")
-        rows = []
-        for d in depths:
-            row = [fmt(d)]
-            for n in lengths:
-                c = cells.get((d, n))
-                row.append(
-                    f"{c['accuracy']:.3f} ({c['exact']}/{c['examples']})" if c else "-"
-                )
-            rows.append(row)
-        out.append(table(head, rows))
+        def grid(cell_text):
+            """Rows of the depth x length grid, each cell drawn by `cell_text` ('-' if absent)."""
+            return [
+                [fmt(d)]
+                + [cell_text(cells[(d, n)]) if (d, n) in cells else "-" for n in lengths]
+                for d in depths
+            ]
+
+        out.append(
+            table(head, grid(lambda c: f"{c['accuracy']:.3f} ({c['exact']}/{c['examples']})"))
+        )
         out.append("")
         out.append("Digit accuracy (the fraction of pass-key digits right), same cells:")
         out.append("")
-        rows = []
-        for d in depths:
-            row = [fmt(d)]
-            for n in lengths:
-                c = cells.get((d, n))
-                row.append(f"{c['digit_accuracy']:.3f}" if c else "-")
-            rows.append(row)
-        out.append(table(head, rows))
+        out.append(table(head, grid(lambda c: f"{c['digit_accuracy']:.3f}")))
         out.append("")
         for img in exp.get("images", []):
             if os.path.basename(img) == f"needle-{kind}.png":
