@@ -51,8 +51,10 @@ mod layer;
 mod norm;
 mod op;
 mod rope;
+mod rows;
 mod shape;
 
 pub use error::Error;
 pub use layer::{AttentionKind, BiasFn, DmaAttention, DmaAttentionConfig};
 pub use op::{dma_attention, dma_attention_with_lse};
+pub use rows::gather_rows;

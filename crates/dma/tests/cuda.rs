@@ -554,6 +554,66 @@ fn selection_matches_cpu() {
     }
 }
 
+/// `scatter_add_rows` against a direct f64 sum on fresh random rows, with ids that repeat many
+/// times (an embedding's gradient: atomics on one row) and ids past the table (skipped); a
+/// short `src` is a typed error.
+#[test]
+fn scatter_add_rows_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let seed = fresh_seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for (rows, width, n) in [(8192, 128, 65536), (37, 5, 1000), (3, 64, 7)] {
+        let src: Vec<f32> = (0..n * width)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        // A tenth of the ids fall on row 0, a few past the end.
+        let ids: Vec<u32> = (0..n)
+            .map(|i| match i % 10 {
+                0 => 0,
+                9 if i % 100 == 99 => (rows + i) as u32,
+                _ => rng.random_range(0..rows as u32),
+            })
+            .collect();
+        let start: Vec<f32> = (0..rows * width)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let mut want: Vec<f64> = start.iter().map(|&x| x as f64).collect();
+        for (i, &id) in ids.iter().enumerate() {
+            if (id as usize) < rows {
+                for c in 0..width {
+                    want[id as usize * width + c] += src[i * width + c] as f64;
+                }
+            }
+        }
+        let s = dev.stream();
+        let (d_src, mut d_out) = (s.clone_htod(&src).unwrap(), s.clone_htod(&start).unwrap());
+        let d_ids = s.clone_htod(&ids).unwrap();
+        cuda::scatter_add_rows(&dev, &d_src, &d_ids, &mut d_out, width).unwrap();
+        let got = s.clone_dtoh(&d_out).unwrap();
+        let scale = want.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(&g, &w)| (g as f64 - w).abs() / scale)
+            .fold(0.0, f64::max);
+        eprintln!(
+            "scatter_add_rows rows={rows} width={width} n={n}: max error {err:.1e} (seed {seed})"
+        );
+        assert!(err < 1e-5, "seed {seed}: max error {err}");
+    }
+    let s = dev.stream();
+    let (src, ids) = (
+        s.clone_htod(&[0f32; 5]).unwrap(),
+        s.clone_htod(&[0u32; 3]).unwrap(),
+    );
+    let mut out = s.clone_htod(&[0f32; 4]).unwrap();
+    let err = cuda::scatter_add_rows(&dev, &src, &ids, &mut out, 2).unwrap_err();
+    assert!(
+        matches!(err, DmaError::ShapeMismatch { name: "src", .. }),
+        "{err}"
+    );
+}
+
 /// Typed errors for what the backend cannot do.
 #[test]
 fn errors_are_typed() {

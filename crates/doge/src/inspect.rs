@@ -6,7 +6,7 @@
 //! the model itself never builds them.
 
 use crate::{DogeForCausalLM, Error, Result};
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Tensor};
 use dma::selection::KeySelection;
 use dma_candle::AttentionKind;
 

@@ -11,6 +11,7 @@ mod bpe;
 mod cache;
 mod config;
 mod decoder;
+mod embedding;
 mod error;
 mod fields;
 mod generate;

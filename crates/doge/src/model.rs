@@ -2,10 +2,11 @@
 //! transformers' weight names, so a model saved by `save_pretrained` loads here and back.
 
 use crate::decoder::DecoderLayer;
+use crate::embedding::Embedding;
 use crate::norm::RmsNorm;
 use crate::{weights, DogeConfig, Error, KvCache, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Embedding, Init, Linear, VarBuilder, VarMap};
+use candle_nn::{Init, Linear, VarBuilder, VarMap};
 use dma_candle::{AttentionKind, BiasFn};
 use std::path::Path;
 
@@ -70,7 +71,7 @@ impl DogeForCausalLM {
             )?,
         };
         let model = DogeForCausalLM {
-            embed_tokens: Embedding::new(embed, c.hidden_size),
+            embed_tokens: Embedding::new(embed),
             layers,
             norm,
             lm_head: Linear::new(head, None),
@@ -151,7 +152,9 @@ impl DogeForCausalLM {
     pub fn forward_at(&self, input_ids: &Tensor, positions: &Tensor) -> Result<Tensor> {
         let x = self.hidden(input_ids, 0, None)?;
         let width = x.dim(D::Minus1)?;
-        let picked = x.reshape(((), width))?.index_select(positions, 0)?;
+        let rows = x.elem_count() / width.max(1);
+        let positions = self.check_positions(positions, rows)?;
+        let picked = dma_candle::gather_rows(&x.reshape((rows, width))?, &positions)?;
         Ok(self.lm_head.forward(&self.norm.forward(&picked)?)?)
     }
 
@@ -213,6 +216,32 @@ impl DogeForCausalLM {
             }
         }
         Ok(ids.to_dtype(DType::U32)?.to_device(&self.device)?)
+    }
+
+    /// `positions` as u32 on the model's device, after checking that they are a vector of
+    /// integers below `rows` (B * N).
+    fn check_positions(&self, positions: &Tensor, rows: usize) -> Result<Tensor> {
+        let input = |reason: String| Error::Input {
+            name: "positions",
+            reason,
+        };
+        if positions.rank() != 1 {
+            return Err(input(format!("must be [M], got {:?}", positions.dims())));
+        }
+        let positions = match positions.dtype() {
+            DType::U32 | DType::I64 | DType::U8 => positions.to_dtype(DType::I64)?,
+            other => return Err(input(format!("must hold integers, got {other:?}"))),
+        };
+        if let Some(&bad) = positions
+            .to_vec1::<i64>()?
+            .iter()
+            .find(|&&p| p < 0 || p as usize >= rows)
+        {
+            return Err(input(format!(
+                "holds {bad}, outside the {rows} positions of input_ids"
+            )));
+        }
+        Ok(positions.to_dtype(DType::U32)?.to_device(&self.device)?)
     }
 
     /// Linear weights (not norms, residual scales, `A`, biases) ~ N(0, initializer_range).

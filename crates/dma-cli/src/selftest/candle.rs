@@ -2,11 +2,13 @@
 //! and `loss.backward()`, through candle's autograd) against the same op on CPU tensors, and a
 //! Doge model's logits on CUDA against the CPU.
 
-use super::imp::{rel_err, Case, Errors};
+use super::imp::{at_limit, rel_err, Case, Errors, Measured, LIMIT};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use dma::Layout;
 use doge::{DogeConfig, DogeForCausalLM, ModelOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 /// The op on CUDA vs CPU: out, and the gradients of q, k, v and bias of `sum(out * g)`.
 pub fn op(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
@@ -51,12 +53,49 @@ pub fn op(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
     };
     let got = run(&cuda)?;
     let want = run(&cpu)?;
-    let names = ["out", "dq", "dk", "dv", "dbias"];
-    names
-        .iter()
-        .zip(got.iter().zip(&want))
-        .map(|(name, (a, b))| Ok((*name, rel_err(&flat(a)?, &flat(b)?))))
-        .collect()
+    let err = |i: usize| -> Result<f64> { Ok(rel_err(&flat(&got[i])?, &flat(&want[i])?)) };
+    Ok(at_limit([
+        ("out", err(0)?),
+        ("dq", err(1)?),
+        ("dk", err(2)?),
+        ("dv", err(3)?),
+        ("dbias", err(4)?),
+    ]))
+}
+
+/// `dma_candle::gather_rows` on CUDA vs the CPU: the rows of an embedding table `[8192, 128]`
+/// picked by 65536 ids (a tenth of them one id), and the table's gradient of `sum(rows * g)`,
+/// which CUDA sums with atomics. (The case only names the check.)
+pub fn rows(_: &dma::cuda::Device, _: &Case, seed: u64) -> Result<Errors> {
+    let (rows, width, n) = (8192usize, 128usize, 65536usize);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ids: Vec<u32> = (0..n)
+        .map(|i| match i % 10 {
+            0 => 7,
+            _ => rng.random_range(0..rows as u32),
+        })
+        .collect();
+    let table = Tensor::randn(0f32, 1.0, (rows, width), &Device::Cpu)?;
+    let g = Tensor::randn(0f32, 1.0, (n, width), &Device::Cpu)?;
+    let run = |dev: &Device| -> Result<[Vec<f32>; 2]> {
+        let table = Var::from_tensor(&table.to_device(dev)?)?;
+        let ids = Tensor::from_vec(ids.clone(), n, dev)?;
+        let picked = dma_candle::gather_rows(&table, &ids)?;
+        let grads = (&picked * g.to_device(dev)?)?.sum_all()?.backward()?;
+        let grad = grads
+            .get(&table)
+            .ok_or_else(|| anyhow::anyhow!("no gradient reached the table"))?;
+        Ok([
+            flat(&picked.to_device(&Device::Cpu)?)?,
+            flat(&grad.to_device(&Device::Cpu)?)?,
+        ])
+    };
+    let [got_rows, got_grad] = run(&Device::new_cuda(0)?)?;
+    let [want_rows, want_grad] = run(&Device::Cpu)?;
+    Ok(at_limit([
+        ("rows", rel_err(&got_rows, &want_rows)),
+        ("dtable", rel_err(&got_grad, &want_grad)),
+    ]))
 }
 
 /// Logits of a small random Doge (GQA, A randomised so the bias decides the selection,
@@ -93,13 +132,15 @@ pub fn doge(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
     };
     let on_cpu = DogeForCausalLM::load(&dir, in_bf16, &Device::Cpu);
     let on_gpu = DogeForCausalLM::load(&dir, ModelOptions::default(), &Device::new_cuda(0)?);
+    let on_cpu_f32 = DogeForCausalLM::load(&dir, ModelOptions::default(), &Device::Cpu);
     std::fs::remove_dir_all(&dir).ok();
-    let (on_cpu, on_gpu) = (on_cpu?, on_gpu?);
+    let (on_cpu, on_gpu, on_cpu_f32) = (on_cpu?, on_gpu?, on_cpu_f32?);
     let ids: Vec<u32> = (0..n as u32)
         .map(|i| (i.wrapping_mul(2654435761) ^ seed as u32) % 512)
         .collect();
     let ids = Tensor::from_vec(ids, (1, n), &Device::Cpu)?;
     let want = on_cpu.forward(&ids)?;
+    let exact = on_cpu_f32.forward(&ids)?;
     let gpu_ids = ids.to_device(on_gpu.device())?;
     let got = on_gpu.forward(&gpu_ids)?;
     // Incremental decoding on the GPU (KV cache with per-key bias, the decode kernels): a
@@ -113,16 +154,30 @@ pub fn doge(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
         rows.push(on_gpu.forward_cached(&gpu_ids.narrow(1, i, 1)?, &mut cache)?);
     }
     let decoded = Tensor::cat(&rows, 1)?.to_device(&Device::Cpu)?;
+    let last = |t: &Tensor| t.narrow(1, n - STEPS, STEPS);
     Ok(vec![
-        (
-            "logits",
-            rel_err(&flat(&got.to_device(&Device::Cpu)?)?, &flat(&want)?),
-        ),
-        (
-            "decoded",
-            rel_err(&flat(&decoded)?, &flat(&want.narrow(1, n - STEPS, STEPS)?)?),
-        ),
+        model_level("logits", &got.to_device(&Device::Cpu)?, &want, &exact)?,
+        model_level("decoded", &decoded, &last(&want)?, &last(&exact)?)?,
     ])
+}
+
+/// The GPU model's error against the CPU model that also attends in bf16 (`want`), held to
+/// twice the CPU's own bf16 error against f32 attention (`exact`), or `LIMIT` if that is
+/// larger. By the triangle inequality, a GPU path as accurate as the CPU's bf16 path is within
+/// 2x of it; a model's logits gather every layer's bf16 rounding, so the op-level limit alone
+/// is too tight for some seeds.
+fn model_level(
+    name: &'static str,
+    got: &Tensor,
+    want: &Tensor,
+    exact: &Tensor,
+) -> Result<Measured> {
+    let rounding = rel_err(&flat(want)?, &flat(exact)?);
+    Ok(Measured {
+        name,
+        error: rel_err(&flat(got)?, &flat(want)?),
+        limit: LIMIT.max(2.0 * rounding),
+    })
 }
 
 fn flat(t: &Tensor) -> Result<Vec<f32>> {

@@ -38,6 +38,7 @@ mod error;
 mod forward;
 mod libs;
 mod plan;
+mod rows;
 mod select;
 
 pub use backward::{backward, backward_host, backward_into, BackwardInputs, DeviceGradients};
@@ -48,6 +49,7 @@ pub use forward::{
     DeviceForward, HEAD_DIMS,
 };
 pub use plan::BLOCK_M;
+pub use rows::scatter_add_rows;
 pub use select::{HostSelection, Selection};
 
 /// Every kernel specialisation the backend may launch, for compiling ahead (tests, CI).
@@ -89,6 +91,7 @@ pub fn all_kernels() -> Vec<compile::KernelSpec> {
     }
     specs.push(backward::convert_spec::<half::bf16>());
     specs.push(backward::convert_spec::<half::f16>());
+    specs.push(rows::spec());
     specs
 }
 

@@ -17,6 +17,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+mod rows;
+pub(crate) use rows::scatter_add_rows;
+
 /// What the forward keeps for its backward on CUDA: the lse, and the selection when the general
 /// forward made one (the decode path does not; the backward then selects again).
 pub(crate) struct Saved {
@@ -26,7 +29,7 @@ pub(crate) struct Saved {
 
 /// The `dma::cuda` device of a candle device: one per candle device for the whole process, so
 /// the compiled kernels are loaded once.
-fn device(dev: &CudaDevice) -> Result<Arc<dma::cuda::Device>> {
+pub(crate) fn device(dev: &CudaDevice) -> Result<Arc<dma::cuda::Device>> {
     static DEVICES: OnceLock<
         Mutex<HashMap<candle_core::cuda_backend::DeviceId, Arc<dma::cuda::Device>>>,
     > = OnceLock::new();
@@ -42,13 +45,13 @@ fn device(dev: &CudaDevice) -> Result<Arc<dma::cuda::Device>> {
     Ok(d)
 }
 
-fn driver(e: impl std::fmt::Display) -> candle_core::Error {
+pub(crate) fn driver(e: impl std::fmt::Display) -> candle_core::Error {
     Error::Cuda(e.to_string()).into()
 }
 
 /// The elements of a contiguous storage: the slice itself when the layout covers all of it, a
 /// copy of the covered range otherwise (a narrowed tensor).
-fn contiguous<'a, T: CudaDType + DeviceRepr>(
+pub(crate) fn contiguous<'a, T: CudaDType + DeviceRepr>(
     name: &'static str,
     s: &'a CudaStorage,
     l: &Layout,
