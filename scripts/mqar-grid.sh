@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The MQAR grid of issue 4 on the GPU machine: sequence length x kv pairs x d_model x attention,
 # w = WINDOW for dma and swa, vocab 8192, 2 layers, head dim 64 (heads = d_model / 64), a fresh
-# training set of STEPS x BATCH examples per run. Runs JOBS runs at once (they are small and
-# launch-bound), smallest first, and writes every finished run's JSON as one line of
-# OUT/mqar-grid.jsonl. Runs still going after DEADLINE seconds are stopped and listed.
+# training set of STEPS x BATCH examples per run (with TOKENS set, each run's batch is
+# TOKENS / seq_len instead, so that every length trains on the same tokens per step). Runs JOBS
+# runs at once, smallest first, and writes every finished run's JSON as one line of
+# OUT/mqar-grid.jsonl (one at a time is fastest: parallel runs on one GPU finish later). Runs still going after DEADLINE seconds are stopped and listed.
 #
 #   scripts/mqar-grid.sh            # DMA=.devbin/dma, all 72 runs
 #   SEQS="512 1024" KVS=64 scripts/mqar-grid.sh
@@ -18,6 +19,7 @@ KINDS=${KINDS:-dma swa mha}
 WINDOW=${WINDOW:-512}
 STEPS=${STEPS:-1500}
 BATCH=${BATCH:-32}
+TOKENS=${TOKENS:-}
 LR=${LR:-3e-3}
 JOBS=${JOBS:-6}
 DEADLINE=${DEADLINE:-500}
@@ -26,9 +28,11 @@ mkdir -p "$OUT" "$WORK"
 rm -f "$WORK"/*.json
 for seq in $SEQS; do for kv in $KVS; do for d in $DMODELS; do for kind in $KINDS; do
   [ $((4 * kv)) -le "$seq" ] || continue
+  batch=$BATCH
+  [ -z "$TOKENS" ] || batch=$((TOKENS / seq))
   echo "$DMA mqar --device cuda --attention $kind --seq-len $seq --kv-pairs $kv --d-model $d" \
-    "--heads $((d / 64)) --layers 2 --window $WINDOW --vocab 8192 --steps $STEPS --batch $BATCH" \
-    "--train-examples $((STEPS * BATCH)) --test-examples 1000 --lr $LR --seed $SEED" \
+    "--heads $((d / 64)) --layers 2 --window $WINDOW --vocab 8192 --steps $STEPS --batch $batch" \
+    "--train-examples $((STEPS * batch)) --test-examples 1000 --lr $LR --seed $SEED" \
     "--output $WORK/$kind-$seq-$kv-$d.json"
 done; done; done; done >"$WORK/commands.txt"
 echo "$(wc -l <"$WORK/commands.txt") runs, $JOBS at a time, deadline ${DEADLINE}s"
