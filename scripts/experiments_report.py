@@ -332,8 +332,9 @@ def grid_size(exp):
     """The number of runs scripts/mqar-grid.sh makes with the command's settings, or None."""
     script, where = script_at(exp["scripts"], "scripts/mqar-grid.sh")
     values = dict(re.findall(r"^([A-Z_]+)=\$\{[A-Z_]+:-([^}]*)\}", script, re.M))
-    for name, value in re.findall(r"(?:^|\s)([A-Z_]+)=(\S+)", exp["command"].split("scripts/")[0]):
-        values[name] = value
+    settings = exp["command"].split("scripts/")[0]
+    for name, value in re.findall(r'(?:^|\s)([A-Z_]+)=("[^"]*"|\S+)', settings):
+        values[name] = value.strip('"')
     rule = re.search(r"\[ \$\(\((\d+) \* kv\)\) -le \"\$seq\" \]", script)
     try:
         seqs = [int(v) for v in values["SEQS"].split()]
