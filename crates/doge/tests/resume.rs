@@ -49,7 +49,11 @@ fn a_resumed_run_continues_the_same_curve() {
                 .loss
         })
         .collect();
-    assert!(losses[9] < 0.7 * losses[0], "{losses:?}");
+    // The curve must descend, so that resuming it exactly means something (train.rs checks how
+    // far training goes). Means of three steps, since one step's loss of a fresh random model
+    // is noisy: over 25 runs last/first step ranged 0.54-0.69 and once reached 0.70 in CI.
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+    assert!(mean(&losses[7..]) < 0.8 * mean(&losses[..3]), "{losses:?}");
 
     let ckpts = tempfile::tempdir().unwrap();
     let mut first = Trainer::new(load(), config()).unwrap();
