@@ -24,6 +24,7 @@ LR=${LR:-3e-3}
 JOBS=${JOBS:-6}
 DEADLINE=${DEADLINE:-500}
 SEED=${SEED:-0}
+A_STD=${A_STD:-0}
 mkdir -p "$OUT" "$WORK"
 rm -f "$WORK"/*.json
 for seq in $SEQS; do for kv in $KVS; do for d in $DMODELS; do for kind in $KINDS; do
@@ -32,7 +33,7 @@ for seq in $SEQS; do for kv in $KVS; do for d in $DMODELS; do for kind in $KINDS
   [ -z "$TOKENS" ] || batch=$((TOKENS / seq))
   echo "$DMA mqar --device cuda --attention $kind --seq-len $seq --kv-pairs $kv --d-model $d" \
     "--heads $((d / 64)) --layers 2 --window $WINDOW --vocab 8192 --steps $STEPS --batch $batch" \
-    "--train-examples $((STEPS * batch)) --test-examples 1000 --lr $LR --seed $SEED" \
+    "--train-examples $((STEPS * batch)) --test-examples 1000 --lr $LR --seed $SEED --a-std $A_STD" \
     "--output $WORK/$kind-$seq-$kv-$d.json"
 done; done; done; done >"$WORK/commands.txt"
 echo "$(wc -l <"$WORK/commands.txt") runs, $JOBS at a time, deadline ${DEADLINE}s"

@@ -17,6 +17,8 @@ pub struct ModelSpec {
     pub layers: usize,
     pub heads: usize,
     pub window: usize,
+    /// Standard deviation of the initial `A` (0: Doge's constant 0).
+    pub a_std: f64,
 }
 
 /// A fresh Doge of `spec` (MLP width 2 * d_model), its matrices ~ N(0, 0.02) from `seed`.
@@ -36,13 +38,14 @@ pub fn build(spec: &ModelSpec, seed: u64, device: &Device) -> Result<DogeForCaus
         ..Default::default()
     };
     let model = DogeForCausalLM::new(config, options, device)?;
-    reseed(&model, seed)?;
+    reseed(&model, seed, spec.a_std)?;
     Ok(model)
 }
 
 /// Redraws every matrix from `seed` (candle's CPU generator cannot be seeded), so a run is
-/// repeatable; vectors (norms, residual scales, `A`) keep their constant initial values.
-fn reseed(model: &DogeForCausalLM, seed: u64) -> Result<()> {
+/// repeatable, and each `A` from N(0, a_std) when `a_std` > 0; the other vectors (norms,
+/// residual scales) keep their constant initial values.
+fn reseed(model: &DogeForCausalLM, seed: u64, a_std: f64) -> Result<()> {
     let std = model.config().initializer_range;
     let data = model
         .vars()
@@ -54,12 +57,15 @@ fn reseed(model: &DogeForCausalLM, seed: u64) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     for name in names {
         let var = &data[name];
-        if var.rank() == 2 {
-            let values: Vec<f32> = (0..var.elem_count())
-                .map(|_| (normal(&mut rng) * std) as f32)
-                .collect();
-            var.set(&Tensor::from_vec(values, var.shape(), var.device())?)?;
-        }
+        let scale = match (var.rank(), name.ends_with(".A")) {
+            (2, _) => std,
+            (_, true) if a_std > 0.0 => a_std,
+            _ => continue,
+        };
+        let values: Vec<f32> = (0..var.elem_count())
+            .map(|_| (normal(&mut rng) * scale) as f32)
+            .collect();
+        var.set(&Tensor::from_vec(values, var.shape(), var.device())?)?;
     }
     Ok(())
 }

@@ -41,6 +41,7 @@ impl Report<'_> {
             ("layers", a.net.layers.to_string()),
             ("heads", a.net.heads.to_string()),
             ("window", a.net.window.to_string()),
+            ("a_std", number(a.net.a_std)),
             ("vocab", a.vocab.to_string()),
             ("power_a", number(a.power_a)),
             ("train_examples", a.train_examples.to_string()),

@@ -24,6 +24,11 @@ pub struct NetArgs {
     /// Keys kept per query by dma and swa (ignored by mha).
     #[arg(long, default_value_t = 16)]
     pub window: usize,
+    /// Standard deviation of each attention layer's initial `A`. Doge starts `A` at 0, which
+    /// makes every key's bias equal, so DMA starts as sliding-window attention; above 0, `A` is
+    /// drawn from N(0, a_std) (from the run's seed) and the selection starts from the values.
+    #[arg(long, default_value_t = 0.0)]
+    pub a_std: f64,
 }
 
 /// How long, how and where the model is trained. The default of --epochs is `dma mqar`'s; a
@@ -76,8 +81,12 @@ pub fn check_counts(net: &NetArgs, counts: [(&str, usize); 2], train: &TrainArgs
 }
 
 impl NetArgs {
-    /// Fails unless --heads divides --d-model into an even head size.
+    /// Fails unless --heads divides --d-model into an even head size and --a-std is a
+    /// standard deviation.
     pub fn check_heads(&self) -> Result<()> {
+        if !(self.a_std.is_finite() && self.a_std >= 0.0) {
+            bail!("--a-std must be a finite number >= 0, got {}", self.a_std);
+        }
         if self.d_model % self.heads != 0 || (self.d_model / self.heads) % 2 != 0 {
             bail!(
                 "--heads {} must divide --d-model {} into an even head size",
@@ -106,6 +115,7 @@ impl NetArgs {
             layers: self.layers,
             heads: self.heads,
             window: self.window,
+            a_std: self.a_std,
         };
         model::build(&spec, derive(seed, 2), device)
     }

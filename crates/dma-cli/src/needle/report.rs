@@ -108,6 +108,7 @@ impl Report<'_> {
             "layers": a.net.layers,
             "heads": a.net.heads,
             "window": a.net.window,
+            "a_std": a.net.a_std,
             "vocab": super::data::vocab(),
             "train_examples": a.train_examples,
             "steps": self.steps,
