@@ -6,8 +6,9 @@
 //! ```
 //!
 //! Read here: `task` (must be `"mqar"`), `attention`, `seq_len`, `kv_pairs`, `d_model`,
-//! `accuracy` (test accuracy in 0..=1), `steps`, `batch` and `lr`; blank lines and lines starting
-//! with `#` are skipped, other fields are ignored. [`render`] draws one small panel per
+//! `accuracy` (test accuracy in 0..=1), `steps`, `batch`, `lr` and `a_std` (0 when absent; runs
+//! with another initial `A` than Doge's are experiments on the init, not grid cells, and are left
+//! out); blank lines and lines starting with `#` are skipped, other fields are ignored. [`render`] draws one small panel per
 //! (`kv_pairs`, `d_model`) present: test accuracy against the sequence length, one line per
 //! attention kind.
 
@@ -40,6 +41,8 @@ pub struct MqarRun {
     pub steps: u64,
     pub batch: u64,
     pub lr: f64,
+    #[serde(default)]
+    pub a_std: f64,
 }
 
 impl MqarRun {
@@ -80,12 +83,14 @@ pub fn parse(text: &str) -> Result<Vec<MqarRun>> {
     Ok(runs)
 }
 
-/// One run per cell (`kv_pairs`, `d_model`, `seq_len`, `attention`), in cell order, and how many
-/// runs were dropped. Where a cell has several runs, the one with the most steps × batch is
-/// kept; on a tie, the first one read (files in the order given, lines in file order).
+/// One run per cell (`kv_pairs`, `d_model`, `seq_len`, `attention`) of the runs from Doge's
+/// initial `A` (`a_std` 0), in cell order, and how many of those runs were dropped. Where a cell
+/// has several runs, the one with the most steps × batch is kept; on a tie, the first one read
+/// (files in the order given, lines in file order).
 pub fn cells(runs: &[MqarRun]) -> (Vec<&MqarRun>, usize) {
     let mut kept: BTreeMap<(usize, usize, usize, &str), &MqarRun> = BTreeMap::new();
-    for r in runs {
+    let grid: Vec<&MqarRun> = runs.iter().filter(|r| r.a_std == 0.0).collect();
+    for r in grid.iter().copied() {
         let key = (r.kv_pairs, r.d_model, r.seq_len, r.attention.as_str());
         match kept.get(&key) {
             Some(k) if k.examples() >= r.examples() => {}
@@ -94,7 +99,7 @@ pub fn cells(runs: &[MqarRun]) -> (Vec<&MqarRun>, usize) {
             }
         }
     }
-    let dropped = runs.len() - kept.len();
+    let dropped = grid.len() - kept.len();
     (kept.into_values().collect(), dropped)
 }
 
@@ -164,6 +169,9 @@ pub fn render(runs: &[MqarRun], out_dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(out_dir)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
     let (kept, dropped) = cells(runs);
+    if kept.is_empty() {
+        bail!("no mqar records from Doge's initial A (a_std 0) to plot");
+    }
     let kinds = kinds(&kept);
     let mut panels: Vec<(usize, usize)> = kept.iter().map(|r| (r.kv_pairs, r.d_model)).collect();
     panels.dedup(); // `kept` is in cell order, so equal panels are adjacent.
@@ -239,10 +247,19 @@ pub fn render(runs: &[MqarRun], out_dir: &Path) -> Result<PathBuf> {
             x += 60 + 10 * kind.len() as i32;
         }
         let mut subtitle = format!("{} runs: {}", kept.len(), budgets(&kept));
-        if dropped > 0 {
-            subtitle += &format!(
-                "; {dropped} repeated run(s) of a cell left out (kept the most steps x batch)"
-            );
+        // Left out: repeats of a cell (the one with the most steps x batch is drawn) and runs
+        // from another initial A than Doge's.
+        let other_init = runs.iter().filter(|r| r.a_std != 0.0).count();
+        let left_out: Vec<String> = [
+            (dropped, "repeat(s) of a cell"),
+            (other_init, "random-A run(s)"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        if !left_out.is_empty() {
+            subtitle += &format!("; left out: {}", left_out.join(", "));
         }
         footer.draw_text(
             &subtitle,
@@ -269,6 +286,7 @@ mod tests {
             steps,
             batch: 32,
             lr: 1e-3,
+            a_std: 0.0,
         }
     }
 
@@ -296,6 +314,10 @@ mod tests {
             run("dma", 512, 300, 0.9),
             run("dma", 512, 300, 0.8),
             run("dma", 1024, 100, 0.3),
+            MqarRun {
+                a_std: 1.0,
+                ..run("dma", 1024, 900, 0.7)
+            },
         ];
         let (kept, dropped) = cells(&runs);
         assert_eq!(dropped, 2);
