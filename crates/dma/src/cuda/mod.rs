@@ -14,6 +14,9 @@
 //!    gathering for two consumer warpgroups); elsewhere `kernels/forward.cu` (mma.sync). The
 //!    environment variable `DMA_CUDA_NO_WGMMA` forces the second (for A/B comparisons).
 //!
+//! Besides the attention, [`scatter_add_rows`] (`kernels/scatter_add_rows.cu`) is the backward
+//! of an embedding lookup, for models trained with the op (dma-candle's `gather_rows`).
+//!
 //! ```no_run
 //! use dma::{cuda, Heads, Params, Shape};
 //! use half::bf16;
