@@ -192,7 +192,7 @@ pub(crate) fn check_buffers<T>(
 
 /// DMA forward on device buffers, allocating out and lse.
 ///
-/// A non-finite bias gives [`DmaError::NonFiniteBias`] like the CPU backend: the selection
+/// A non-finite bias gives [`DmaError::NonFiniteBias`](crate::DmaError::NonFiniteBias) like the CPU backend: the selection
 /// kernels flag it and the call reads the flag back at its end, so it waits for its kernels
 /// (out and lse then hold unspecified values; nothing out of bounds is ever accessed). Unlike
 /// the CPU and host entry points, a NaN among the keys of a sequence without queries is not

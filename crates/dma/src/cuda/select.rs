@@ -72,7 +72,7 @@ impl Selection {
     }
 
     /// The CPU backend's error for a non-finite bias, if the selection kernels read one
-    /// ([`DmaError::NonFiniteBias`], the first in the order sequence, bias head, key).
+    /// ([`DmaError::NonFiniteBias`](crate::DmaError::NonFiniteBias), the first in the order sequence, bias head, key).
     ///
     /// Costs one 8-byte device-to-host copy, which waits for everything enqueued on the stream
     /// so far: the device entry points call it last, after their kernels are enqueued, so the GPU
