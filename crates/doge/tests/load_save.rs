@@ -231,8 +231,13 @@ fn bad_input_ids_are_errors() {
 
 #[test]
 fn half_precision_weights_load_as_f32() {
+    // A window that keeps all 8 keys: rounding the weights then cannot change which keys are
+    // selected, a jump of the output (0.25 relative, in 1 of ~20 runs with the usual window)
+    // that this test, about loading, does not measure.
+    let mut config = small_config();
+    config.keep_window_size = 8;
     for dtype in [candle_core::DType::BF16, candle_core::DType::F16] {
-        let (dir, model) = saved_model(small_config());
+        let (dir, model) = saved_model(config.clone());
         let w: HashMap<String, Tensor> = weights(dir.path())
             .into_iter()
             .map(|(k, v)| (k, v.to_dtype(dtype).unwrap()))
