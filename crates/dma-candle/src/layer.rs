@@ -197,7 +197,7 @@ impl DmaAttention {
         let q = heads(self.q_proj.forward(x)?, c.num_attention_heads)?;
         let k = heads(self.k_proj.forward(x)?, c.num_key_value_heads)?;
         let v = heads(self.v_proj.forward(x)?, c.num_key_value_heads)?;
-        let rope = self.rope.at(offset, n, x.dtype())?;
+        let rope = self.rope.at(offset, n)?;
         let q = rope.apply(&self.q_norm.forward(&q)?)?;
         let k = rope.apply(&self.k_norm.forward(&k)?)?;
         Ok((q, k, v))

@@ -56,5 +56,6 @@ mod shape;
 
 pub use error::Error;
 pub use layer::{AttentionKind, BiasFn, DmaAttention, DmaAttentionConfig};
+pub use norm::{rms_norm, RmsNorm};
 pub use op::{dma_attention, dma_attention_with_lse};
 pub use rows::gather_rows;

@@ -614,6 +614,122 @@ fn scatter_add_rows_matches_cpu() {
     );
 }
 
+/// Largest |got - want| over the largest |want| (at least 1).
+fn max_scaled_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+    got.iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).abs() / scale)
+        .fold(0.0, f64::max)
+}
+
+/// The RMSNorm kernels against f64 (the output from the definition, dx and dw from the closed
+/// form of the derivative, summed over rows in f64), including rows of width not a multiple of
+/// 32, one row, and more rows than the grid has warps.
+#[test]
+fn rms_norm_matches_f64() {
+    let Some(dev) = device() else { return };
+    let seed = fresh_seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let eps = 1e-6f32;
+    for (rows, width) in [(65536, 128), (600_000, 4), (1, 3000), (77, 37)] {
+        let mut random =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-2.0..2.0)).collect() };
+        let (x, w, g) = (random(rows * width), random(width), random(rows * width));
+        let (mut y_want, mut dx_want, mut dw_want) =
+            (vec![0f64; x.len()], vec![0f64; x.len()], vec![0f64; width]);
+        for r in 0..rows {
+            let at = r * width..(r + 1) * width;
+            let (xr, gr) = (&x[at.clone()], &g[at.clone()]);
+            let ms = xr.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / width as f64;
+            let inv = 1.0 / (ms + eps as f64).sqrt();
+            let dot: f64 = (0..width)
+                .map(|c| xr[c] as f64 * gr[c] as f64 * w[c] as f64)
+                .sum();
+            for c in 0..width {
+                let (xc, gc, wc) = (xr[c] as f64, gr[c] as f64, w[c] as f64);
+                y_want[r * width + c] = xc * inv * wc;
+                dx_want[r * width + c] = inv * (gc * wc - xc * inv * inv * dot / width as f64);
+                dw_want[c] += gc * xc * inv;
+            }
+        }
+        let s = dev.stream();
+        let (dx_, dw_, dg) = (
+            s.clone_htod(&x).unwrap(),
+            s.clone_htod(&w).unwrap(),
+            s.clone_htod(&g).unwrap(),
+        );
+        let mut y = s.clone_htod(&vec![f32::NAN; x.len()]).unwrap();
+        cuda::rms_norm_forward(&dev, &dx_, &dw_, &mut y, width, eps).unwrap();
+        let mut grads = s.clone_htod(&vec![f32::NAN; x.len() + width]).unwrap();
+        let (mut gx, mut gw) = grads.split_at_mut(x.len());
+        cuda::rms_norm_backward(&dev, &dx_, &dw_, &dg, &mut gx, &mut gw, width, eps).unwrap();
+        let grads = s.clone_dtoh(&grads).unwrap();
+        let errs = [
+            max_scaled_err(&s.clone_dtoh(&y).unwrap(), &y_want),
+            max_scaled_err(&grads[..x.len()], &dx_want),
+            max_scaled_err(&grads[x.len()..], &dw_want),
+        ];
+        eprintln!("rms_norm rows={rows} width={width}: y, dx, dw errors {errs:?} (seed {seed})");
+        assert!(errs.iter().all(|&e| e < 1e-5), "seed {seed}: {errs:?}");
+    }
+    let s = dev.stream();
+    let (x, w) = (
+        s.clone_htod(&[0f32; 10]).unwrap(),
+        s.clone_htod(&[0f32; 4]).unwrap(),
+    );
+    let mut y = s.clone_htod(&[0f32; 10]).unwrap();
+    let err = cuda::rms_norm_forward(&dev, &x, &w, &mut y, 4, eps).unwrap_err();
+    assert!(
+        matches!(err, DmaError::ShapeMismatch { name: "x", .. }),
+        "{err}"
+    );
+}
+
+/// The RoPE kernel and its inverse against f64, on tables of random angles.
+#[test]
+fn rope_matches_f64() {
+    let Some(dev) = device() else { return };
+    let seed = fresh_seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for (batch, n, heads, d) in [(64, 1024, 2, 64), (3, 5, 4, 128), (2, 1, 1, 2)] {
+        let half = d / 2;
+        let x: Vec<f32> = (0..batch * n * heads * d)
+            .map(|_| rng.random_range(-2.0..2.0))
+            .collect();
+        let angles: Vec<f32> = (0..n * half).map(|_| rng.random_range(-4.0..4.0)).collect();
+        let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+        let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+        let s = dev.stream();
+        let (dx, dc, ds) = (
+            s.clone_htod(&x).unwrap(),
+            s.clone_htod(&cos).unwrap(),
+            s.clone_htod(&sin).unwrap(),
+        );
+        for inverse in [false, true] {
+            let sign = if inverse { -1.0 } else { 1.0 };
+            let mut want = vec![0f64; x.len()];
+            for (row, (xr, yr)) in x.chunks(d).zip(want.chunks_mut(d)).enumerate() {
+                let t = (row / heads) % n;
+                for i in 0..half {
+                    let (c, sn) = (cos[t * half + i] as f64, sign * sin[t * half + i] as f64);
+                    let (x1, x2) = (xr[i] as f64, xr[i + half] as f64);
+                    yr[i] = x1 * c - x2 * sn;
+                    yr[i + half] = x1 * sn + x2 * c;
+                }
+            }
+            let mut y = s.clone_htod(&vec![f32::NAN; x.len()]).unwrap();
+            cuda::rope(&dev, &dx, &dc, &ds, &mut y, n, heads, half, inverse).unwrap();
+            let err = max_scaled_err(&s.clone_dtoh(&y).unwrap(), &want);
+            eprintln!(
+                "rope {batch}x{n}x{heads}x{d} inverse={inverse}: error {err:.1e} (seed {seed})"
+            );
+            assert!(err < 1e-6, "seed {seed}: {err}");
+        }
+    }
+}
+
 /// Typed errors for what the backend cannot do.
 #[test]
 fn errors_are_typed() {

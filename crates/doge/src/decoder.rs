@@ -2,10 +2,10 @@
 //! per-channel scale on the residual; RMSNorm, MLP, another residual scale.
 
 use crate::mlp::Mlp;
-use crate::norm::RmsNorm;
 use crate::{DogeConfig, KvCache, ModelOptions};
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
+use dma_candle::RmsNorm;
 use dma_candle::{DmaAttention, DmaAttentionConfig};
 
 #[derive(Debug, Clone)]

@@ -18,7 +18,6 @@ mod generate;
 pub mod inspect;
 mod mlp;
 mod model;
-mod norm;
 mod sampling;
 mod tokenizer;
 pub mod train;

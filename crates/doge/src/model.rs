@@ -3,10 +3,10 @@
 
 use crate::decoder::DecoderLayer;
 use crate::embedding::Embedding;
-use crate::norm::RmsNorm;
 use crate::{weights, DogeConfig, Error, KvCache, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder, VarMap};
+use dma_candle::RmsNorm;
 use dma_candle::{AttentionKind, BiasFn};
 use std::path::Path;
 

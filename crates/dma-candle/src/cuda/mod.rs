@@ -17,8 +17,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-mod rows;
-pub(crate) use rows::scatter_add_rows;
+mod layers;
+pub(crate) use layers::{rms_norm_backward, rms_norm_forward, rope, scatter_add_rows};
 
 /// What the forward keeps for its backward on CUDA: the lse, and the selection when the general
 /// forward made one (the decode path does not; the backward then selects again).

@@ -5,7 +5,9 @@
 use super::imp::{at_limit, rel_err, Case, Errors, Measured, LIMIT};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
 use dma::Layout;
+use dma_candle::DmaAttention;
 use doge::{DogeConfig, DogeForCausalLM, ModelOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -95,6 +97,79 @@ pub fn rows(_: &dma::cuda::Device, _: &Case, seed: u64) -> Result<Errors> {
     Ok(at_limit([
         ("rows", rel_err(&got_rows, &want_rows)),
         ("dtable", rel_err(&got_grad, &want_grad)),
+    ]))
+}
+
+/// The f32 layers around the attention on CUDA vs the CPU, with the gradients of
+/// `sum(out * g)`: `dma_candle::rms_norm` over rows `[65536, 128]`, and a `DmaAttention`
+/// layer's projections (hidden 128, Hq = 2, Hkv = 1: RMSNorm of every q and k head, then RoPE
+/// at offset 5) with the gradient of its input. (The case only names the check.)
+pub fn layers(_: &dma::cuda::Device, _: &Case, seed: u64) -> Result<Errors> {
+    let cpu = Device::Cpu;
+    let cuda = Device::new_cuda(0)?;
+    cpu.set_seed(seed)?;
+    let x = Tensor::randn(0f32, 1.0, (64, 1024, 128), &cpu)?;
+    let w = Tensor::randn(1f32, 0.5, 128, &cpu)?;
+    let g = Tensor::randn(0f32, 1.0, (64, 1024, 128), &cpu)?;
+    let norm = |dev: &Device| -> Result<[Vec<f32>; 3]> {
+        let (x, w) = (
+            Var::from_tensor(&x.to_device(dev)?)?,
+            Var::from_tensor(&w.to_device(dev)?)?,
+        );
+        let y = dma_candle::rms_norm(&x, &w, 1e-6)?;
+        let grads = (&y * g.to_device(dev)?)?.sum_all()?.backward()?;
+        let grad = |v: &Var| {
+            grads
+                .get(v)
+                .ok_or_else(|| anyhow::anyhow!("no gradient reached an input"))
+        };
+        Ok([flat(&y)?, flat(grad(&x)?)?, flat(grad(&w)?)?])
+    };
+    let [got_y, got_dx, got_dw] = norm(&cuda)?;
+    let [want_y, want_dx, want_dw] = norm(&cpu)?;
+
+    let config = dma_candle::DmaAttentionConfig::new(128, 2, 1, 64);
+    let layer = |vars: &VarMap, dev: &Device| -> Result<DmaAttention> {
+        let vb = VarBuilder::from_varmap(vars, DType::F32, dev);
+        Ok(DmaAttention::new(config.clone(), vb)?)
+    };
+    let (cpu_vars, cuda_vars) = (VarMap::new(), VarMap::new());
+    let layers = [layer(&cpu_vars, &cpu)?, layer(&cuda_vars, &cuda)?];
+    // The CUDA layer takes the CPU layer's random weights.
+    let cpu_weights = cpu_vars
+        .data()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for (name, var) in cuda_vars
+        .data()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        var.set(&cpu_weights[name].as_tensor().to_device(&cuda)?)?;
+    }
+    let input = Tensor::randn(0f32, 1.0, (8, 256, 128), &cpu)?;
+    let project = |layer: &DmaAttention, dev: &Device| -> Result<[Vec<f32>; 3]> {
+        let x = Var::from_tensor(&input.to_device(dev)?)?;
+        let (q, k, _) = layer.project(&x, 5)?;
+        let loss =
+            ((&q * q.ones_like()?.affine(0.5, 0.25)?)?.sum_all()? + (&k * &k)?.sum_all()?)?;
+        let grads = loss.backward()?;
+        let dx = grads
+            .get(&x)
+            .ok_or_else(|| anyhow::anyhow!("no gradient reached the input"))?;
+        Ok([flat(&q)?, flat(&k)?, flat(dx)?])
+    };
+    let [want_q, want_k, want_px] = project(&layers[0], &cpu)?;
+    let [got_q, got_k, got_px] = project(&layers[1], &cuda)?;
+    Ok(at_limit([
+        ("norm y", rel_err(&got_y, &want_y)),
+        ("norm dx", rel_err(&got_dx, &want_dx)),
+        ("norm dw", rel_err(&got_dw, &want_dw)),
+        ("q", rel_err(&got_q, &want_q)),
+        ("k", rel_err(&got_k, &want_k)),
+        ("dinput", rel_err(&got_px, &want_px)),
     ]))
 }
 

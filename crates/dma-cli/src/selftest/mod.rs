@@ -291,6 +291,13 @@ mod imp {
             label: "gather_rows: table [8192, 128], 65536 ids, gradient".into(),
         };
         plan.push(("candle", "f32", &rows_case, super::candle::rows));
+        let layers_case = Case {
+            shape: doge_case.shape.clone(),
+            params: doge_case.params,
+            ties: false,
+            label: "RMSNorm [65536, 128] and q/k projections (RMSNorm, RoPE), gradients".into(),
+        };
+        plan.push(("candle", "f32", &layers_case, super::candle::layers));
         let (mut failed, mut worst) = (0usize, 0.0f64);
         for (i, (kind, dtype, case, check)) in plan.iter().enumerate() {
             let (errors, ok) = match check(&dev, case, seed.wrapping_add(i as u64)) {

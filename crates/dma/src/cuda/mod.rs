@@ -14,8 +14,9 @@
 //!    gathering for two consumer warpgroups); elsewhere `kernels/forward.cu` (mma.sync). The
 //!    environment variable `DMA_CUDA_NO_WGMMA` forces the second (for A/B comparisons).
 //!
-//! Besides the attention, [`scatter_add_rows`] (`kernels/scatter_add_rows.cu`) is the backward
-//! of an embedding lookup, for models trained with the op (dma-candle's `gather_rows`).
+//! Besides the attention, a few f32 kernels serve the layers around it in a model trained with
+//! the op (dma-candle's `gather_rows`, `RmsNorm` and RoPE): [`scatter_add_rows`] (the backward
+//! of an embedding lookup), [`rms_norm_forward`] and [`rms_norm_backward`], and [`rope`].
 //!
 //! ```no_run
 //! use dma::{cuda, Heads, Params, Shape};
@@ -39,9 +40,9 @@ mod decode;
 mod device;
 mod error;
 mod forward;
+mod layers;
 mod libs;
 mod plan;
-mod rows;
 mod select;
 
 pub use backward::{backward, backward_host, backward_into, BackwardInputs, DeviceGradients};
@@ -51,8 +52,8 @@ pub use forward::{
     forward, forward_host, forward_into, forward_into_with_selection, select, CudaElement,
     DeviceForward, HEAD_DIMS,
 };
+pub use layers::{rms_norm_backward, rms_norm_forward, rope, scatter_add_rows, RMS_NORM_MAX_WIDTH};
 pub use plan::BLOCK_M;
-pub use rows::scatter_add_rows;
 pub use select::{HostSelection, Selection};
 
 /// Every kernel specialisation the backend may launch, for compiling ahead (tests, CI).
@@ -94,7 +95,7 @@ pub fn all_kernels() -> Vec<compile::KernelSpec> {
     }
     specs.push(backward::convert_spec::<half::bf16>());
     specs.push(backward::convert_spec::<half::f16>());
-    specs.push(rows::spec());
+    specs.extend(layers::specs());
     specs
 }
 

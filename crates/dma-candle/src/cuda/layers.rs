@@ -1,0 +1,115 @@
+//! The CUDA side of the f32 layers around the attention (`gather_rows`' backward, `RmsNorm`,
+//! RoPE): `dma::cuda`'s kernels on candle's stream, on contiguous f32 storage.
+
+use super::{contiguous, device, driver};
+use crate::Error;
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::CudaSlice;
+use candle_core::{CudaStorage, Layout, Result};
+
+/// A new f32 buffer of `len` elements on `like`'s device (uninitialised: the kernel writes all).
+fn alloc(like: &CudaStorage, len: usize) -> Result<CudaSlice<f32>> {
+    // SAFETY: every caller hands the buffer to a kernel that writes each element.
+    unsafe { like.device().cuda_stream().alloc::<f32>(len.max(1)) }.map_err(driver)
+}
+
+/// A zero f32 table of `rows` rows of `width` with `src`'s rows (contiguous f32 `[n, width]`)
+/// added at `ids` (u32 `[n]`).
+pub(crate) fn scatter_add_rows(
+    src: &CudaStorage,
+    ls: &Layout,
+    ids: &CudaStorage,
+    li: &Layout,
+    rows: usize,
+    width: usize,
+) -> Result<CudaStorage> {
+    let cdev = src.device().clone();
+    let dev = device(&cdev)?;
+    let values = contiguous::<f32>("src", src, ls)?;
+    let ids = contiguous::<u32>("ids", ids, li)?;
+    let mut out = cdev
+        .cuda_stream()
+        .alloc_zeros::<f32>((rows * width).max(1))
+        .map_err(driver)?;
+    if rows * width > 0 {
+        dma::cuda::scatter_add_rows(&dev, &values, &ids, &mut out, width).map_err(Error::from)?;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(out, cdev))
+}
+
+/// RMSNorm of the rows of width `width` of contiguous f32 `x`, scaled by `w` `[width]`.
+pub(crate) fn rms_norm_forward(
+    x: &CudaStorage,
+    lx: &Layout,
+    w: &CudaStorage,
+    lw: &Layout,
+    width: usize,
+    eps: f32,
+) -> Result<CudaStorage> {
+    let dev = device(x.device())?;
+    let (x_, w) = (
+        contiguous::<f32>("x", x, lx)?,
+        contiguous::<f32>("w", w, lw)?,
+    );
+    let mut y = alloc(x, x_.len())?;
+    dma::cuda::rms_norm_forward(&dev, &x_, &w, &mut y, width, eps).map_err(Error::from)?;
+    Ok(CudaStorage::wrap_cuda_slice(y, x.device().clone()))
+}
+
+/// The backward of [`rms_norm_forward`] for the output gradient `g`: `[rows + 1, width]`, the
+/// rows of dx and then dw.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rms_norm_backward(
+    x: &CudaStorage,
+    lx: &Layout,
+    w: &CudaStorage,
+    lw: &Layout,
+    g: &CudaStorage,
+    lg: &Layout,
+    width: usize,
+    eps: f32,
+) -> Result<CudaStorage> {
+    let dev = device(x.device())?;
+    let x_ = contiguous::<f32>("x", x, lx)?;
+    let (w, g) = (
+        contiguous::<f32>("w", w, lw)?,
+        contiguous::<f32>("g", g, lg)?,
+    );
+    let mut out = alloc(x, x_.len() + width)?;
+    let (mut dx, mut dw) = out.split_at_mut(x_.len());
+    dma::cuda::rms_norm_backward(&dev, &x_, &w, &g, &mut dx, &mut dw, width, eps)
+        .map_err(Error::from)?;
+    Ok(CudaStorage::wrap_cuda_slice(out, x.device().clone()))
+}
+
+/// The rotary embedding of contiguous f32 `x` `[B, n, heads, 2 * half]` with `cos`, `sin`
+/// `[n, half]`; `inverse` for the backward.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rope(
+    x: &CudaStorage,
+    lx: &Layout,
+    cos: &CudaStorage,
+    lc: &Layout,
+    sin: &CudaStorage,
+    ls: &Layout,
+    inverse: bool,
+) -> Result<CudaStorage> {
+    let dev = device(x.device())?;
+    let [_, n, heads, d] = lx.dims() else {
+        return Err(Error::Rank {
+            name: "x",
+            expected: "[B, N, H, D]",
+            actual: lx.dims().to_vec(),
+        }
+        .into());
+    };
+    let x_ = contiguous::<f32>("x", x, lx)?;
+    let (cos, sin) = (
+        contiguous::<f32>("cos", cos, lc)?,
+        contiguous::<f32>("sin", sin, ls)?,
+    );
+    let mut y = alloc(x, x_.len())?;
+    dma::cuda::rope(&dev, &x_, &cos, &sin, &mut y, *n, *heads, d / 2, inverse)
+        .map_err(Error::from)?;
+    Ok(CudaStorage::wrap_cuda_slice(y, x.device().clone()))
+}
