@@ -4,7 +4,9 @@
 # training set of STEPS x BATCH examples per run (with TOKENS set, each run's batch is
 # TOKENS / seq_len instead, so that every length trains on the same tokens per step). Runs JOBS
 # runs at once, smallest first, and writes every finished run's JSON as one line of
-# OUT/mqar-grid.jsonl (one at a time is fastest: parallel runs on one GPU finish later). Runs still going after DEADLINE seconds are stopped and listed.
+# OUT/mqar-grid.jsonl. One at a time is fastest: a step is GPU-bound, and 9 runs at once under
+# MPS (N = 512, batch 128) filled the H100's 80 GB and finished none in 530 s, where one alone
+# takes about 150 s. Runs still going after DEADLINE seconds are stopped and listed.
 #
 #   scripts/mqar-grid.sh            # DMA=.devbin/dma, all 72 runs
 #   SEQS="512 1024" KVS=64 scripts/mqar-grid.sh
@@ -21,7 +23,7 @@ STEPS=${STEPS:-1500}
 BATCH=${BATCH:-32}
 TOKENS=${TOKENS:-}
 LR=${LR:-3e-3}
-JOBS=${JOBS:-6}
+JOBS=${JOBS:-1}
 DEADLINE=${DEADLINE:-500}
 SEED=${SEED:-0}
 A_STD=${A_STD:-0}

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# On the GPU machine (device tool), in one call: checks and times a new build's training path
+# before it trains anything, then spends what is left of the call on MQAR grid cells.
+#   1. the kernel tests of the layers around the attention (RMSNorm, RoPE, the embedding's
+#      scatter) against f64, and `dma selftest --device cuda` (its `candle` and `doge` checks
+#      cover the same layers through candle's autograd);
+#   2. 100 MQAR training steps (dma and mha) with the build before (.devbin/dma-before) and this
+#      one, one after the other: train_seconds of each;
+#   3. the GPU time of a 2-step run by kernel (scripts/profile-train-step.py);
+#   4. only if 1 passed: the grid cells named by GRID (scripts/mqar-grid.sh's variables) until
+#      BUDGET seconds from the start.
+# Here first: scripts/cuda-build-devbin.sh (and keep the previous .devbin/dma.xz as
+# .devbin/dma-before.xz). Carry .devbin/dma.xz, .devbin/dma-before.xz, .devbin/dma-cuda-tests.
+#
+#   GRID='SEQS=512 KVS=128 DMODELS=128' bash scripts/cuda-train-check.sh
+set -u
+OUT=${OUT:-/tmp/dma-out}
+BUDGET=${BUDGET:-570}
+GRID=${GRID:-}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} PYTHONUNBUFFERED=1
+for b in dma dma-before; do
+  [ -f ".devbin/$b.xz" ] || continue
+  python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1] + '.xz'), open(sys.argv[1], 'wb'))" ".devbin/$b"
+  chmod +x ".devbin/$b"
+done
+ok=1
+timeout 120 .devbin/dma-cuda-tests --exact rms_norm_matches_f64 rope_matches_f64 \
+  scatter_add_rows_matches_cpu --nocapture >"$OUT/layer-tests.log" 2>&1 || ok=0
+grep -E "rms_norm|rope|scatter|test result|panicked" "$OUT/layer-tests.log"
+timeout 240 .devbin/dma selftest --device cuda >"$OUT/selftest.log" 2>&1 || ok=0
+grep -E "candle|doge|PASS|FAIL" "$OUT/selftest.log" | tail -12
+echo "checks passed: $ok ($SECONDS s)"
+
+M="mqar --device cuda --seq-len 1024 --kv-pairs 64 --d-model 128 --heads 2 --layers 2 --window 512
+   --vocab 8192 --batch 64 --lr 1e-3 --seed 0 --test-examples 200"
+for kind in dma mha; do
+  for b in dma-before dma; do
+    [ -x ".devbin/$b" ] || continue
+    # shellcheck disable=SC2086
+    ".devbin/$b" $M --attention "$kind" --steps 100 --train-examples 6400 \
+      --output "/tmp/$b-$kind.json" >/dev/null 2>&1 &&
+      python3 -c "import json, sys; print(sys.argv[1], json.load(open(sys.argv[2]))['train_seconds'])" \
+        "$b $kind: 100 steps, train_seconds" "/tmp/$b-$kind.json"
+  done
+done | tee "$OUT/timing.txt"
+# shellcheck disable=SC2086
+timeout 150 python3 scripts/profile-train-step.py .devbin/dma $M --attention dma --steps 2 \
+  --train-examples 128 --output /tmp/profile.json >"$OUT/profile.txt" 2>&1
+head -30 "$OUT/profile.txt"
+echo "timing and profile done ($SECONDS s)"
+
+left=$((BUDGET - SECONDS))
+if [ "$ok" = 1 ] && [ -n "$GRID" ] && [ "$left" -gt 150 ]; then
+  env $GRID TOKENS=65536 STEPS=${STEPS:-2500} LR=1e-3 JOBS=1 DEADLINE=$left OUT="$OUT/grid" \
+    WORK=/tmp/dma-grid bash scripts/mqar-grid.sh | tee "$OUT/grid.log"
+else
+  echo "no grid runs (checks passed: $ok, GRID '${GRID}', $left s left)"
+fi
