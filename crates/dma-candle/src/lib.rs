@@ -47,15 +47,20 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod error;
+mod f32_storage;
 mod layer;
 mod norm;
 mod op;
 mod rope;
 mod rows;
+mod scale_add;
 mod shape;
+mod silu_mul;
 
 pub use error::Error;
 pub use layer::{AttentionKind, BiasFn, DmaAttention, DmaAttentionConfig};
 pub use norm::{rms_norm, RmsNorm};
 pub use op::{dma_attention, dma_attention_with_lse};
 pub use rows::gather_rows;
+pub use scale_add::scale_add;
+pub use silu_mul::silu_mul;

@@ -2,8 +2,8 @@
 //! the weight in the input's dtype. For f32 inputs it is one op with its own backward (one
 //! kernel each way on CUDA, where candle's composite took about twenty element-wise kernels).
 
+use crate::f32_storage::f32_slices;
 use crate::Error;
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
@@ -64,27 +64,6 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let ms = x32.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = x32.broadcast_div(&(ms + eps)?.sqrt()?)?;
     normed.to_dtype(x.dtype())?.broadcast_mul(weight)
-}
-
-/// The f32 storages of a fused op, or an error naming the first that is not f32.
-pub(crate) fn f32_slices<'a, const N: usize>(
-    names: [&'static str; N],
-    storages: [(&'a CpuStorage, &Layout); N],
-) -> Result<[&'a [f32]; N]> {
-    let mut out = [&[][..]; N];
-    for ((name, (s, l)), slot) in names.into_iter().zip(storages).zip(&mut out) {
-        let CpuStorage::F32(values) = s else {
-            return Err(Error::DType {
-                name,
-                actual: s.dtype(),
-                expected: "f32".into(),
-            }
-            .into());
-        };
-        let (start, end) = l.contiguous_offsets().ok_or(Error::NotContiguous(name))?;
-        *slot = &values[start..end];
-    }
-    Ok(out)
 }
 
 /// `1 / sqrt(mean(row²) + eps)`, in f32 as the CUDA kernel computes it.

@@ -5,7 +5,7 @@ use crate::mlp::Mlp;
 use crate::{DogeConfig, KvCache, ModelOptions};
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use dma_candle::RmsNorm;
+use dma_candle::{scale_add, RmsNorm};
 use dma_candle::{DmaAttention, DmaAttentionConfig};
 
 #[derive(Debug, Clone)]
@@ -74,10 +74,10 @@ impl DecoderLayer {
             None => (k, v, bias),
         };
         let attended = attn.attend(&q, &k, &v, &bias)?;
-        let x = (x.broadcast_mul(&self.input_residual)? + attended)?;
+        let x = scale_add(x, &self.input_residual, &attended)?;
         let mlp = self
             .mlp
             .forward(&self.post_attention_layernorm.forward(&x)?)?;
-        x.broadcast_mul(&self.post_attention_residual)? + mlp
+        scale_add(&x, &self.post_attention_residual, &mlp)
     }
 }

@@ -1,5 +1,6 @@
 //! The CUDA side of the f32 layers around the attention (`gather_rows`' backward, `RmsNorm`,
-//! RoPE): `dma::cuda`'s kernels on candle's stream, on contiguous f32 storage.
+//! RoPE, `silu_mul`, `scale_add`): `dma::cuda`'s kernels on candle's stream, on contiguous f32
+//! storage.
 
 use super::{contiguous, device, driver};
 use crate::Error;
@@ -112,4 +113,86 @@ pub(crate) fn rope(
     dma::cuda::rope(&dev, &x_, &cos, &sin, &mut y, *n, *heads, d / 2, inverse)
         .map_err(Error::from)?;
     Ok(CudaStorage::wrap_cuda_slice(y, x.device().clone()))
+}
+
+/// `silu(a) * u` of contiguous f32 `a` and `u` of one shape.
+pub(crate) fn silu_mul_forward(
+    a: &CudaStorage,
+    la: &Layout,
+    u: &CudaStorage,
+    lu: &Layout,
+) -> Result<CudaStorage> {
+    let dev = device(a.device())?;
+    let (a_, u) = (
+        contiguous::<f32>("a", a, la)?,
+        contiguous::<f32>("u", u, lu)?,
+    );
+    let mut h = alloc(a, a_.len())?;
+    dma::cuda::silu_mul_forward(&dev, &a_, &u, &mut h).map_err(Error::from)?;
+    Ok(CudaStorage::wrap_cuda_slice(h, a.device().clone()))
+}
+
+/// The backward of [`silu_mul_forward`] for the output gradient `g`: da then du, one buffer.
+pub(crate) fn silu_mul_backward(
+    a: &CudaStorage,
+    la: &Layout,
+    u: &CudaStorage,
+    lu: &Layout,
+    g: &CudaStorage,
+    lg: &Layout,
+) -> Result<CudaStorage> {
+    let dev = device(a.device())?;
+    let a_ = contiguous::<f32>("a", a, la)?;
+    let (u, g) = (
+        contiguous::<f32>("u", u, lu)?,
+        contiguous::<f32>("g", g, lg)?,
+    );
+    let mut out = alloc(a, 2 * a_.len())?;
+    dma::cuda::silu_mul_backward(&dev, &a_, &u, &g, &mut out).map_err(Error::from)?;
+    Ok(CudaStorage::wrap_cuda_slice(out, a.device().clone()))
+}
+
+/// `x * s + r` over the rows of width `width` of contiguous f32 `x` and `r`, `s` `[width]`.
+pub(crate) fn scale_add_forward(
+    x: &CudaStorage,
+    lx: &Layout,
+    s: &CudaStorage,
+    ls: &Layout,
+    r: &CudaStorage,
+    lr: &Layout,
+    width: usize,
+) -> Result<CudaStorage> {
+    let dev = device(x.device())?;
+    let x_ = contiguous::<f32>("x", x, lx)?;
+    let (s, r) = (
+        contiguous::<f32>("s", s, ls)?,
+        contiguous::<f32>("r", r, lr)?,
+    );
+    let mut y = alloc(x, x_.len())?;
+    dma::cuda::scale_add_forward(&dev, &x_, &s, &r, &mut y, width).map_err(Error::from)?;
+    Ok(CudaStorage::wrap_cuda_slice(y, x.device().clone()))
+}
+
+/// The backward of [`scale_add_forward`] for the output gradient `g`: `[rows + 1, width]`, the
+/// rows of dx and then ds.
+pub(crate) fn scale_add_backward(
+    x: &CudaStorage,
+    lx: &Layout,
+    s: &CudaStorage,
+    ls: &Layout,
+    g: &CudaStorage,
+    lg: &Layout,
+    width: usize,
+) -> Result<CudaStorage> {
+    let dev = device(x.device())?;
+    let x_ = contiguous::<f32>("x", x, lx)?;
+    let (s, g) = (
+        contiguous::<f32>("s", s, ls)?,
+        contiguous::<f32>("g", g, lg)?,
+    );
+    let mut out = alloc(x, x_.len() + width)?;
+    let (mut dx, mut ds) = out.split_at_mut(x_.len());
+    dma::cuda::scale_add_backward(&dev, &x_, &s, &g, &mut dx, &mut ds, width)
+        .map_err(Error::from)?;
+    Ok(CudaStorage::wrap_cuda_slice(out, x.device().clone()))
 }

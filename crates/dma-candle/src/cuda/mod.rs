@@ -18,7 +18,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 mod layers;
-pub(crate) use layers::{rms_norm_backward, rms_norm_forward, rope, scatter_add_rows};
+pub(crate) use layers::{
+    rms_norm_backward, rms_norm_forward, rope, scale_add_backward, scale_add_forward,
+    scatter_add_rows, silu_mul_backward, silu_mul_forward,
+};
 
 /// What the forward keeps for its backward on CUDA: the lse, and the selection when the general
 /// forward made one (the decode path does not; the backward then selects again).

@@ -8,6 +8,10 @@
 //!   element-wise kernels.
 //! - [`rope`] (`kernels/rope.cu`): the rotary embedding and its inverse (the backward), which
 //!   candle has no backward for.
+//! - [`silu_mul_forward`] and [`silu_mul_backward`] (`kernels/silu_mul.cu`): the gated MLP's
+//!   `silu(a) * u`.
+//! - [`scale_add_forward`] and [`scale_add_backward`] (`kernels/scale_add.cu`): a residual with
+//!   a learned per-column scale, `x * s + r`.
 
 use super::device::Device;
 use super::{compile::KernelSpec, error};
@@ -17,8 +21,9 @@ use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
 const THREADS: u32 = 256;
 /// Enough blocks to fill any GPU many times over; the kernels stride over the rest.
 const MAX_BLOCKS: u64 = 1 << 16;
-/// The widest RMSNorm row: the backward keeps one f32 per column in shared memory (48 KB).
-pub const RMS_NORM_MAX_WIDTH: usize = 12 * 1024;
+/// The widest row of RMSNorm and of the scale-add: their backwards keep one f32 per column in
+/// shared memory (48 KB).
+pub const MAX_ROW_WIDTH: usize = 12 * 1024;
 
 const F32: &[(&str, &str)] = &[("f32", "float")];
 
@@ -29,6 +34,10 @@ pub(crate) fn specs() -> Vec<KernelSpec> {
         rms_norm_spec(false),
         rms_norm_spec(true),
         rope_spec(),
+        silu_mul_spec(false),
+        silu_mul_spec(true),
+        scale_add_spec(false),
+        scale_add_spec(true),
     ]
 }
 
@@ -42,6 +51,22 @@ fn rms_norm_spec(backward: bool) -> KernelSpec {
     match backward {
         false => KernelSpec::new(source, "RMS_NORM_FORWARD", "rms_norm_forward", F32),
         true => KernelSpec::new(source, "RMS_NORM_BACKWARD", "rms_norm_backward", F32),
+    }
+}
+
+fn silu_mul_spec(backward: bool) -> KernelSpec {
+    let source = include_str!("kernels/silu_mul.cu");
+    match backward {
+        false => KernelSpec::new(source, "SILU_MUL_FORWARD", "silu_mul_forward", F32),
+        true => KernelSpec::new(source, "SILU_MUL_BACKWARD", "silu_mul_backward", F32),
+    }
+}
+
+fn scale_add_spec(backward: bool) -> KernelSpec {
+    let source = include_str!("kernels/scale_add.cu");
+    match backward {
+        false => KernelSpec::new(source, "SCALE_ADD_FORWARD", "scale_add_forward", F32),
+        true => KernelSpec::new(source, "SCALE_ADD_BACKWARD", "scale_add_backward", F32),
     }
 }
 
@@ -113,14 +138,14 @@ pub fn scatter_add_rows(
     Ok(())
 }
 
-/// The rows of width `width` in `x`, after checking that `width` is one the kernels take.
-fn norm_rows(x: &CudaSlice<f32>, width: usize) -> Result<usize> {
-    if width == 0 || width > RMS_NORM_MAX_WIDTH {
+/// The rows of width `width` in `x`, after checking that `width` is one the row kernels take.
+fn rows_of(x: &CudaSlice<f32>, width: usize) -> Result<usize> {
+    if width == 0 || width > MAX_ROW_WIDTH {
         return Err(DmaError::ShapeMismatch {
             name: "x",
-            expected: RMS_NORM_MAX_WIDTH,
+            expected: MAX_ROW_WIDTH,
             actual: width,
-            shape: format!("RMSNorm rows of 1 to {RMS_NORM_MAX_WIDTH} elements"),
+            shape: format!("rows of 1 to {MAX_ROW_WIDTH} elements"),
         });
     }
     if x.len() % width != 0 {
@@ -144,7 +169,7 @@ pub fn rms_norm_forward(
     width: usize,
     eps: f32,
 ) -> Result<()> {
-    let rows = norm_rows(x, width)?;
+    let rows = rows_of(x, width)?;
     check_len("w", w.len(), width, "[width]")?;
     check_len("y", y.len(), x.len(), "the shape of x")?;
     if rows == 0 {
@@ -175,7 +200,7 @@ pub fn rms_norm_backward(
     width: usize,
     eps: f32,
 ) -> Result<()> {
-    let rows = norm_rows(x, width)?;
+    let rows = rows_of(x, width)?;
     check_len("w", w.len(), width, "[width]")?;
     check_len("g", g.len(), x.len(), "the shape of x")?;
     check_len("dx", dx.len(), x.len(), "the shape of x")?;
@@ -253,5 +278,115 @@ pub fn rope(
     // SAFETY: the arguments match the kernel's signature; x and y hold 2 * pairs elements, cos
     // and sin n * half.
     unsafe { launch.launch(grid_stride(pairs, u64::from(THREADS), 0)) }.map_err(error::driver)?;
+    Ok(())
+}
+
+/// `h = silu(a) * u` elementwise (`a`, `u` and `h` of one length), on the device's stream.
+pub fn silu_mul_forward(
+    dev: &Device,
+    a: &CudaSlice<f32>,
+    u: &CudaSlice<f32>,
+    h: &mut CudaSlice<f32>,
+) -> Result<()> {
+    check_len("u", u.len(), a.len(), "the shape of a")?;
+    check_len("h", h.len(), a.len(), "the shape of a")?;
+    if a.is_empty() {
+        return Ok(());
+    }
+    let f = dev.function(&silu_mul_spec(false))?;
+    let n = a.len() as u64;
+    let mut launch = dev.stream().launch_builder(&f);
+    launch.arg(a).arg(u).arg(h).arg(&n);
+    // SAFETY: the arguments match the kernel's signature; a, u and h hold n elements.
+    unsafe { launch.launch(grid_stride(n, u64::from(THREADS), 0)) }.map_err(error::driver)?;
+    Ok(())
+}
+
+/// The backward of [`silu_mul_forward`] for the output gradient `g`: `da` then `du` in `da_du`
+/// (twice the length of `a`).
+pub fn silu_mul_backward(
+    dev: &Device,
+    a: &CudaSlice<f32>,
+    u: &CudaSlice<f32>,
+    g: &CudaSlice<f32>,
+    da_du: &mut CudaSlice<f32>,
+) -> Result<()> {
+    check_len("u", u.len(), a.len(), "the shape of a")?;
+    check_len("g", g.len(), a.len(), "the shape of a")?;
+    check_len("da_du", da_du.len(), 2 * a.len(), "twice the shape of a")?;
+    if a.is_empty() {
+        return Ok(());
+    }
+    let f = dev.function(&silu_mul_spec(true))?;
+    let n = a.len() as u64;
+    let mut launch = dev.stream().launch_builder(&f);
+    launch.arg(a).arg(u).arg(g).arg(da_du).arg(&n);
+    // SAFETY: the arguments match the kernel's signature; a, u and g hold n elements, da_du 2n.
+    unsafe { launch.launch(grid_stride(n, u64::from(THREADS), 0)) }.map_err(error::driver)?;
+    Ok(())
+}
+
+/// `y = x * s + r` over the rows of width `width` of `x` (`r` and `y` the same shape, `s`
+/// `[width]`), on the device's stream.
+pub fn scale_add_forward(
+    dev: &Device,
+    x: &CudaSlice<f32>,
+    s: &CudaSlice<f32>,
+    r: &CudaSlice<f32>,
+    y: &mut CudaSlice<f32>,
+    width: usize,
+) -> Result<()> {
+    let rows = rows_of(x, width)?;
+    check_len("s", s.len(), width, "[width]")?;
+    check_len("r", r.len(), x.len(), "the shape of x")?;
+    check_len("y", y.len(), x.len(), "the shape of x")?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let f = dev.function(&scale_add_spec(false))?;
+    let (n, width) = (x.len() as u64, width as u32);
+    let mut launch = dev.stream().launch_builder(&f);
+    launch.arg(x).arg(s).arg(r).arg(y).arg(&n).arg(&width);
+    // SAFETY: the arguments match the kernel's signature; x, r and y hold n elements, s width.
+    unsafe { launch.launch(grid_stride(n, u64::from(THREADS), 0)) }.map_err(error::driver)?;
+    Ok(())
+}
+
+/// The backward of [`scale_add_forward`] for the output gradient `g`: `dx` (the shape of `x`)
+/// and `ds` (`[width]`), both overwritten; `r`'s gradient is `g` itself.
+#[allow(clippy::too_many_arguments)]
+pub fn scale_add_backward(
+    dev: &Device,
+    x: &CudaSlice<f32>,
+    s: &CudaSlice<f32>,
+    g: &CudaSlice<f32>,
+    dx: &mut CudaViewMut<'_, f32>,
+    ds: &mut CudaViewMut<'_, f32>,
+    width: usize,
+) -> Result<()> {
+    let rows = rows_of(x, width)?;
+    check_len("s", s.len(), width, "[width]")?;
+    check_len("g", g.len(), x.len(), "the shape of x")?;
+    check_len("dx", dx.len(), x.len(), "the shape of x")?;
+    check_len("ds", ds.len(), width, "[width]")?;
+    dev.stream().memset_zeros(ds).map_err(error::driver)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let f = dev.function(&scale_add_spec(true))?;
+    let (rows, width) = (rows as u64, width as u32);
+    let mut launch = dev.stream().launch_builder(&f);
+    launch
+        .arg(x)
+        .arg(s)
+        .arg(g)
+        .arg(dx)
+        .arg(ds)
+        .arg(&rows)
+        .arg(&width);
+    // SAFETY: the arguments match the kernel's signature; x, g and dx hold rows * width
+    // elements, s and ds width; the shared memory holds width floats (at most 48 KB).
+    unsafe { launch.launch(grid_stride(rows, u64::from(THREADS / 32), width * 4)) }
+        .map_err(error::driver)?;
     Ok(())
 }

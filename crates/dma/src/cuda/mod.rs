@@ -15,8 +15,10 @@
 //!    environment variable `DMA_CUDA_NO_WGMMA` forces the second (for A/B comparisons).
 //!
 //! Besides the attention, a few f32 kernels serve the layers around it in a model trained with
-//! the op (dma-candle's `gather_rows`, `RmsNorm` and RoPE): [`scatter_add_rows`] (the backward
-//! of an embedding lookup), [`rms_norm_forward`] and [`rms_norm_backward`], and [`rope`].
+//! the op (dma-candle's `gather_rows`, `RmsNorm`, RoPE, `silu_mul` and `scale_add`):
+//! [`scatter_add_rows`] (the backward of an embedding lookup), [`rms_norm_forward`] and
+//! [`rms_norm_backward`], [`rope`], [`silu_mul_forward`] and [`silu_mul_backward`],
+//! [`scale_add_forward`] and [`scale_add_backward`].
 //!
 //! ```no_run
 //! use dma::{cuda, Heads, Params, Shape};
@@ -52,7 +54,10 @@ pub use forward::{
     forward, forward_host, forward_into, forward_into_with_selection, select, CudaElement,
     DeviceForward, HEAD_DIMS,
 };
-pub use layers::{rms_norm_backward, rms_norm_forward, rope, scatter_add_rows, RMS_NORM_MAX_WIDTH};
+pub use layers::{
+    rms_norm_backward, rms_norm_forward, rope, scale_add_backward, scale_add_forward,
+    scatter_add_rows, silu_mul_backward, silu_mul_forward, MAX_ROW_WIDTH,
+};
 pub use plan::BLOCK_M;
 pub use select::{HostSelection, Selection};
 

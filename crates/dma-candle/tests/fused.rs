@@ -1,0 +1,227 @@
+//! The fused f32 ops (`rms_norm`, `silu_mul`, `scale_add`) against f64 computations on fresh
+//! random inputs: the output from the definition, and every gradient by central differences of
+//! the f64 function (so that no backward's closed form is checked against anything derived
+//! from it).
+
+use candle_core::{DType, Device, Tensor, Var};
+use dma_candle::{rms_norm, scale_add, silu_mul};
+use proptest::prelude::*;
+
+/// `weight * x / sqrt(mean(x²) + eps)` of every row, in f64.
+fn norm_f64(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
+    let width = w.len();
+    x.chunks(width)
+        .flat_map(|row| {
+            let ms = row.iter().map(|v| v * v).sum::<f64>() / width as f64;
+            let r = 1.0 / (ms + eps).sqrt();
+            row.iter().zip(w).map(move |(x, w)| x * r * w)
+        })
+        .collect()
+}
+
+/// Central differences of `sum(g * f(inputs))` in every element of `inputs[which]`.
+fn numeric_grad(
+    f: impl Fn(&[Vec<f64>]) -> Vec<f64>,
+    inputs: &[Vec<f64>],
+    g: &[f64],
+    which: usize,
+) -> Vec<f64> {
+    let h = 1e-6;
+    let loss = |inputs: &[Vec<f64>]| -> f64 { f(inputs).iter().zip(g).map(|(y, g)| y * g).sum() };
+    (0..inputs[which].len())
+        .map(|i| {
+            let (mut plus, mut minus) = (inputs.to_vec(), inputs.to_vec());
+            plus[which][i] += h;
+            minus[which][i] -= h;
+            (loss(&plus) - loss(&minus)) / (2.0 * h)
+        })
+        .collect()
+}
+
+/// The gradients of `sum(out * g)` reaching `vars`, against central differences of `f`.
+fn check_grads(
+    out: Tensor,
+    vars: &[&Var],
+    f: impl Fn(&[Vec<f64>]) -> Vec<f64>,
+    inputs: &[Vec<f64>],
+    g: &[f32],
+) -> Result<(), TestCaseError> {
+    let gt = Tensor::from_vec(g.to_vec(), out.shape(), out.device()).unwrap();
+    let grads = (out * gt).unwrap().sum_all().unwrap().backward().unwrap();
+    for (which, var) in vars.iter().enumerate() {
+        let got: Vec<f32> = grads
+            .get(var)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let err = max_rel_err(&got, &numeric_grad(&f, inputs, &to_f64(g), which));
+        prop_assert!(err < 1e-4, "gradient {} error {}", which, err);
+    }
+    Ok(())
+}
+
+fn max_rel_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+    got.iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).abs() / scale)
+        .fold(0.0, f64::max)
+}
+
+fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// Rows, width, x, weight, upstream gradient, eps. Some rows are scaled far down, where eps
+/// matters.
+fn norm_case() -> impl Strategy<Value = (usize, usize, Vec<f32>, Vec<f32>, Vec<f32>, f64)> {
+    (
+        1usize..12,
+        1usize..40,
+        prop::sample::select(vec![1e-6, 1e-2]),
+    )
+        .prop_flat_map(|(rows, width, eps)| {
+            (
+                Just(rows),
+                Just(width),
+                prop::collection::vec(-3.0f32..3.0, rows * width),
+                prop::collection::vec(-2.0f32..2.0, width),
+                prop::collection::vec(-2.0f32..2.0, rows * width),
+                prop::collection::vec(prop::sample::select(vec![1.0f32, 1.0, 1e-2]), rows),
+                Just(eps),
+            )
+        })
+        .prop_map(|(rows, width, mut x, w, g, row_scale, eps)| {
+            for (row, s) in x.chunks_mut(width).zip(&row_scale) {
+                row.iter_mut().for_each(|v| *v *= s);
+            }
+            (rows, width, x, w, g, eps)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn f32_norm_and_gradients_match_f64((rows, width, x, w, g, eps) in norm_case()) {
+        let dev = Device::Cpu;
+        // A leading batch dim, so that the op sees rank 3.
+        let xv = Var::from_vec(x.clone(), (1, rows, width), &dev).unwrap();
+        let wv = Var::from_vec(w.clone(), width, &dev).unwrap();
+        let y = rms_norm(&xv, &wv, eps).unwrap();
+        prop_assert_eq!(y.dims(), &[1, rows, width]);
+        let (x64, w64) = (to_f64(&x), to_f64(&w));
+        let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let err = max_rel_err(&got, &norm_f64(&x64, &w64, eps));
+        prop_assert!(err < 1e-5, "output error {}", err);
+
+        let f = |i: &[Vec<f64>]| norm_f64(&i[0], &i[1], eps);
+        check_grads(y, &[&xv, &wv], f, &[x64, w64], &g)?;
+    }
+
+    #[test]
+    fn silu_mul_and_gradients_match_f64(
+        (a, u, g) in (1usize..300).prop_flat_map(|n| {
+            let v = || prop::collection::vec(-6.0f32..6.0, n);
+            (v(), v(), v())
+        })
+    ) {
+        let dev = Device::Cpu;
+        let n = a.len();
+        let (av, uv) = (Var::from_vec(a.clone(), n, &dev).unwrap(), Var::from_vec(u.clone(), n, &dev).unwrap());
+        let h = silu_mul(&av, &uv).unwrap();
+        let f = |i: &[Vec<f64>]| -> Vec<f64> {
+            i[0].iter().zip(&i[1]).map(|(a, u)| a / (1.0 + (-a).exp()) * u).collect()
+        };
+        let inputs = [to_f64(&a), to_f64(&u)];
+        let got: Vec<f32> = h.to_vec1().unwrap();
+        let err = max_rel_err(&got, &f(&inputs));
+        prop_assert!(err < 1e-5, "output error {}", err);
+        check_grads(h, &[&av, &uv], f, &inputs, &g)?;
+    }
+
+    #[test]
+    fn scale_add_and_gradients_match_f64(
+        (rows, width, x, s, r, g) in (1usize..12, 1usize..40).prop_flat_map(|(rows, width)| {
+            let v = |n| prop::collection::vec(-3.0f32..3.0, n);
+            (Just(rows), Just(width), v(rows * width), v(width), v(rows * width), v(rows * width))
+        })
+    ) {
+        let dev = Device::Cpu;
+        let xv = Var::from_vec(x.clone(), (rows, width), &dev).unwrap();
+        let sv = Var::from_vec(s.clone(), width, &dev).unwrap();
+        let rv = Var::from_vec(r.clone(), (rows, width), &dev).unwrap();
+        let y = scale_add(&xv, &sv, &rv).unwrap();
+        let f = |i: &[Vec<f64>]| -> Vec<f64> {
+            let width = i[1].len();
+            i[0].iter().zip(&i[2]).enumerate().map(|(e, (x, r))| x * i[1][e % width] + r).collect()
+        };
+        let inputs = [to_f64(&x), to_f64(&s), to_f64(&r)];
+        let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let err = max_rel_err(&got, &f(&inputs));
+        prop_assert!(err < 1e-6, "output error {}", err);
+        check_grads(y, &[&xv, &sv, &rv], f, &inputs, &g)?;
+    }
+}
+
+/// bf16 takes candle's element-wise ops (normalised in f32, scaled in bf16), with gradients.
+#[test]
+fn bf16_norm_matches_f64() {
+    let dev = Device::Cpu;
+    let (rows, width, eps) = (5, 24, 1e-6);
+    let x = Tensor::randn(0f32, 1.0, (rows, width), &dev).unwrap();
+    let w = Tensor::randn(1f32, 0.3, width, &dev).unwrap();
+    let xv = Var::from_tensor(&x.to_dtype(DType::BF16).unwrap()).unwrap();
+    let wv = Var::from_tensor(&w.to_dtype(DType::BF16).unwrap()).unwrap();
+    let y = rms_norm(&xv, &wv, eps).unwrap();
+    assert_eq!(y.dtype(), DType::BF16);
+    let f64s = |t: &Tensor| -> Vec<f64> {
+        let v: Vec<f32> = t
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        to_f64(&v)
+    };
+    let want = norm_f64(&f64s(&xv), &f64s(&wv), eps);
+    let got: Vec<f32> = y
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let err = max_rel_err(&got, &want);
+    assert!(err < 1e-2, "bf16 output error {err}");
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&xv).is_some() && grads.get(&wv).is_some());
+}
+
+/// Shapes that do not match are errors naming the tensor; an empty x is empty.
+#[test]
+fn bad_shapes_are_errors_and_empty_inputs_are_empty() {
+    let dev = Device::Cpu;
+    let x = Tensor::zeros((2, 3, 8), DType::F32, &dev).unwrap();
+    let err = rms_norm(&x, &Tensor::ones(7, DType::F32, &dev).unwrap(), 1e-6).unwrap_err();
+    assert!(err.to_string().contains("`weight`"), "{err}");
+    let err = rms_norm(&x, &Tensor::ones((1, 8), DType::F32, &dev).unwrap(), 1e-6).unwrap_err();
+    assert!(err.to_string().contains("`weight`"), "{err}");
+    let empty = Tensor::zeros((0, 8), DType::F32, &dev).unwrap();
+    let y = rms_norm(&empty, &Tensor::ones(8, DType::F32, &dev).unwrap(), 1e-6).unwrap();
+    assert_eq!(y.dims(), &[0, 8]);
+    let ones = Tensor::ones((2, 3, 8), DType::F32, &dev).unwrap();
+    let err = silu_mul(&x, &ones.narrow(2, 0, 7).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("`u`"), "{err}");
+    let s = Tensor::ones(8, DType::F32, &dev).unwrap();
+    let err = scale_add(&x, &s.narrow(0, 0, 7).unwrap(), &ones).unwrap_err();
+    assert!(err.to_string().contains("`s`"), "{err}");
+    let err = scale_add(&x, &s, &ones.narrow(1, 0, 2).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("`r`"), "{err}");
+    assert_eq!(silu_mul(&empty, &empty).unwrap().dims(), &[0, 8]);
+    assert_eq!(scale_add(&empty, &s, &empty).unwrap().dims(), &[0, 8]);
+}
