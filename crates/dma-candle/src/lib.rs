@@ -42,6 +42,12 @@
 //!
 //! With the feature `cuda` the op also runs on CUDA tensors (bf16 or f16) through the kernels
 //! of `dma::cuda`, on candle's stream; without it, CUDA tensors get an error saying so.
+//!
+//! For training the layers around the attention, a few f32 ops take one kernel each way on CUDA
+//! where candle's composites take many: [`rms_norm`] (and the [`RmsNorm`] layer),
+//! [`silu_mul`] (the gated MLP), [`scale_add`] (a residual with a per-column scale) and
+//! [`gather_rows`] (an embedding lookup whose backward scatters in parallel); RoPE inside
+//! [`DmaAttention`] likewise. Other dtypes fall back to candle's own ops.
 
 mod cpu;
 #[cfg(feature = "cuda")]
