@@ -2,7 +2,7 @@
 # On the GPU machine (device tool), in one call: checks and times a new build's training path
 # before it trains anything, then spends what is left of the call on MQAR grid cells.
 #   1. the kernel tests of the layers around the attention (RMSNorm, RoPE, silu_mul, scale_add,
-#      the embedding's scatter) against f64, and `dma selftest --device cuda` (its `candle` and `doge` checks
+#      the embedding's scatter) and of AdamW against f64, and `dma selftest --device cuda` (its `candle` and `doge` checks
 #      cover the same layers through candle's autograd);
 #   2. 100 MQAR training steps (dma and mha) with the build before (.devbin/dma-before) and this
 #      one, one after the other: train_seconds of each;
@@ -26,9 +26,10 @@ for b in dma dma-before; do
 done
 ok=1
 timeout 180 .devbin/dma-cuda-tests --exact rms_norm_matches_f64 rope_matches_f64 \
-  silu_mul_matches_f64 scale_add_matches_f64 scatter_add_rows_matches_cpu --nocapture \
+  silu_mul_matches_f64 scale_add_matches_f64 adamw_matches_f64 scatter_add_rows_matches_cpu \
+  --nocapture \
   >"$OUT/layer-tests.log" 2>&1 || ok=0
-grep -E "rms_norm|rope|silu|scale_add|scatter|test result|panicked" "$OUT/layer-tests.log"
+grep -E "rms_norm|rope|silu|scale_add|adamw|scatter|test result|panicked" "$OUT/layer-tests.log"
 timeout 240 .devbin/dma selftest --device cuda >"$OUT/selftest.log" 2>&1 || ok=0
 grep -E "candle|doge|PASS|FAIL" "$OUT/selftest.log" | tail -12
 echo "checks passed: $ok ($SECONDS s)"

@@ -49,6 +49,7 @@
 //! [`gather_rows`] (an embedding lookup whose backward scatters in parallel); RoPE inside
 //! [`DmaAttention`] likewise. Other dtypes fall back to candle's own ops.
 
+mod adamw;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -63,6 +64,7 @@ mod scale_add;
 mod shape;
 mod silu_mul;
 
+pub use adamw::{adamw_step, AdamWStep};
 pub use error::Error;
 pub use layer::{AttentionKind, BiasFn, DmaAttention, DmaAttentionConfig};
 pub use norm::{rms_norm, RmsNorm};

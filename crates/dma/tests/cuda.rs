@@ -813,6 +813,62 @@ fn scale_add_matches_f64() {
     }
 }
 
+/// Three AdamW steps in place (both moments, then the weights) against f64, with weight decay
+/// and a gradient scale, on more elements than the grid has threads.
+#[test]
+fn adamw_matches_f64() {
+    let Some(dev) = device() else { return };
+    let seed = fresh_seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n = 20_000_000;
+    let theta: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+    let (beta1, beta2, eps, lr, wd, scale) = (0.9f32, 0.95f32, 1e-8f32, 1e-2f32, 0.1f32, 0.5f32);
+    let s = dev.stream();
+    let mut d_theta = s.clone_htod(&theta).unwrap();
+    let mut d_m = s.alloc_zeros::<f32>(n).unwrap();
+    let mut d_v = s.alloc_zeros::<f32>(n).unwrap();
+    let mut want: Vec<f64> = theta.iter().map(|&x| x as f64).collect();
+    let (mut m, mut v) = (vec![0f64; n], vec![0f64; n]);
+    for t in 1..=3 {
+        let g: Vec<f32> = (0..n).map(|_| rng.random_range(-3.0..3.0)).collect();
+        let d_g = s.clone_htod(&g).unwrap();
+        let (c1, c2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
+        for (beta, square, x) in [(beta1, false, &mut d_m), (beta2, true, &mut d_v)] {
+            let step = cuda::AdamWMoment {
+                beta,
+                grad_scale: scale,
+                square,
+            };
+            cuda::adamw_moment(&dev, &mut x.slice_mut(..), &d_g, &step).unwrap();
+        }
+        let step = cuda::AdamWUpdate {
+            keep: 1.0 - lr * wd,
+            lr,
+            c1,
+            c2,
+            eps,
+        };
+        cuda::adamw_update(&dev, &mut d_theta.slice_mut(..), &d_m, &d_v, &step).unwrap();
+        for i in 0..n {
+            let gi = g[i] as f64 * scale as f64;
+            m[i] = beta1 as f64 * m[i] + (1.0 - beta1 as f64) * gi;
+            v[i] = beta2 as f64 * v[i] + (1.0 - beta2 as f64) * gi * gi;
+            let (mh, vh) = (m[i] / c1 as f64, v[i] / c2 as f64);
+            want[i] -= (lr * wd) as f64 * want[i] + lr as f64 * mh / (vh.sqrt() + eps as f64);
+        }
+    }
+    let got = s.clone_dtoh(&d_theta).unwrap();
+    // Relative to lr, the most a step moves a weight.
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(&g, w)| (g as f64 - w).abs())
+        .fold(0.0, f64::max)
+        / lr as f64;
+    eprintln!("adamw n={n}, 3 steps: max error {err:.1e} x lr (seed {seed})");
+    assert!(err < 1e-3, "seed {seed}: {err}");
+}
+
 /// Typed errors for what the backend cannot do.
 #[test]
 fn errors_are_typed() {

@@ -18,10 +18,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 mod layers;
+mod optim;
 pub(crate) use layers::{
     rms_norm_backward, rms_norm_forward, rope, scale_add_backward, scale_add_forward,
     scatter_add_rows, silu_mul_backward, silu_mul_forward,
 };
+pub(crate) use optim::{adamw_moment, adamw_update};
 
 /// What the forward keeps for its backward on CUDA: the lse, and the selection when the general
 /// forward made one (the decode path does not; the backward then selects again).

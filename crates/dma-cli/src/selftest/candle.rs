@@ -126,7 +126,7 @@ fn with_grads(
 
 /// The f32 layers around the attention on CUDA vs the CPU, with the gradients of
 /// `sum(out * g)` for every input: on activations `[64, 1024, 128]`, `dma_candle::rms_norm`,
-/// `silu_mul` and `scale_add`; and a `DmaAttention` layer's projections (hidden 128, Hq = 2,
+/// `silu_mul`, `scale_add` and three `adamw_step`s; and a `DmaAttention` layer's projections (hidden 128, Hq = 2,
 /// Hkv = 1: RMSNorm of every q and k head, then RoPE at offset 5) with the gradient of its
 /// input. All in f32, so held to 1e-4 rather than the op's 1e-2. (The case only names the
 /// check.)
@@ -157,6 +157,25 @@ pub fn layers(_: &dma::cuda::Device, _: &Case, seed: u64) -> Result<Errors> {
     let residual: Op = &|v| dma_candle::scale_add(&v[0], &v[1], &v[2]);
     let names = ["scale_add", "scale_add dx", "scale_add ds", "scale_add dr"];
     compare(&names, &[&x, &w, &u], residual)?;
+    // Three AdamW steps of x's values as weights, with u and g as the gradients.
+    let adamw = |dev: &Device| -> Result<Vec<f32>> {
+        let theta = x.to_device(dev)?.copy()?;
+        let (m, v) = (theta.zeros_like()?, theta.zeros_like()?);
+        for (t, grad) in [&u, &g, &u].into_iter().enumerate() {
+            let step = dma_candle::AdamWStep {
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                lr: 1e-2,
+                weight_decay: 0.1,
+                grad_scale: 0.5,
+                t: t as i32 + 1,
+            };
+            dma_candle::adamw_step(&theta, &m, &v, &grad.to_device(dev)?, &step)?;
+        }
+        flat(&theta)
+    };
+    measured.push(("adamw", rel_err(&adamw(&cuda)?, &adamw(&cpu)?)));
 
     let config = dma_candle::DmaAttentionConfig::new(128, 2, 1, 64);
     let layer = |vars: &VarMap, dev: &Device| -> Result<DmaAttention> {

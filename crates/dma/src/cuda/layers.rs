@@ -18,14 +18,14 @@ use super::{compile::KernelSpec, error};
 use crate::{DmaError, Result};
 use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
 
-const THREADS: u32 = 256;
+pub(crate) const THREADS: u32 = 256;
 /// Enough blocks to fill any GPU many times over; the kernels stride over the rest.
 const MAX_BLOCKS: u64 = 1 << 16;
 /// The widest row of RMSNorm and of the scale-add: their backwards keep one f32 per column in
 /// shared memory (48 KB).
 pub const MAX_ROW_WIDTH: usize = 12 * 1024;
 
-const F32: &[(&str, &str)] = &[("f32", "float")];
+pub(crate) const F32: &[(&str, &str)] = &[("f32", "float")];
 
 /// Every kernel of this module.
 pub(crate) fn specs() -> Vec<KernelSpec> {
@@ -75,7 +75,7 @@ fn rope_spec() -> KernelSpec {
 }
 
 /// One block per `THREADS / per_block` work items, at most [`MAX_BLOCKS`].
-fn grid_stride(items: u64, per_block: u64, shared_mem_bytes: u32) -> LaunchConfig {
+pub(crate) fn grid_stride(items: u64, per_block: u64, shared_mem_bytes: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (items.div_ceil(per_block).clamp(1, MAX_BLOCKS) as u32, 1, 1),
         block_dim: (THREADS, 1, 1),
@@ -84,7 +84,12 @@ fn grid_stride(items: u64, per_block: u64, shared_mem_bytes: u32) -> LaunchConfi
 }
 
 /// `buffer` must hold at least `expected` elements (rows of `width`, described by `shape`).
-fn check_len(name: &'static str, len: usize, expected: usize, shape: &str) -> Result<()> {
+pub(crate) fn check_len(
+    name: &'static str,
+    len: usize,
+    expected: usize,
+    shape: &str,
+) -> Result<()> {
     if len < expected {
         return Err(DmaError::ShapeMismatch {
             name,

@@ -5,6 +5,7 @@
 use crate::{Error, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
+use dma_candle::{adamw_step, AdamWStep};
 use std::collections::HashMap;
 
 /// AdamW's hyper-parameters (the learning rate comes per step, from the schedule).
@@ -59,25 +60,40 @@ impl AdamW {
     }
 
     /// One update with learning rate `lr` from `grads`, scaled by `grad_scale` (clipping).
-    /// Variables without a gradient are left alone.
+    /// Variables without a gradient are left alone. f32 variables (every Doge trained here)
+    /// take `dma_candle::adamw_step`, in place; others candle's element-wise ops.
     pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
         self.step += 1;
         let p = self.params;
         let t = self.step as i32;
-        let (c1, c2) = (1.0 - p.beta1.powi(t), 1.0 - p.beta2.powi(t));
         for (name, var) in &self.vars {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            let g = (g.detach() * grad_scale)?;
-            let m = ((&self.m[name] * p.beta1)? + (&g * (1.0 - p.beta1))?)?;
-            let v = ((&self.v[name] * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
-            let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + p.eps)?)?;
-            let theta = var.as_tensor().detach();
-            let decayed = match var.rank() >= 2 {
-                true => (&theta * (1.0 - lr * p.weight_decay))?,
-                false => theta,
+            let (m, v) = (&self.m[name], &self.v[name]);
+            let weight_decay = match var.rank() >= 2 {
+                true => p.weight_decay,
+                false => 0.0,
             };
+            if var.dtype() == DType::F32 && g.dtype() == DType::F32 {
+                let step = AdamWStep {
+                    beta1: p.beta1,
+                    beta2: p.beta2,
+                    eps: p.eps,
+                    lr,
+                    weight_decay,
+                    grad_scale,
+                    t,
+                };
+                adamw_step(var.as_tensor(), m, v, &g.contiguous()?, &step)?;
+                continue;
+            }
+            let (c1, c2) = (1.0 - p.beta1.powi(t), 1.0 - p.beta2.powi(t));
+            let g = (g.detach() * grad_scale)?;
+            let m = ((m * p.beta1)? + (&g * (1.0 - p.beta1))?)?;
+            let v = ((v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
+            let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + p.eps)?)?;
+            let decayed = (var.as_tensor().detach() * (1.0 - lr * weight_decay))?;
             var.set(&(decayed - (update * lr)?)?)?;
             self.m.insert(name.clone(), m);
             self.v.insert(name.clone(), v);
@@ -110,7 +126,8 @@ impl AdamW {
                         expected: var.dims().to_vec(),
                     });
                 }
-                map.insert(name.clone(), t.to_dtype(DType::F32)?);
+                // A copy of its own: the step updates the moments in place.
+                map.insert(name.clone(), t.to_dtype(DType::F32)?.copy()?);
             }
         }
         self.step = step;
