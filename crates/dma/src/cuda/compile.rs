@@ -6,7 +6,7 @@
 //! template argument.
 
 use super::device::Arch;
-use super::libs;
+use super::{kernel_cache, libs};
 use crate::{DmaError, Result};
 use cudarc::nvrtc::{CompileError, CompileOptions};
 use std::collections::HashMap;
@@ -62,7 +62,8 @@ impl KernelSpec {
     }
 }
 
-/// PTX of `spec` for `arch`, compiled at most once per process.
+/// PTX of `spec` for `arch`, compiled at most once per process, and read from the on-disk
+/// cache (`kernel_cache`) when an earlier process compiled it.
 pub fn ptx(spec: &KernelSpec, arch: Arch) -> Result<Arc<String>> {
     type Cache = Mutex<HashMap<(String, String), Arc<String>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
@@ -71,14 +72,30 @@ pub fn ptx(spec: &KernelSpec, arch: Arch) -> Result<Arc<String>> {
     if let Some(p) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
         return Ok(p);
     }
-    let ptx = Arc::new(compile(spec, arch)?);
+    let ptx = Arc::new(cached_or_compiled(spec, arch)?);
     if let Ok(mut c) = cache.lock() {
         c.insert(key, ptx.clone());
     }
     Ok(ptx)
 }
 
-fn compile(spec: &KernelSpec, arch: Arch) -> Result<String> {
+/// The PTX from the disk cache, or compiled (and then stored there).
+fn cached_or_compiled(spec: &KernelSpec, arch: Arch) -> Result<String> {
+    let Some(dir) = kernel_cache::dir() else {
+        return compile(spec, arch);
+    };
+    let include = cuda_include_dir()?;
+    let file = kernel_cache::file_name(spec.name(), &arch.target(), &spec.program(), &include);
+    if let Some(ptx) = kernel_cache::load(&dir, &file, spec.name()) {
+        return Ok(ptx);
+    }
+    let ptx = compile(spec, arch)?;
+    kernel_cache::store(&dir, &file, &ptx);
+    Ok(ptx)
+}
+
+/// PTX of `spec` for `arch` from NVRTC, every time (no cache).
+pub fn compile(spec: &KernelSpec, arch: Arch) -> Result<String> {
     libs::nvrtc()?;
     let include = cuda_include_dir()?;
     let opts = CompileOptions {

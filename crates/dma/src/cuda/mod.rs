@@ -2,8 +2,10 @@
 //!
 //! Kernels are CUDA C++ (`kernels/*.cu`) compiled at run time by NVRTC for the GPU in hand
 //! (sm_90a on H100, sm_80 and newer generally), specialised by element type, head dim and
-//! masking, and cached per process. libcuda and libnvrtc are loaded at run time, so the crate
-//! builds on machines without CUDA; a missing driver or device is a typed error.
+//! masking, and cached per process and on disk (`DMA_KERNEL_CACHE`: a directory, or `off`;
+//! by default `$XDG_CACHE_HOME/dma/kernels` or `~/.cache/dma/kernels`), so later processes skip
+//! NVRTC. libcuda and libnvrtc are loaded at run time, so the crate builds on machines without
+//! CUDA; a missing driver or device is a typed error.
 //!
 //! A call runs two kernels on the device's stream:
 //! 1. selection (`kernels/select.cu`): for each block of 128 query rows and bias head, the
@@ -43,6 +45,7 @@ mod decode;
 mod device;
 mod error;
 mod forward;
+mod kernel_cache;
 mod layers;
 mod libs;
 mod optim;
