@@ -7,16 +7,17 @@
 #   2. 100 MQAR training steps (dma and mha) with the build before (.devbin/dma-before) and this
 #      one, one after the other: train_seconds of each;
 #   3. the GPU time of a 2-step run by kernel (scripts/profile-train-step.py);
-#   4. only if 1 passed: the grid cells named by GRID (scripts/mqar-grid.sh's variables) until
-#      BUDGET seconds from the start.
+#   4. only if 1 passed: MQAR grid runs until BUDGET seconds from the start, by default the ones
+#      not yet in docs/results/mqar (GRID holds scripts/mqar-grid.sh's variables; GRID=off: none).
 # Here first: scripts/cuda-build-devbin.sh (and keep the previous .devbin/dma.xz as
 # .devbin/dma-before.xz). Carry .devbin/dma.xz, .devbin/dma-before.xz, .devbin/dma-cuda-tests.
 #
+#   bash scripts/cuda-train-check.sh
 #   GRID='SEQS=512 KVS=128 DMODELS=128' bash scripts/cuda-train-check.sh
 set -u
 OUT=${OUT:-/tmp/dma-out}
 BUDGET=${BUDGET:-570}
-GRID=${GRID:-}
+GRID=${GRID-SKIP_DONE=docs/results/mqar}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} PYTHONUNBUFFERED=1
 for b in dma dma-before; do
@@ -53,7 +54,7 @@ head -30 "$OUT/profile.txt"
 echo "timing and profile done ($SECONDS s)"
 
 left=$((BUDGET - SECONDS))
-if [ "$ok" = 1 ] && [ -n "$GRID" ] && [ "$left" -gt 150 ]; then
+if [ "$ok" = 1 ] && [ "$GRID" != off ] && [ "$left" -gt 150 ]; then
   env $GRID TOKENS=65536 STEPS=${STEPS:-2500} LR=1e-3 JOBS=1 DEADLINE=$left OUT="$OUT/grid" \
     WORK=/tmp/dma-grid bash scripts/mqar-grid.sh | tee "$OUT/grid.log"
 else

@@ -10,6 +10,7 @@
 #
 #   scripts/mqar-grid.sh            # DMA=.devbin/dma, all 72 runs
 #   SEQS="512 1024" KVS=64 scripts/mqar-grid.sh
+#   TOKENS=65536 STEPS=2500 LR=1e-3 SKIP_DONE=docs/results/mqar scripts/mqar-grid.sh   # the rest
 set -u
 DMA=${DMA:-.devbin/dma}
 OUT=${OUT:-/tmp/dma-out}
@@ -38,6 +39,32 @@ for seq in $SEQS; do for kv in $KVS; do for d in $DMODELS; do for kind in $KINDS
     "--train-examples $((STEPS * batch)) --test-examples 1000 --lr $LR --seed $SEED --a-std $A_STD" \
     "--output $WORK/$kind-$seq-$kv-$d.json"
 done; done; done; done >"$WORK/commands.txt"
+# SKIP_DONE=DIR: leave out the runs whose result (same cell, steps, batch, lr, a_std) is already in
+# a DIR/*.jsonl, so that calls with a deadline can go through the grid a piece at a time.
+if [ -n "${SKIP_DONE:-}" ]; then
+  python3 - "$WORK/commands.txt" "$SKIP_DONE" <<'PY'
+import glob, json, os, sys
+def cell(attention, seq, kv, d, steps, batch, lr, a_std):
+    return (attention, int(seq), int(kv), int(d), int(steps), int(batch), float(lr), float(a_std or 0))
+done = set()
+for path in glob.glob(os.path.join(sys.argv[2], "*.jsonl")):
+    for line in open(path):
+        if line.strip():
+            r = json.loads(line)
+            done.add(cell(r["attention"], r["seq_len"], r["kv_pairs"], r["d_model"], r["steps"],
+                          r["batch"], r["lr"], r.get("a_std")))
+keep = []
+for line in open(sys.argv[1]):
+    a = line.split()
+    arg = lambda name: a[a.index(name) + 1]
+    key = cell(arg("--attention"), arg("--seq-len"), arg("--kv-pairs"), arg("--d-model"),
+               arg("--steps"), arg("--batch"), arg("--lr"), arg("--a-std"))
+    if key not in done:
+        keep.append(line)
+print(f"SKIP_DONE: {sum(1 for _ in open(sys.argv[1])) - len(keep)} runs already in {sys.argv[2]}")
+open(sys.argv[1], "w").writelines(keep)
+PY
+fi
 echo "$(wc -l <"$WORK/commands.txt") runs, $JOBS at a time, deadline ${DEADLINE}s"
 timeout "$DEADLINE" xargs -P "$JOBS" -I{} sh -c '{} >/dev/null 2>&1' <"$WORK/commands.txt"
 for f in "$WORK"/*.json; do [ -e "$f" ] && tr -d '\n' <"$f" && echo; done >"$OUT/mqar-grid.jsonl"
