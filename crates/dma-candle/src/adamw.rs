@@ -92,7 +92,7 @@ pub fn adamw_step(
 
 /// The f32 elements of a CPU storage under a contiguous layout.
 fn cpu_f32<'a>(name: &'static str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let [slice] = crate::f32_storage::f32_slices([name], [(s, l)])?;
+    let [slice] = crate::fused::f32_slices([name], [(s, l)])?;
     Ok(slice)
 }
 

@@ -54,7 +54,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod error;
-mod f32_storage;
+mod fused;
 mod layer;
 mod norm;
 mod op;

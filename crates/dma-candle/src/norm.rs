@@ -2,7 +2,7 @@
 //! the weight in the input's dtype. For f32 inputs it is one op with its own backward (one
 //! kernel each way on CUDA, where candle's composite took about twenty element-wise kernels).
 
-use crate::f32_storage::f32_slices;
+use crate::fused::{f32_slices, rows_and_vector, split_rows_and_vector};
 use crate::Error;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use candle_nn::{Init, VarBuilder};
@@ -120,17 +120,14 @@ impl CustomOp2 for FusedRmsNorm {
         _y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let rows = x.elem_count() / w.elem_count().max(1);
         let packed =
             x.apply_op3_no_bwd(w, &g.contiguous()?, &FusedRmsNormBackward { eps: self.eps })?;
-        let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, rows, 1)?.reshape(w.shape())?;
+        let (dx, dw) = split_rows_and_vector(&packed, x, w)?;
         Ok((Some(dx), Some(dw)))
     }
 }
 
-/// dx and dw of [`FusedRmsNorm`] for the output gradient g, as one tensor `[rows + 1, width]`:
-/// the rows of dx, then dw.
+/// dx and dw of [`FusedRmsNorm`] for the output gradient g, as one tensor (`rows_and_vector`).
 struct FusedRmsNormBackward {
     eps: f32,
 }
@@ -151,7 +148,6 @@ impl CustomOp3 for FusedRmsNormBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let [x, w, g] = f32_slices(["x", "weight", "grad"], [(x, lx), (w, lw), (g, lg)])?;
         let width = w.len();
-        let rows = x.len() / width.max(1);
         let mut out = vec![0f32; x.len() + width];
         let (dx, dw) = out.split_at_mut(x.len());
         for ((xr, gr), dxr) in x
@@ -167,7 +163,7 @@ impl CustomOp3 for FusedRmsNormBackward {
                 dw[c] += gr[c] * xr[c] * r;
             }
         }
-        Ok((CpuStorage::F32(out), Shape::from((rows + 1, width))))
+        Ok((CpuStorage::F32(out), rows_and_vector(lx, width)))
     }
 
     #[cfg(feature = "cuda")]
@@ -182,7 +178,6 @@ impl CustomOp3 for FusedRmsNormBackward {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let width = lw.shape().elem_count();
         let out = crate::cuda::rms_norm_backward(x, lx, w, lw, g, lg, width, self.eps)?;
-        let rows = lx.shape().elem_count() / width.max(1);
-        Ok((out, Shape::from((rows + 1, width))))
+        Ok((out, rows_and_vector(lx, width)))
     }
 }

@@ -3,7 +3,7 @@
 //! For f32 activations it is one op whose backward is the inverse rotation (candle's own rope
 //! has no backward); other dtypes take candle's element-wise ops.
 
-use crate::f32_storage::f32_slices;
+use crate::fused::f32_slices;
 use crate::Error;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 

@@ -1,7 +1,7 @@
 //! [`scale_add`]: a residual with a learned per-column scale, `x * s + r` (Doge's
 //! `input_residual` and `post_attention_residual`), for f32 one op with its own backward.
 
-use crate::f32_storage::f32_slices;
+use crate::fused::{f32_slices, rows_and_vector, split_rows_and_vector};
 use crate::Error;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
@@ -97,16 +97,13 @@ impl CustomOp3 for ScaleAdd {
         _y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let rows = x.elem_count() / s.elem_count().max(1);
         let packed = x.apply_op3_no_bwd(s, &g.contiguous()?, &ScaleAddBackward)?;
-        let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
-        let ds = packed.narrow(0, rows, 1)?.reshape(s.shape())?;
+        let (dx, ds) = split_rows_and_vector(&packed, x, s)?;
         Ok((Some(dx), Some(ds), Some(g.clone())))
     }
 }
 
-/// dx and ds of [`ScaleAdd`] for the output gradient g, as one tensor `[rows + 1, width]`: the
-/// rows of dx, then ds.
+/// dx and ds of [`ScaleAdd`] for the output gradient g, as one tensor (`rows_and_vector`).
 struct ScaleAddBackward;
 
 impl CustomOp3 for ScaleAddBackward {
@@ -125,7 +122,6 @@ impl CustomOp3 for ScaleAddBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let [x, s, g] = f32_slices(["x", "s", "grad"], [(x, lx), (s, ls), (g, lg)])?;
         let width = s.len();
-        let rows = x.len() / width.max(1);
         let mut out = vec![0f32; x.len() + width];
         let (dx, ds) = out.split_at_mut(x.len());
         for ((xr, gr), dxr) in x
@@ -138,7 +134,7 @@ impl CustomOp3 for ScaleAddBackward {
                 ds[c] += gr[c] * xr[c];
             }
         }
-        Ok((CpuStorage::F32(out), Shape::from((rows + 1, width))))
+        Ok((CpuStorage::F32(out), rows_and_vector(lx, width)))
     }
 
     #[cfg(feature = "cuda")]
@@ -153,7 +149,6 @@ impl CustomOp3 for ScaleAddBackward {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let width = ls.shape().elem_count();
         let out = crate::cuda::scale_add_backward(x, lx, s, ls, g, lg, width)?;
-        let rows = lx.shape().elem_count() / width.max(1);
-        Ok((out, Shape::from((rows + 1, width))))
+        Ok((out, rows_and_vector(lx, width)))
     }
 }

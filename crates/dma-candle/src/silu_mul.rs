@@ -2,7 +2,7 @@
 //! own backward (one kernel each way on CUDA, where candle's composite takes about eight
 //! element-wise kernels over the MLP's widest activations).
 
-use crate::f32_storage::f32_slices;
+use crate::fused::f32_slices;
 use crate::Error;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 

@@ -126,3 +126,22 @@ struct Elem<__half> {
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     }
 };
+
+// Row kernels of layers.rs (RMSNorm, scale-add): one warp per row of width d, the grid's warps
+// striding over the rows; a backward sums a per-column gradient over its block's rows in shared
+// memory (d floats), then adds the block's sums to the result with one atomic per column.
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ void column_sums_zero(float* sums, unsigned int d) {
+    for (unsigned int c = threadIdx.x; c < d; c += blockDim.x) sums[c] = 0.f;
+    __syncthreads();
+}
+
+template <typename T>
+__device__ __forceinline__ void column_sums_flush(const float* sums, T* out, unsigned int d) {
+    __syncthreads();
+    for (unsigned int c = threadIdx.x; c < d; c += blockDim.x) atomicAdd(out + c, sums[c]);
+}

@@ -1,10 +1,5 @@
 // RMSNorm over rows of width d, as Doge's: y = x * r * w with r = 1 / sqrt(mean(x^2) + eps),
-// and its backward. One warp per row; the grid's warps stride over the rows.
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
+// and its backward. A row kernel (common.cu): one warp per row.
 
 template <typename T>
 __device__ void rms_norm_forward(const T* __restrict__ x, const T* __restrict__ w,
@@ -23,16 +18,14 @@ __device__ void rms_norm_forward(const T* __restrict__ x, const T* __restrict__ 
     }
 }
 
-// dx = r * (g * w - x * r^2 * mean(x * g * w)) for every row, and dw = sum over rows of g * x * r:
-// each block sums its rows' share in shared memory (d floats), then adds it to dw atomically
-// (dw must be zero before).
+// dx = r * (g * w - x * r^2 * mean(x * g * w)) for every row, and dw = sum over rows of g * x * r
+// (column sums, common.cu; dw must be zero before).
 template <typename T>
 __device__ void rms_norm_backward(const T* __restrict__ x, const T* __restrict__ w,
                                   const T* __restrict__ g, T* __restrict__ dx, T* dw,
                                   unsigned long long rows, unsigned int d, float eps) {
     extern __shared__ float dw_block[];
-    for (unsigned int c = threadIdx.x; c < d; c += blockDim.x) dw_block[c] = 0.f;
-    __syncthreads();
+    column_sums_zero(dw_block, d);
     const unsigned int lane = threadIdx.x % 32, warps_per_block = blockDim.x / 32;
     const unsigned long long warps = (unsigned long long)gridDim.x * warps_per_block;
     for (unsigned long long row = (unsigned long long)blockIdx.x * warps_per_block + threadIdx.x / 32;
@@ -52,8 +45,7 @@ __device__ void rms_norm_backward(const T* __restrict__ x, const T* __restrict__
             atomicAdd(dw_block + c, gr[c] * xr[c] * r);
         }
     }
-    __syncthreads();
-    for (unsigned int c = threadIdx.x; c < d; c += blockDim.x) atomicAdd(dw + c, dw_block[c]);
+    column_sums_flush(dw_block, dw, d);
 }
 
 #define RMS_NORM_FORWARD(NAME, T)                                                              \

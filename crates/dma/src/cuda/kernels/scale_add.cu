@@ -11,15 +11,13 @@ __device__ void scale_add_forward(const T* __restrict__ x, const T* __restrict__
         y[e] = x[e] * s[e % d] + r[e];
 }
 
-// One warp per row; each block sums its rows' g * x in shared memory (d floats), then adds it
-// to ds atomically (ds must be zero before).
+// A row kernel (common.cu): one warp per row; ds by column sums (ds must be zero before).
 template <typename T>
 __device__ void scale_add_backward(const T* __restrict__ x, const T* __restrict__ s,
                                    const T* __restrict__ g, T* __restrict__ dx, T* ds,
                                    unsigned long long rows, unsigned int d) {
     extern __shared__ float ds_block[];
-    for (unsigned int c = threadIdx.x; c < d; c += blockDim.x) ds_block[c] = 0.f;
-    __syncthreads();
+    column_sums_zero(ds_block, d);
     const unsigned int lane = threadIdx.x % 32, warps_per_block = blockDim.x / 32;
     const unsigned long long warps = (unsigned long long)gridDim.x * warps_per_block;
     for (unsigned long long row = (unsigned long long)blockIdx.x * warps_per_block + threadIdx.x / 32;
@@ -31,8 +29,7 @@ __device__ void scale_add_backward(const T* __restrict__ x, const T* __restrict_
             atomicAdd(ds_block + c, ge * x[at + c]);
         }
     }
-    __syncthreads();
-    for (unsigned int c = threadIdx.x; c < d; c += blockDim.x) atomicAdd(ds + c, ds_block[c]);
+    column_sums_flush(ds_block, ds, d);
 }
 
 #define SCALE_ADD_FORWARD(NAME, T)                                                             \
