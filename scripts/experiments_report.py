@@ -411,6 +411,59 @@ def mqar(exp):
 
 SECTIONS = {"perplexity": perplexity, "needle": needle, "mqar": mqar}
 
+# The grid of issue 4 and the budget every cell shares (scripts/mqar-grid.sh with TOKENS=65536
+# STEPS=2500 LR=1e-3, Doge's A = 0): the table below has one row per cell of it.
+GRID_SEQS, GRID_KVS, GRID_DMODELS, GRID_KINDS = (512, 1024, 2048, 4096), (64, 128, 256), (64, 128), (
+    "dma",
+    "swa",
+    "mha",
+)
+GRID_TOKENS, GRID_STEPS, GRID_LR = 65536, 2500, 1e-3
+
+
+def mqar_grid(manifest):
+    """One table of the whole grid at the common budget, from every mqar experiment's files."""
+    runs = {}
+    for exp in manifest["experiments"]:
+        if exp["name"] != "mqar":
+            continue
+        for f in exp["files"]:
+            for r in read_jsonl(os.path.join(RESULTS, f)):
+                common = (
+                    r["steps"] == GRID_STEPS
+                    and r["batch"] * r["seq_len"] == GRID_TOKENS
+                    and abs(r["lr"] - GRID_LR) < 1e-12
+                    and not r.get("a_std")
+                )
+                if common:
+                    runs[(r["seq_len"], r["kv_pairs"], r["d_model"], r["attention"])] = r
+    body, cells, done = [], 0, 0
+    for seq in GRID_SEQS:
+        for kv in GRID_KVS:
+            if 4 * kv > seq:
+                continue
+            for d in GRID_DMODELS:
+                row = [str(seq), str(kv), str(d)]
+                for kind in GRID_KINDS:
+                    cells += 1
+                    r = runs.get((seq, kv, d, kind))
+                    done += r is not None
+                    row.append(f"{r['accuracy']:.3f}" if r else "-")
+                body.append(row)
+    out = [
+        "## MQAR grid at one budget",
+        "",
+        f"Test accuracy of every cell of the grid (w = 512, 2 layers, vocab 8192) trained on "
+        f"{GRID_TOKENS} tokens a step (batch {GRID_TOKENS} / N) for {GRID_STEPS} steps at lr "
+        f"{GRID_LR:g}, `A` = 0 (Doge's init), seed 0, collected from the mqar sections above; "
+        f"`-`: not run yet. {done} of the {cells} runs exist. Longer runs (4500 steps) and runs "
+        "from a random `A` are in their sections and in the discussion, not here.",
+        "",
+        table(["N", "kv pairs", "d_model", *GRID_KINDS], body),
+        "",
+    ]
+    return out
+
 
 def report():
     manifest = read_json(os.path.join(RESULTS, "manifest.json"))
@@ -430,6 +483,7 @@ def report():
             out.append("")
         else:
             out += build(exp)
+    out += mqar_grid(manifest)
     if not os.path.exists(DISCUSSION):
         with open(DISCUSSION, "w") as f:
             f.write("(to be written)\n")
