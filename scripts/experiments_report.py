@@ -409,7 +409,30 @@ def mqar(exp):
     return out
 
 
-SECTIONS = {"perplexity": perplexity, "needle": needle, "mqar": mqar}
+def heatmap(exp):
+    """A trained model's kept keys and weights: where its training ended, and the figures."""
+    out = header(exp)
+    steps = []
+    for f in exp["files"]:
+        steps += read_jsonl(os.path.join(RESULTS, f))
+    evals = [r for r in steps if r.get("eval_loss") is not None]
+    if steps:
+        text = f"Trained {steps[-1]['step']} steps; training loss {fmt(steps[-1]['loss'])}"
+        if evals:
+            text += f", held-out loss {fmt(evals[-1]['eval_loss'])} (step {evals[-1]['step']})"
+        out.append(
+            text + ". In each figure the top row is every query head's kept keys (blue: kept; "
+            "a row per query, a column per key), the bottom row its attention weights."
+        )
+        out.append("")
+    for img in exp.get("images", []):
+        rel = os.path.normpath(os.path.join("results", img))
+        out.append(f"![{os.path.splitext(os.path.basename(img))[0]}]({rel})")
+        out.append("")
+    return out
+
+
+SECTIONS = {"perplexity": perplexity, "needle": needle, "mqar": mqar, "heatmap": heatmap}
 
 # The grid of issue 4 and the budget every cell shares (scripts/mqar-grid.sh with TOKENS=65536
 # STEPS=2500 LR=1e-3, Doge's A = 0): the table below has one row per cell of it.
