@@ -129,3 +129,40 @@ fn steps_match_f64() {
         );
     }
 }
+
+/// `grad_norm` is the L2 norm of all gradients together; variables without one count nothing.
+#[test]
+fn grad_norm_is_the_global_l2_norm() {
+    let dev = Device::Cpu;
+    let a = Var::new(&[[1f32, 2.], [3., 4.]], &dev).unwrap();
+    let b = Var::new(&[0.5f64, -1.5, 2.0], &dev).unwrap();
+    let unused = Var::new(&[7f32], &dev).unwrap();
+    let (ca, cb) = ([[0.25f32, -1.], [2., 0.5]], [3f64, -0.5, 1.25]);
+    let loss = ((a.as_tensor() * Tensor::new(&ca, &dev).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        + (b.as_tensor() * Tensor::new(&cb, &dev).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap())
+    .unwrap();
+    let grads = loss.backward().unwrap();
+    let vars = [("a", &a), ("b", &b), ("unused", &unused)].map(|(n, v)| (n.to_string(), v.clone()));
+    let want: f64 = ca
+        .iter()
+        .flatten()
+        .map(|&c| (c as f64).powi(2))
+        .chain(cb.iter().map(|c| c * c))
+        .sum::<f64>()
+        .sqrt();
+    let got = doge::train::grad_norm(&grads, &vars).unwrap();
+    assert!((got - want).abs() < 1e-9 * want, "{got} vs {want}");
+    assert_eq!(
+        doge::train::grad_norm(&Tensor::new(1f64, &dev).unwrap().backward().unwrap(), &vars)
+            .unwrap(),
+        0.0
+    );
+}

@@ -135,24 +135,22 @@ impl AdamW {
     }
 }
 
-/// The global L2 norm of the gradients of `vars`. The squares are summed on the device and read
-/// back once (one synchronisation per step, not one per variable).
+/// The global L2 norm of the gradients of `vars`. Each gradient's sum of squares is taken on
+/// the device, the sums are stacked and added in f64, and the total is read back once (one
+/// synchronisation per step, not one per variable, and few launches).
 pub fn grad_norm(grads: &GradStore, vars: &[(String, Var)]) -> Result<f64> {
     // In name order, so that the sum (and the clipping) does not depend on the map's order.
     let mut sorted: Vec<&(String, Var)> = vars.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut sum: Option<Tensor> = None;
+    let mut sums = Vec::new();
     for (_, var) in sorted {
-        if let Some(g) = grads.get(var.as_tensor()) {
-            let s = g.sqr()?.sum_all()?.to_dtype(DType::F64)?;
-            sum = Some(match sum {
-                Some(total) => (total + s)?,
-                None => s,
-            });
+        if let Some(g) = grads.get(var) {
+            sums.push(g.sqr()?.sum_all()?.to_dtype(DType::F64)?);
         }
     }
-    Ok(match sum {
-        Some(total) => total.to_scalar::<f64>()?.sqrt(),
-        None => 0.0,
-    })
+    if sums.is_empty() {
+        return Ok(0.0);
+    }
+    let total = Tensor::stack(&sums, 0)?.sum_all()?;
+    Ok(total.to_scalar::<f64>()?.sqrt())
 }
