@@ -206,6 +206,7 @@ fn launch<T: CudaElement>(
         forward::block_launch(dev, spec, smem, forward::THREADS, problem, plan, 1)?;
     let scale = params.scale_for(problem.head_dim);
     let scale_log2 = scale * std::f32::consts::LOG2_E;
+    let (seqs, blocks) = (tables.seqs(), tables.blocks());
     let mut l = dev.stream().launch_builder(&f);
     l.arg(x.q)
         .arg(x.k)
@@ -213,8 +214,8 @@ fn launch<T: CudaElement>(
         .arg(x.out)
         .arg(x.dout)
         .arg(x.lse)
-        .arg(&tables.seqs)
-        .arg(&tables.blocks)
+        .arg(&seqs)
+        .arg(&blocks)
         .arg(&sel.cand)
         .arg(&sel.count)
         .arg(&sel.thr)

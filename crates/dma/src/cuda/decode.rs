@@ -202,12 +202,13 @@ fn select_decode(
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
+    let seqs = tables.seqs();
     if dp.max_before > window as usize {
         for (pass, &shift) in shifts.iter().enumerate() {
             let (first, last) = (i32::from(pass == 0), i32::from(pass + 1 == shifts.len()));
             let mut l = s.launch_builder(&pass_k);
             l.arg(bias)
-                .arg(&tables.seqs)
+                .arg(&seqs)
                 .arg(&window)
                 .arg(&heads)
                 .arg(&stride)
@@ -222,7 +223,7 @@ fn select_decode(
     }
     let mut l = s.launch_builder(&gather_k);
     l.arg(bias)
-        .arg(&tables.seqs)
+        .arg(&seqs)
         .arg(&window)
         .arg(&cap)
         .arg(&heads)

@@ -299,13 +299,14 @@ pub(crate) fn attend<T: CudaElement>(
     let (f, cfg, ints) = block_launch(dev, &spec, smem, threads, problem, plan, splits)?;
     let scale_log2 = params.scale_for(problem.head_dim) * std::f32::consts::LOG2_E;
     let null = 0u64;
+    let (seqs, blocks) = (tables.seqs(), tables.blocks());
     let mut launch = dev.stream().launch_builder(&f);
     launch
         .arg(q)
         .arg(k)
         .arg(v)
-        .arg(&tables.seqs)
-        .arg(&tables.blocks)
+        .arg(&seqs)
+        .arg(&blocks)
         .arg(&sel.cand)
         .arg(&sel.count)
         .arg(&sel.thr)
@@ -412,9 +413,10 @@ fn combine<T: CudaElement>(
         problem.total_q as i32,
         splits as i32,
     ];
+    let seqs = tables.seqs();
     let mut l = dev.stream().launch_builder(&f);
     l.arg(part)
-        .arg(&tables.seqs)
+        .arg(&seqs)
         .arg(&ints[0])
         .arg(out)
         .arg(lse)

@@ -8,7 +8,7 @@ use super::error;
 use super::forward::causal_arg;
 use super::plan::Plan;
 use crate::{DmaError, Params, Problem, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
 const SOURCE: &str = include_str!("kernels/select.cu");
 const THREADS: u32 = 256;
@@ -127,30 +127,65 @@ impl Selection {
     }
 }
 
-/// Device copies of a plan's tables.
+/// Device copies of a plan's tables, in one buffer so that a call uploads them with one copy
+/// (decode is bound by the host's calls into the driver).
 pub(crate) struct DevicePlan {
-    pub seqs: CudaSlice<i32>,
-    pub lists: CudaSlice<i32>,
-    pub anchors: CudaSlice<i32>,
-    pub dependents: CudaSlice<i32>,
-    pub blocks: CudaSlice<i32>,
+    buf: CudaSlice<i32>,
+    /// Where each table starts in `buf` (seqs, lists, anchors, dependents, blocks), and the end.
+    at: [usize; 6],
 }
+
+/// Table starts are multiples of 64 i32 (256 bytes), the alignment of a buffer of its own.
+const TABLE_ALIGN: usize = 64;
 
 impl DevicePlan {
     pub fn upload(dev: &Device, plan: &Plan) -> Result<DevicePlan> {
-        let s = dev.stream();
-        let up = |v: &Vec<i32>| {
-            let v = if v.is_empty() { vec![0; 4] } else { v.clone() };
-            s.clone_htod(&v)
-                .map_err(error::alloc("plan tables", v.len() * 4))
-        };
-        Ok(DevicePlan {
-            seqs: up(&plan.seqs)?,
-            lists: up(&plan.lists)?,
-            anchors: up(&plan.anchors)?,
-            dependents: up(&plan.dependents)?,
-            blocks: up(&plan.blocks)?,
-        })
+        let tables = [
+            &plan.seqs,
+            &plan.lists,
+            &plan.anchors,
+            &plan.dependents,
+            &plan.blocks,
+        ];
+        let mut host = Vec::new();
+        let mut at = [0; 6];
+        for (i, table) in tables.into_iter().enumerate() {
+            host.resize(host.len().next_multiple_of(TABLE_ALIGN), 0);
+            at[i] = host.len();
+            host.extend_from_slice(table);
+        }
+        at[5] = host.len();
+        // Never empty: a zero-length copy is an error.
+        host.push(0);
+        let buf = dev
+            .stream()
+            .clone_htod(&host)
+            .map_err(error::alloc("plan tables", host.len() * 4))?;
+        Ok(DevicePlan { buf, at })
+    }
+
+    fn table(&self, i: usize) -> CudaView<'_, i32> {
+        self.buf.slice(self.at[i]..self.at[i + 1])
+    }
+
+    pub fn seqs(&self) -> CudaView<'_, i32> {
+        self.table(0)
+    }
+
+    pub fn lists(&self) -> CudaView<'_, i32> {
+        self.table(1)
+    }
+
+    pub fn anchors(&self) -> CudaView<'_, i32> {
+        self.table(2)
+    }
+
+    pub fn dependents(&self) -> CudaView<'_, i32> {
+        self.table(3)
+    }
+
+    pub fn blocks(&self) -> CudaView<'_, i32> {
+        self.table(4)
     }
 }
 
@@ -227,9 +262,9 @@ pub(crate) fn launch_lists(
 ) -> Result<()> {
     let hb = problem.heads.bias;
     let (ids, count) = if from_anchor {
-        (&tables.dependents, plan.dependents.len())
+        (tables.dependents(), plan.dependents.len())
     } else {
-        (&tables.anchors, plan.anchors.len())
+        (tables.anchors(), plan.anchors.len())
     };
     if count == 0 {
         return Ok(());
@@ -246,12 +281,13 @@ pub(crate) fn launch_lists(
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
+    let (seqs, lists) = (tables.seqs(), tables.lists());
     let mut launch = dev.stream().launch_builder(&f);
     launch
         .arg(bias)
-        .arg(&tables.seqs)
-        .arg(&tables.lists)
-        .arg(ids)
+        .arg(&seqs)
+        .arg(&lists)
+        .arg(&ids)
         .arg(&plan.window)
         .arg(&cap)
         .arg(&heads)
