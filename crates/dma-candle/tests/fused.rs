@@ -49,13 +49,7 @@ fn check_grads(
     let gt = Tensor::from_vec(g.to_vec(), out.shape(), out.device()).unwrap();
     let grads = (out * gt).unwrap().sum_all().unwrap().backward().unwrap();
     for (which, var) in vars.iter().enumerate() {
-        let got: Vec<f32> = grads
-            .get(var)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let got = values(grads.get(var).unwrap());
         let err = max_rel_err(&got, &numeric_grad(&f, inputs, &to_f64(g), which));
         prop_assert!(err < 1e-4, "gradient {} error {}", which, err);
     }
@@ -69,6 +63,16 @@ fn max_rel_err(got: &[f32], want: &[f64]) -> f64 {
         .zip(want)
         .map(|(&g, &w)| (g as f64 - w).abs() / scale)
         .fold(0.0, f64::max)
+}
+
+/// A tensor's elements as f32, in order.
+fn values(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 fn to_f64(v: &[f32]) -> Vec<f64> {
@@ -114,7 +118,7 @@ proptest! {
         let y = rms_norm(&xv, &wv, eps).unwrap();
         prop_assert_eq!(y.dims(), &[1, rows, width]);
         let (x64, w64) = (to_f64(&x), to_f64(&w));
-        let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let got = values(&y);
         let err = max_rel_err(&got, &norm_f64(&x64, &w64, eps));
         prop_assert!(err < 1e-5, "output error {}", err);
 
@@ -160,7 +164,7 @@ proptest! {
             i[0].iter().zip(&i[2]).enumerate().map(|(e, (x, r))| x * i[1][e % width] + r).collect()
         };
         let inputs = [to_f64(&x), to_f64(&s), to_f64(&r)];
-        let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let got = values(&y);
         let err = max_rel_err(&got, &f(&inputs));
         prop_assert!(err < 1e-6, "output error {}", err);
         check_grads(y, &[&xv, &sv, &rv], f, &inputs, &g)?;
@@ -178,25 +182,8 @@ fn bf16_norm_matches_f64() {
     let wv = Var::from_tensor(&w.to_dtype(DType::BF16).unwrap()).unwrap();
     let y = rms_norm(&xv, &wv, eps).unwrap();
     assert_eq!(y.dtype(), DType::BF16);
-    let f64s = |t: &Tensor| -> Vec<f64> {
-        let v: Vec<f32> = t
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        to_f64(&v)
-    };
-    let want = norm_f64(&f64s(&xv), &f64s(&wv), eps);
-    let got: Vec<f32> = y
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let err = max_rel_err(&got, &want);
+    let want = norm_f64(&to_f64(&values(&xv)), &to_f64(&values(&wv)), eps);
+    let err = max_rel_err(&values(&y), &want);
     assert!(err < 1e-2, "bf16 output error {err}");
     let grads = y.sum_all().unwrap().backward().unwrap();
     assert!(grads.get(&xv).is_some() && grads.get(&wv).is_some());
