@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The MQAR grid of issue 4 on the GPU machine: sequence length x kv pairs x d_model x attention,
-# w = WINDOW for dma and swa, vocab 8192, 2 layers, head dim 64 (heads = d_model / 64), a fresh
+# w = WINDOW for dma and swa, vocab VOCAB (8192), 2 layers, head dim HEAD_DIM (64; heads = d_model /
+# HEAD_DIM), on DEVICE (cuda), a fresh
 # training set of STEPS x BATCH examples per run (with TOKENS set, each run's batch is
 # TOKENS / seq_len instead, so that every length trains on the same tokens per step). Runs JOBS
 # runs at once, smallest first, and writes every finished run's JSON as one line of
@@ -11,6 +12,8 @@
 #   scripts/mqar-grid.sh            # DMA=.devbin/dma, all 72 runs
 #   SEQS="512 1024" KVS=64 scripts/mqar-grid.sh
 #   TOKENS=65536 STEPS=2500 LR=1e-3 SKIP_DONE=docs/results/mqar scripts/mqar-grid.sh   # the rest
+#   DEVICE=cpu VOCAB=16 HEAD_DIM=32 SEQS="64 128 256" KVS=4 DMODELS=64 WINDOW=16 \
+#     STEPS=1000 BATCH=16 LR=5e-4 DMA=target/release/dma scripts/mqar-grid.sh   # a CPU toy grid
 set -u
 DMA=${DMA:-.devbin/dma}
 OUT=${OUT:-/tmp/dma-out}
@@ -28,14 +31,17 @@ JOBS=${JOBS:-1}
 DEADLINE=${DEADLINE:-500}
 SEED=${SEED:-0}
 A_STD=${A_STD:-0}
+DEVICE=${DEVICE:-cuda}
+VOCAB=${VOCAB:-8192}
+HEAD_DIM=${HEAD_DIM:-64}
 mkdir -p "$OUT" "$WORK"
 rm -f "$WORK"/*.json
 for seq in $SEQS; do for kv in $KVS; do for d in $DMODELS; do for kind in $KINDS; do
   [ $((4 * kv)) -le "$seq" ] || continue
   batch=$BATCH
   [ -z "$TOKENS" ] || batch=$((TOKENS / seq))
-  echo "$DMA mqar --device cuda --attention $kind --seq-len $seq --kv-pairs $kv --d-model $d" \
-    "--heads $((d / 64)) --layers 2 --window $WINDOW --vocab 8192 --steps $STEPS --batch $batch" \
+  echo "$DMA mqar --device $DEVICE --attention $kind --seq-len $seq --kv-pairs $kv --d-model $d" \
+    "--heads $((d / HEAD_DIM)) --layers 2 --window $WINDOW --vocab $VOCAB --steps $STEPS --batch $batch" \
     "--train-examples $((STEPS * batch)) --test-examples 1000 --lr $LR --seed $SEED --a-std $A_STD" \
     "--output $WORK/$kind-$seq-$kv-$d.json"
 done; done; done; done >"$WORK/commands.txt"
