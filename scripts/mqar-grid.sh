@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # The MQAR grid of issue 4 on the GPU machine: sequence length x kv pairs x d_model x attention,
-# w = WINDOW for dma and swa, vocab VOCAB (8192), 2 layers, head dim HEAD_DIM (64; heads = d_model /
-# HEAD_DIM), on DEVICE (cuda), a fresh
-# training set of STEPS x BATCH examples per run (with TOKENS set, each run's batch is
-# TOKENS / seq_len instead, so that every length trains on the same tokens per step). Runs JOBS
-# runs at once, smallest first, and writes every finished run's JSON as one line of
-# OUT/mqar-grid.jsonl. One at a time is fastest: a step is GPU-bound, and 9 runs at once under
+# w = WINDOW for dma and swa, vocab VOCAB (8192), 2 layers, head dim HEAD_DIM (64; heads =
+# d_model / HEAD_DIM), on DEVICE (cuda), a fresh training set of STEPS x BATCH examples per run
+# (with TOKENS set, each run's batch is TOKENS / seq_len instead, so that every length trains on
+# the same tokens per step). Runs JOBS runs at once, smallest first, and writes every finished
+# run's JSON as one line of OUT/mqar-grid.jsonl. One at a time is fastest: a step is GPU-bound, and 9 runs at once under
 # MPS (N = 512, batch 128) filled the H100's 80 GB and finished none in 530 s, where one alone
 # takes about 150 s. Runs still going after DEADLINE seconds are stopped and listed.
 #
