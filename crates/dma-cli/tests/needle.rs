@@ -237,3 +237,22 @@ fn epochs_default_to_two_here_and_four_in_mqar() {
         );
     }
 }
+
+/// `--train-lengths` trains on several lengths in mixed batches; the JSON and the table say so,
+/// and lengths under the needle's minimum are refused.
+#[test]
+fn mixed_training_lengths_run_and_are_recorded() {
+    let dir = dir("needle-mixed");
+    let json = dir.join("mixed.json");
+    let _ = std::fs::remove_file(&json);
+    let mut args = TINY.to_vec();
+    args.extend(["--train-lengths", "104,130", "--json", json.to_str().unwrap()]);
+    let out = String::from_utf8(ok(&args).stdout).unwrap();
+    assert!(out.contains("trained at lengths 104, 130"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["train_lengths"], serde_json::json!([104, 130]));
+    let mut short = TINY.to_vec();
+    short.extend(["--train-lengths", "110,90"]);
+    assert!(error(&short).contains("--train-lengths 90 is too short"));
+}

@@ -54,10 +54,10 @@ fn draw_grid(r: &Report<'_>, path: &Path) -> Result<()> {
     ))?;
     let lengths = r.lengths;
     let depths = &r.args.depths;
-    let train = r.args.seq_len;
+    let train = super::train_lengths(r.args);
     let x_label = |v: &SegmentValue<i32>| match v {
         SegmentValue::CenterOf(i) => match lengths.get(*i as usize) {
-            Some(&n) if n == train => format!("{n} (train)"),
+            Some(&n) if train.contains(&n) => format!("{n} (train)"),
             Some(n) => n.to_string(),
             None => String::new(),
         },

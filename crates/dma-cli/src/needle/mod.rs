@@ -1,5 +1,6 @@
 //! `dma needle`: needle in a haystack (passkey retrieval, Mohtashami & Jaggi 2023). Trains a
-//! small Doge with dma, swa or mha attention at one length on needles at random depths, then
+//! small Doge with dma, swa or mha attention at one length (or several) on needles at random
+//! depths, then
 //! measures the exact-match accuracy of the pass key for every (length, depth) of a grid,
 //! lengths past the training length included. Training, batches and the model are `dma mqar`'s.
 
@@ -29,6 +30,10 @@ pub struct NeedleArgs {
     /// The training length L (tokens = characters; at least 102: the needle and the question).
     #[arg(long, default_value_t = 128)]
     pub seq_len: usize,
+    /// Train on examples of each of these lengths instead, in equal numbers, mixed in batches
+    /// (each example padded at its end, which a causal model does not see) [default: L].
+    #[arg(long, value_delimiter = ',')]
+    pub train_lengths: Vec<usize>,
     /// Lengths to evaluate [default: L/2, L, 2L, 4L, leaving out those under 102].
     #[arg(long, value_delimiter = ',')]
     pub eval_lengths: Vec<usize>,
@@ -76,6 +81,41 @@ impl Cell {
     }
 }
 
+/// The training lengths: `--train-lengths`, or L.
+pub fn train_lengths(a: &NeedleArgs) -> Vec<usize> {
+    match a.train_lengths.is_empty() {
+        true => vec![a.seq_len],
+        false => a.train_lengths.clone(),
+    }
+}
+
+/// The longest training length, past which an evaluation length counts as unseen.
+pub fn trained_up_to(a: &NeedleArgs) -> usize {
+    train_lengths(a).into_iter().max().unwrap_or(a.seq_len)
+}
+
+/// The training set: `--train-examples` split evenly over the training lengths (the first
+/// lengths take the remainder), each length from its own seed.
+fn training_set(a: &NeedleArgs) -> Result<Vec<crate::mqar::data::Example>> {
+    let lengths = train_lengths(a);
+    let mut set = Vec::with_capacity(a.train_examples);
+    for (k, &length) in lengths.iter().enumerate() {
+        let count =
+            a.train_examples / lengths.len() + usize::from(k < a.train_examples % lengths.len());
+        // The first length keeps the seed a single-length run has always used.
+        let seed = match k {
+            0 => derive(a.train.seed, 0),
+            k => derive(derive(a.train.seed, 0), k as u64),
+        };
+        set.extend(
+            data::generate(length, Depth::Uniform, count, seed)?
+                .into_iter()
+                .map(|h| h.example),
+        );
+    }
+    Ok(set)
+}
+
 /// The lengths to evaluate: the flag's, or L/2, L, 2L, 4L that fit a needle.
 fn eval_lengths(a: &NeedleArgs) -> Vec<usize> {
     match a.eval_lengths.is_empty() {
@@ -98,6 +138,18 @@ fn check(a: &NeedleArgs, lengths: &[usize]) -> Result<()> {
         bail!(
             "--seq-len {} is too short: the needle and the question alone take {min} tokens",
             a.seq_len
+        );
+    }
+    if let Some(&n) = a.train_lengths.iter().find(|&&n| n < min) {
+        bail!(
+            "--train-lengths {n} is too short: the needle and the question alone take {min} tokens"
+        );
+    }
+    if a.train_examples < a.train_lengths.len() {
+        bail!(
+            "--train-examples {} is fewer than the {} --train-lengths: each length needs an example",
+            a.train_examples,
+            a.train_lengths.len()
         );
     }
     if let Some(&n) = lengths.iter().find(|&&n| n < min) {
@@ -127,19 +179,11 @@ pub fn run(a: &NeedleArgs) -> Result<()> {
     let lengths = eval_lengths(a);
     check(a, &lengths)?;
     let device = a.train.device.candle()?;
-    let train_set: Vec<_> = data::generate(
-        a.seq_len,
-        Depth::Uniform,
-        a.train_examples,
-        derive(a.train.seed, 0),
-    )?
-    .into_iter()
-    .map(|h| h.example)
-    .collect();
+    let train_set = training_set(a)?;
     let longest = lengths
         .iter()
         .copied()
-        .chain([a.seq_len])
+        .chain(train_lengths(a))
         .max()
         .unwrap_or(a.seq_len);
     // RoPE has no learned positions: the length only has to allow the longest evaluation.
@@ -147,9 +191,12 @@ pub fn run(a: &NeedleArgs) -> Result<()> {
         .net
         .build(a.attention, data::vocab(), longest, a.train.seed, &device)?;
     let trained = a.train.train(&net, &train_set, &device, |steps| {
+        let lengths: Vec<String> = train_lengths(a).iter().map(|n| n.to_string()).collect();
         format!(
             "needle: {} training examples of length {}, {steps} steps of {}",
-            a.train_examples, a.seq_len, a.train.batch
+            a.train_examples,
+            lengths.join(", "),
+            a.train.batch
         )
     })?;
     let clock = Instant::now();

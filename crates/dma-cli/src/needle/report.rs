@@ -32,10 +32,15 @@ impl Report<'_> {
             crate::model_args::Kind::Mha => String::new(),
             _ => format!(", window {}", a.net.window),
         };
+        let lengths: Vec<String> = super::train_lengths(a)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        let s = if lengths.len() > 1 { "s" } else { "" };
         format!(
-            "needle: {}{window}, trained at length {}",
+            "needle: {}{window}, trained at length{s} {}",
             a.attention.name(),
-            a.seq_len
+            lengths.join(", ")
         )
     }
 
@@ -65,7 +70,11 @@ impl Report<'_> {
         );
         let _ = write!(s, "{:>12}", "depth\\length");
         for &n in self.lengths {
-            let mark = if n > a.seq_len { "*" } else { " " };
+            let mark = if n > super::trained_up_to(a) {
+                "*"
+            } else {
+                " "
+            };
             let _ = write!(s, " {:>7}{mark}", n);
         }
         s.push('\n');
@@ -76,7 +85,7 @@ impl Report<'_> {
             }
             s.push('\n');
         }
-        let _ = writeln!(s, "(* longer than the training length)");
+        let _ = writeln!(s, "(* longer than every training length)");
         s
     }
 
@@ -101,6 +110,7 @@ impl Report<'_> {
             "task": "needle",
             "attention": a.attention.name(),
             "seq_len": a.seq_len,
+            "train_lengths": super::train_lengths(a),
             "eval_lengths": self.lengths,
             "depths": a.depths,
             "eval_examples": a.eval_examples,
