@@ -246,7 +246,12 @@ fn mixed_training_lengths_run_and_are_recorded() {
     let json = dir.join("mixed.json");
     let _ = std::fs::remove_file(&json);
     let mut args = TINY.to_vec();
-    args.extend(["--train-lengths", "104,130", "--json", json.to_str().unwrap()]);
+    args.extend([
+        "--train-lengths",
+        "104,130",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     let out = String::from_utf8(ok(&args).stdout).unwrap();
     assert!(out.contains("trained at lengths 104, 130"), "{out}");
     let v: serde_json::Value =
