@@ -16,12 +16,8 @@ WINDOW=${WINDOW:-32}
 PROMPT_BYTES=${PROMPT_BYTES:-450}
 WORK=${WORK:-/tmp/dma-heatmap}
 mkdir -p "$OUT" "$WORK"
-lib=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
-find "$lib" -name '*.py' -not -path '*/site-packages/*' -not -path '*/test/*' \
-  -not -path '*/tests/*' -not -path '*/idlelib/*' | LC_ALL=C sort >"$WORK/files.txt"
-awk 'NR % 20 == 0' "$WORK/files.txt" >"$WORK/valid.txt"
-awk 'NR % 20 != 0' "$WORK/files.txt" >"$WORK/train.txt"
-echo "corpus: $lib ($(python3 --version)), $(wc -l <"$WORK/train.txt") training files"
+# shellcheck source=scripts/stdlib-corpus.sh
+source "$(dirname "${BASH_SOURCE[0]}")/stdlib-corpus.sh"
 # 2 layers, hidden 128, 4 query and 2 kv heads of 32, vocab 1024: about 0.6M parameters.
 cat >"$WORK/config.json" <<JSON
 {"vocab_size": 1024, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,

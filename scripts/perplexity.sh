@@ -21,13 +21,8 @@ EVAL_EVERY=${EVAL_EVERY:-50}
 DEVICE=${DEVICE:-cuda}
 WORK=${WORK:-/tmp/dma-perplexity}
 mkdir -p "$OUT" "$WORK"
-lib=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
-find "$lib" -name '*.py' -not -path '*/site-packages/*' -not -path '*/test/*' \
-  -not -path '*/tests/*' -not -path '*/idlelib/*' | LC_ALL=C sort >"$WORK/files.txt"
-awk 'NR % 20 == 0' "$WORK/files.txt" >"$WORK/valid.txt"
-awk 'NR % 20 != 0' "$WORK/files.txt" >"$WORK/train.txt"
-echo "corpus: $lib ($(python3 --version)), $(wc -l <"$WORK/train.txt") training files," \
-  "$(wc -l <"$WORK/valid.txt") validation files ($(cat $(cat "$WORK/valid.txt") | wc -c) bytes)"
+# shellcheck source=scripts/stdlib-corpus.sh
+source "$(dirname "${BASH_SOURCE[0]}")/stdlib-corpus.sh"
 # About 20M parameters: hidden 512, 6 layers of 8 query and 4 kv heads of 64, vocab 8192 tied.
 cat >"$WORK/config.json" <<JSON
 {"vocab_size": 8192, "hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 6,
