@@ -11,7 +11,9 @@ import subprocess
 import sys
 from collections import defaultdict
 
-UNITS = {"nsecond": 1e-6, "usecond": 1e-3, "msecond": 1.0, "second": 1e3}
+# ncu spells the unit out or abbreviates it, by version.
+UNITS = {"nsecond": 1e-6, "usecond": 1e-3, "msecond": 1.0, "second": 1e3,
+         "ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def main() -> None:

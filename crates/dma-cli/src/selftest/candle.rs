@@ -133,12 +133,16 @@ fn with_grads(
 pub fn layers(_: &dma::cuda::Device, _: &Case, seed: u64) -> Result<Errors> {
     let cpu = Device::Cpu;
     let cuda = Device::new_cuda(0)?;
-    cpu.set_seed(seed)?;
-    let dims = (64, 1024, 128);
-    let x = Tensor::randn(0f32, 1.0, dims, &cpu)?;
-    let u = Tensor::randn(0f32, 3.0, dims, &cpu)?;
-    let w = Tensor::randn(1f32, 0.5, 128, &cpu)?;
-    let g = Tensor::randn(0f32, 1.0, dims, &cpu)?;
+    // Drawn on the GPU, whose generator takes a seed (the CPU's does not), then copied over.
+    cuda.set_seed(seed)?;
+    let randn = |mean: f32, std: f32, dims: &[usize]| -> Result<Tensor> {
+        Ok(Tensor::randn(mean, std, dims, &cuda)?.to_device(&cpu)?)
+    };
+    let dims = [64, 1024, 128];
+    let x = randn(0.0, 1.0, &dims)?;
+    let u = randn(0.0, 3.0, &dims)?;
+    let w = randn(1.0, 0.5, &[128])?;
+    let g = randn(0.0, 1.0, &dims)?;
     let mut measured: Vec<(&'static str, f64)> = Vec::new();
     type Op<'a> = &'a dyn Fn(&[Var]) -> candle_core::Result<Tensor>;
     // The op's output and each input's gradient, CUDA against the CPU, under `names`.
