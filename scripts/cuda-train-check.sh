@@ -4,8 +4,8 @@
 #   1. the kernel tests of the layers around the attention (RMSNorm, RoPE, silu_mul, scale_add,
 #      the embedding's scatter) and of AdamW against f64, and `dma selftest --device cuda` (its `candle` and `doge` checks
 #      cover the same layers through candle's autograd);
-#   2. 100 MQAR training steps (dma and mha) with the build before (.devbin/dma-before) and this
-#      one, one after the other: train_seconds of each;
+#   2. the time of an MQAR training step (dma and mha) with the build before (.devbin/dma-before)
+#      and this one, one after the other;
 #   3. the GPU time of a 2-step run by kernel (scripts/profile-train-step.py);
 #   4. only if 1 passed: MQAR grid runs until BUDGET seconds from the start, by default the ones
 #      not yet in docs/results/mqar (GRID holds scripts/mqar-grid.sh's variables; GRID=off: none).
@@ -37,14 +37,20 @@ echo "checks passed: $ok ($SECONDS s)"
 
 M="mqar --device cuda --seq-len 1024 --kv-pairs 64 --d-model 128 --heads 2 --layers 2 --window 512
    --vocab 8192 --batch 64 --lr 1e-3 --seed 0 --test-examples 200"
+# train_seconds includes one-time costs in the first steps (a build without the PTX disk cache
+# compiles its kernels there), so the time per step is the difference of a 150- and a 50-step run.
 for kind in dma mha; do
   for b in dma-before dma; do
     [ -x ".devbin/$b" ] || continue
-    # shellcheck disable=SC2086
-    ".devbin/$b" $M --attention "$kind" --steps 100 --train-examples 6400 \
-      --output "/tmp/$b-$kind.json" >/dev/null 2>&1 &&
-      python3 -c "import json, sys; print(sys.argv[1], json.load(open(sys.argv[2]))['train_seconds'])" \
-        "$b $kind: 100 steps, train_seconds" "/tmp/$b-$kind.json"
+    for steps in 50 150; do
+      # shellcheck disable=SC2086
+      ".devbin/$b" $M --attention "$kind" --steps $steps --train-examples $((64 * steps)) \
+        --output "/tmp/$b-$kind-$steps.json" >/dev/null 2>&1
+    done
+    python3 -c "import json, sys
+t = [json.load(open(f))['train_seconds'] for f in sys.argv[2:]]
+print(f'{sys.argv[1]}: 50 steps {t[0]:.2f} s, 150 steps {t[1]:.2f} s, {10 * (t[1] - t[0]):.1f} ms a step')" \
+      "$b $kind" "/tmp/$b-$kind-50.json" "/tmp/$b-$kind-150.json"
   done
 done | tee "$OUT/timing.txt"
 # shellcheck disable=SC2086

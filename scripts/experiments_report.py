@@ -459,7 +459,8 @@ def mqar_grid(manifest):
                     and not r.get("a_std")
                 )
                 if common:
-                    runs[(r["seq_len"], r["kv_pairs"], r["d_model"], r["attention"])] = r
+                    key = (r["seq_len"], r["kv_pairs"], r["d_model"], r["attention"])
+                    runs.setdefault(key, []).append(r)
     body, cells, done = [], 0, 0
     for seq in GRID_SEQS:
         for kv in GRID_KVS:
@@ -469,9 +470,9 @@ def mqar_grid(manifest):
                 row = [str(seq), str(kv), str(d)]
                 for kind in GRID_KINDS:
                     cells += 1
-                    r = runs.get((seq, kv, d, kind))
-                    done += r is not None
-                    row.append(f"{r['accuracy']:.3f}" if r else "-")
+                    rs = runs.get((seq, kv, d, kind), [])
+                    done += bool(rs)
+                    row.append(" / ".join(f"{r['accuracy']:.3f}" for r in rs) or "-")
                 body.append(row)
     out = [
         "## MQAR grid at one budget",
@@ -479,7 +480,8 @@ def mqar_grid(manifest):
         f"Test accuracy of every cell of the grid (w = 512, 2 layers, vocab 8192) trained on "
         f"{GRID_TOKENS} tokens a step (batch {GRID_TOKENS} / N) for {GRID_STEPS} steps at lr "
         f"{GRID_LR:g}, `A` = 0 (Doge's init), seed 0, collected from the mqar sections above; "
-        f"`-`: not run yet. {done} of the {cells} runs exist. Longer runs (4500 steps) and runs "
+        f"`-`: not run yet; `a / b`: the same run twice (same seed; the GPU's atomic adds make "
+        f"runs differ). {done} of the {cells} runs exist. Longer runs (4500 steps) and runs "
         "from a random `A` are in their sections and in the discussion, not here.",
         "",
         table(["N", "kv pairs", "d_model", *GRID_KINDS], body),
