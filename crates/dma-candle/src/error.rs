@@ -33,6 +33,12 @@ pub enum Error {
         actual: DType,
         expected: String,
     },
+    #[error("`targets` holds class {class} in row {row}, but the logits have {classes} classes")]
+    TargetClass {
+        row: usize,
+        class: u32,
+        classes: usize,
+    },
     #[error("dma-candle was built without its `cuda` feature: build with `--features cuda` to run the op on CUDA tensors")]
     CudaNotEnabled,
     #[error("dma-candle supports cpu and cuda storage, not {0}")]

@@ -46,11 +46,13 @@
 //! For training the layers around the attention, a few f32 ops take one kernel each way on CUDA
 //! where candle's composites take many: [`rms_norm`] (and the [`RmsNorm`] layer),
 //! [`silu_mul`] (the gated MLP), [`scale_add`] (a residual with a per-column scale) and
-//! [`gather_rows`] (an embedding lookup whose backward scatters in parallel); RoPE inside
-//! [`DmaAttention`] likewise. Other dtypes fall back to candle's own ops.
+//! [`gather_rows`] (an embedding lookup whose backward scatters in parallel), and
+//! [`cross_entropy`] (the loss over the logits); RoPE inside [`DmaAttention`] likewise. Other
+//! dtypes fall back to candle's own ops.
 
 mod adamw;
 mod cpu;
+mod cross_entropy;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod error;
@@ -65,6 +67,7 @@ mod shape;
 mod silu_mul;
 
 pub use adamw::{adamw_step, AdamWStep};
+pub use cross_entropy::cross_entropy;
 pub use error::Error;
 pub use layer::{AttentionKind, BiasFn, DmaAttention, DmaAttentionConfig};
 pub use norm::{rms_norm, RmsNorm};

@@ -1,10 +1,10 @@
-//! The fused f32 ops (`rms_norm`, `silu_mul`, `scale_add`) against f64 computations on fresh
+//! The fused f32 ops (`rms_norm`, `silu_mul`, `scale_add`, `cross_entropy`) against f64 computations on fresh
 //! random inputs: the output from the definition, and every gradient by central differences of
 //! the f64 function (so that no backward's closed form is checked against anything derived
 //! from it).
 
 use candle_core::{DType, Device, Tensor, Var};
-use dma_candle::{rms_norm, scale_add, silu_mul};
+use dma_candle::{cross_entropy, rms_norm, scale_add, silu_mul};
 use proptest::prelude::*;
 
 /// `weight * x / sqrt(mean(x²) + eps)` of every row, in f64.
@@ -77,6 +77,18 @@ fn values(t: &Tensor) -> Vec<f32> {
 
 fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
+}
+
+/// The mean over rows of `log(sum exp(row)) - row[target]`, in f64 (the definition, without
+/// shifting by the row's maximum: the test's logits are small enough).
+fn cross_entropy_f64(x: &[f64], targets: &[u32]) -> f64 {
+    let classes = x.len() / targets.len();
+    let total: f64 = x
+        .chunks(classes)
+        .zip(targets)
+        .map(|(row, &t)| row.iter().map(|v| v.exp()).sum::<f64>().ln() - row[t as usize])
+        .sum();
+    total / targets.len() as f64
 }
 
 /// Rows, width, x, weight, upstream gradient, eps. Some rows are scaled far down, where eps
@@ -169,6 +181,74 @@ proptest! {
         prop_assert!(err < 1e-6, "output error {}", err);
         check_grads(y, &[&xv, &sv, &rv], f, &inputs, &g)?;
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Logits up to +-30 (where exp overflows nothing in f64 but a careless f32 sum would lose
+    /// the small terms), one class to a few hundred.
+    #[test]
+    fn cross_entropy_and_gradient_match_f64(
+        (rows, classes, x, t, g) in (1usize..10, 1usize..300).prop_flat_map(|(rows, classes)| (
+            Just(rows),
+            Just(classes),
+            prop::collection::vec(-30.0f32..30.0, rows * classes),
+            prop::collection::vec(0..classes as u32, rows),
+            -2.0f32..2.0,
+        ))
+    ) {
+        let dev = Device::Cpu;
+        let xv = Var::from_vec(x.clone(), (rows, classes), &dev).unwrap();
+        let tt = Tensor::from_vec(t.clone(), rows, &dev).unwrap();
+        let loss = cross_entropy(&xv, &tt).unwrap();
+        prop_assert_eq!(loss.dims(), &[] as &[usize]);
+        let want = cross_entropy_f64(&to_f64(&x), &t);
+        let got = loss.to_scalar::<f32>().unwrap() as f64;
+        prop_assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "loss {} want {}", got, want);
+        let f = |i: &[Vec<f64>]| vec![cross_entropy_f64(&i[0], &t)];
+        check_grads(loss, &[&xv], f, &[to_f64(&x)], &[g])?;
+    }
+}
+
+/// Integer targets of other dtypes are taken as classes; a target that is not a class, a
+/// shape that does not match and a float target are errors naming the problem.
+#[test]
+fn cross_entropy_checks_its_inputs() {
+    let dev = Device::Cpu;
+    let x = Tensor::new(&[[1f32, 2., 3.], [0., 0., 5.]], &dev).unwrap();
+    let loss = |t: Tensor| cross_entropy(&x, &t).map(|l| l.to_scalar::<f32>().unwrap());
+    let by_u32 = loss(Tensor::new(&[2u32, 1], &dev).unwrap()).unwrap();
+    let by_i64 = loss(Tensor::new(&[2i64, 1], &dev).unwrap()).unwrap();
+    assert_eq!(by_u32, by_i64);
+    let err = loss(Tensor::new(&[3u32, 0], &dev).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("class 3 in row 0"), "{err}");
+    let err = loss(Tensor::new(&[1u32, 0, 0], &dev).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("`targets`"), "{err}");
+    let err = loss(Tensor::new(&[1f32, 0.], &dev).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("u32, u8 or i64"), "{err}");
+    let flat = Tensor::new(&[1f32, 2.], &dev).unwrap();
+    let err = cross_entropy(&flat, &Tensor::new(&[0u32], &dev).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("`logits`"), "{err}");
+}
+
+/// bf16 logits take candle_nn's loss, which agrees with the fused f32 op.
+#[test]
+fn bf16_cross_entropy_agrees_with_f32() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 2.0, (6, 50), &dev).unwrap();
+    let t = Tensor::new(&[0u32, 7, 49, 3, 3, 20], &dev).unwrap();
+    let f32_loss = cross_entropy(&x, &t).unwrap().to_scalar::<f32>().unwrap();
+    let bf16 = cross_entropy(&x.to_dtype(DType::BF16).unwrap(), &t).unwrap();
+    let bf16_loss = bf16
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        (f32_loss - bf16_loss).abs() < 2e-2 * f32_loss.abs().max(1.0),
+        "{f32_loss} {bf16_loss}"
+    );
 }
 
 /// bf16 takes candle's element-wise ops (normalised in f32, scaled in bf16), with gradients.

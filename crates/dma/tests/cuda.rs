@@ -827,6 +827,80 @@ fn scale_add_matches_f64() {
     }
 }
 
+/// The cross-entropy kernels against f64: each row's loss from the definition and the logits'
+/// gradient `g * (softmax - onehot)`, at a vocabulary's width, with more rows than the grid has
+/// warps, with one class, and with a target that is not a class (NaN, not a read past the row).
+#[test]
+fn cross_entropy_matches_f64() {
+    let Some(dev) = device() else { return };
+    let seed = fresh_seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for (rows, classes) in [(4096, 8192), (300_000, 5), (3, 100_000), (7, 1)] {
+        let x: Vec<f32> = (0..rows * classes)
+            .map(|_| rng.random_range(-20.0..20.0))
+            .collect();
+        let mut t: Vec<u32> = (0..rows)
+            .map(|_| rng.random_range(0..classes as u32))
+            .collect();
+        t[rows - 1] = classes as u32;
+        let g: Vec<f32> = (0..rows).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let (mut loss_want, mut dx_want) = (vec![0f64; rows], vec![0f64; x.len()]);
+        for r in 0..rows {
+            let row = &x[r * classes..(r + 1) * classes];
+            let max = row.iter().fold(f64::MIN, |m, &v| m.max(v as f64));
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&v| (v as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            let t = t[r] as usize;
+            loss_want[r] = if t < classes {
+                lse - row[t] as f64
+            } else {
+                f64::NAN
+            };
+            for (c, &v) in row.iter().enumerate() {
+                let onehot = if c == t { 1.0 } else { 0.0 };
+                dx_want[r * classes + c] = g[r] as f64 * ((v as f64 - lse).exp() - onehot);
+            }
+        }
+        let s = dev.stream();
+        let (dx_, dt, dg) = (
+            s.clone_htod(&x).unwrap(),
+            s.clone_htod(&t).unwrap(),
+            s.clone_htod(&g).unwrap(),
+        );
+        let mut loss = s.clone_htod(&vec![f32::NAN; rows]).unwrap();
+        cuda::cross_entropy_forward(&dev, &dx_, &dt, &mut loss, classes).unwrap();
+        let mut dx = s.clone_htod(&vec![f32::NAN; x.len()]).unwrap();
+        cuda::cross_entropy_backward(&dev, &dx_, &dt, &dg, &mut dx, classes).unwrap();
+        let (loss, dx) = (s.clone_dtoh(&loss).unwrap(), s.clone_dtoh(&dx).unwrap());
+        // The last row's target is not a class: NaN there, and only there.
+        let last = (rows - 1) * classes;
+        assert!(
+            loss[rows - 1].is_nan() && dx[last..].iter().all(|v| v.is_nan()),
+            "seed {seed}"
+        );
+        let errs = [
+            max_scaled_err(&loss[..rows - 1], &loss_want[..rows - 1]),
+            max_scaled_err(&dx[..last], &dx_want[..last]),
+        ];
+        eprintln!(
+            "cross_entropy rows={rows} classes={classes}: loss, dx errors {errs:?} (seed {seed})"
+        );
+        assert!(errs.iter().all(|&e| e < 1e-5), "seed {seed}: {errs:?}");
+    }
+    let s = dev.stream();
+    let (x, t) = (
+        s.clone_htod(&[0f32; 10]).unwrap(),
+        s.clone_htod(&[0u32; 2]).unwrap(),
+    );
+    let mut loss = s.clone_htod(&[0f32; 2]).unwrap();
+    let err = cuda::cross_entropy_forward(&dev, &x, &t, &mut loss, 3).unwrap_err();
+    assert!(err.to_string().contains("logits"), "{err}");
+}
+
 /// Three AdamW steps in place (both moments, then the weights) against f64, with weight decay
 /// and a gradient scale, on more elements than the grid has threads.
 #[test]

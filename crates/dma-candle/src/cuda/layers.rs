@@ -1,5 +1,5 @@
 //! The CUDA side of the f32 layers around the attention (`gather_rows`' backward, `RmsNorm`,
-//! RoPE, `silu_mul`, `scale_add`): `dma::cuda`'s kernels on candle's stream, on contiguous f32
+//! RoPE, `silu_mul`, `scale_add`, `cross_entropy`): `dma::cuda`'s kernels on candle's stream, on contiguous f32
 //! storage.
 
 use super::{contiguous, device, driver};
@@ -195,4 +195,41 @@ pub(crate) fn scale_add_backward(
     dma::cuda::scale_add_backward(&dev, &x_, &s, &g, &mut dx, &mut ds, width)
         .map_err(Error::from)?;
     Ok(CudaStorage::wrap_cuda_slice(out, x.device().clone()))
+}
+
+/// The softmax cross-entropy of each row of contiguous f32 `logits` (rows of `classes`) against
+/// u32 `targets`: `[rows]`.
+pub(crate) fn cross_entropy_forward(
+    logits: &CudaStorage,
+    ll: &Layout,
+    targets: &CudaStorage,
+    lt: &Layout,
+    classes: usize,
+) -> Result<CudaStorage> {
+    let dev = device(logits.device())?;
+    let x = contiguous::<f32>("logits", logits, ll)?;
+    let t = contiguous::<u32>("targets", targets, lt)?;
+    let mut loss = alloc(logits, x.len() / classes.max(1))?;
+    dma::cuda::cross_entropy_forward(&dev, &x, &t, &mut loss, classes).map_err(Error::from)?;
+    Ok(CudaStorage::wrap_cuda_slice(loss, logits.device().clone()))
+}
+
+/// The backward of [`cross_entropy_forward`] for the rows' gradient `g` `[rows]`: the gradient
+/// of the logits.
+pub(crate) fn cross_entropy_backward(
+    logits: &CudaStorage,
+    ll: &Layout,
+    targets: &CudaStorage,
+    lt: &Layout,
+    g: &CudaStorage,
+    lg: &Layout,
+    classes: usize,
+) -> Result<CudaStorage> {
+    let dev = device(logits.device())?;
+    let x = contiguous::<f32>("logits", logits, ll)?;
+    let t = contiguous::<u32>("targets", targets, lt)?;
+    let g = contiguous::<f32>("g", g, lg)?;
+    let mut dx = alloc(logits, x.len())?;
+    dma::cuda::cross_entropy_backward(&dev, &x, &t, &g, &mut dx, classes).map_err(Error::from)?;
+    Ok(CudaStorage::wrap_cuda_slice(dx, logits.device().clone()))
 }

@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 mod layers;
 mod optim;
 pub(crate) use layers::{
-    rms_norm_backward, rms_norm_forward, rope, scale_add_backward, scale_add_forward,
-    scatter_add_rows, silu_mul_backward, silu_mul_forward,
+    cross_entropy_backward, cross_entropy_forward, rms_norm_backward, rms_norm_forward, rope,
+    scale_add_backward, scale_add_forward, scatter_add_rows, silu_mul_backward, silu_mul_forward,
 };
 pub(crate) use optim::{adamw_moment, adamw_update};
 

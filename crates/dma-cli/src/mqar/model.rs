@@ -77,16 +77,6 @@ fn normal(rng: &mut StdRng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
-/// Mean cross-entropy of `logits` `[M, vocab]` against `targets` `[M]` (u32).
-pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let max = logits.max_keepdim(D::Minus1)?.detach();
-    let shifted = logits.broadcast_sub(&max)?;
-    let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    let log_p = shifted.broadcast_sub(&log_z)?;
-    let picked = log_p.gather(&targets.unsqueeze(1)?, 1)?;
-    Ok(picked.mean_all()?.neg()?)
-}
-
 /// Whether each row of `logits` `[M, vocab]` has its largest logit at `targets` `[M]`.
 pub fn hit_mask(logits: &Tensor, targets: &Tensor) -> Result<Vec<bool>> {
     let hits = logits

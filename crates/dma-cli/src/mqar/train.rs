@@ -3,7 +3,7 @@
 
 use super::batch::Batch;
 use super::data::Example;
-use super::model::{correct, cross_entropy, hit_mask};
+use super::model::{correct, hit_mask};
 use anyhow::Result;
 use candle_core::Device;
 use doge::train::{grad_norm, AdamW, AdamWParams, WsdSchedule};
@@ -62,7 +62,7 @@ pub fn train(
     for step in 0..s.steps {
         let batch = Batch::new(examples, &order.next(s.batch), device)?;
         let logits = model.forward_at(&batch.inputs, &batch.answers)?;
-        let loss = cross_entropy(&logits, &batch.targets)?;
+        let loss = dma_candle::cross_entropy(&logits, &batch.targets)?;
         let grads = loss.backward()?;
         let norm = grad_norm(&grads, &vars)?;
         let scale = match norm > s.clip && norm.is_finite() {

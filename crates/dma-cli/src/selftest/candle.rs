@@ -126,7 +126,8 @@ fn with_grads(
 
 /// The f32 layers around the attention on CUDA vs the CPU, with the gradients of
 /// `sum(out * g)` for every input: on activations `[64, 1024, 128]`, `dma_candle::rms_norm`,
-/// `silu_mul`, `scale_add` and three `adamw_step`s; and a `DmaAttention` layer's projections (hidden 128, Hq = 2,
+/// `silu_mul`, `scale_add`, three `adamw_step`s and `cross_entropy` (rows as logits of 128
+/// classes); and a `DmaAttention` layer's projections (hidden 128, Hq = 2,
 /// Hkv = 1: RMSNorm of every q and k head, then RoPE at offset 5) with the gradient of its
 /// input. All in f32, so held to 1e-4 rather than the op's 1e-2. (The case only names the
 /// check.)
@@ -180,6 +181,23 @@ pub fn layers(_: &dma::cuda::Device, _: &Case, seed: u64) -> Result<Errors> {
         flat(&theta)
     };
     measured.push(("adamw", rel_err(&adamw(&cuda)?, &adamw(&cpu)?)));
+    // The mean cross-entropy of x's rows as logits of 128 classes, and its gradient.
+    let rows = x.elem_count() / 128;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let targets: Vec<u32> = (0..rows).map(|_| rng.random_range(0..128)).collect();
+    let targets = Tensor::from_vec(targets, rows, &cpu)?;
+    let loss = |dev: &Device| -> Result<[Vec<f32>; 2]> {
+        let logits = Var::from_tensor(&x.reshape((rows, 128))?.to_device(dev)?)?;
+        let loss = dma_candle::cross_entropy(&logits, &targets.to_device(dev)?)?;
+        let grads = loss.backward()?;
+        let dx = grads
+            .get(&logits)
+            .ok_or_else(|| anyhow::anyhow!("no gradient reached the logits"))?;
+        Ok([flat(&loss)?, flat(dx)?])
+    };
+    let ([loss_got, dx_got], [loss_want, dx_want]) = (loss(&cuda)?, loss(&cpu)?);
+    measured.push(("cross_entropy", rel_err(&loss_got, &loss_want)));
+    measured.push(("cross_entropy dx", rel_err(&dx_got, &dx_want)));
 
     let config = dma_candle::DmaAttentionConfig::new(128, 2, 1, 64);
     let layer = |vars: &VarMap, dev: &Device| -> Result<DmaAttention> {

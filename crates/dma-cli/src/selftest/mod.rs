@@ -295,7 +295,7 @@ mod imp {
             shape: doge_case.shape.clone(),
             params: doge_case.params,
             ties: false,
-            label: "f32 RMSNorm, silu_mul, scale_add on [65536, 128]; q/k projections; grads"
+            label: "f32 RMSNorm, silu_mul, scale_add, AdamW, cross-entropy on [65536, 128]; q/k projections; grads"
                 .into(),
         };
         plan.push(("candle", "f32", &layers_case, super::candle::layers));

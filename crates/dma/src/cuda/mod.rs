@@ -20,8 +20,8 @@
 //! the op (dma-candle's `gather_rows`, `RmsNorm`, RoPE, `silu_mul` and `scale_add`):
 //! [`scatter_add_rows`] (the backward of an embedding lookup), [`rms_norm_forward`] and
 //! [`rms_norm_backward`], [`rope`], [`silu_mul_forward`] and [`silu_mul_backward`],
-//! [`scale_add_forward`] and [`scale_add_backward`]; and the optimiser's [`adamw_moment`] and
-//! [`adamw_update`].
+//! [`scale_add_forward`] and [`scale_add_backward`]; the loss's [`cross_entropy_forward`] and
+//! [`cross_entropy_backward`]; and the optimiser's [`adamw_moment`] and [`adamw_update`].
 //!
 //! ```no_run
 //! use dma::{cuda, Heads, Params, Shape};
@@ -48,6 +48,7 @@ mod forward;
 mod kernel_cache;
 mod layers;
 mod libs;
+mod loss;
 mod optim;
 mod plan;
 mod select;
@@ -63,6 +64,7 @@ pub use layers::{
     rms_norm_backward, rms_norm_forward, rope, scale_add_backward, scale_add_forward,
     scatter_add_rows, silu_mul_backward, silu_mul_forward, MAX_ROW_WIDTH,
 };
+pub use loss::{cross_entropy_backward, cross_entropy_forward};
 pub use optim::{adamw_moment, adamw_update, AdamWMoment, AdamWUpdate};
 pub use plan::BLOCK_M;
 pub use select::{HostSelection, Selection};
@@ -108,6 +110,7 @@ pub fn all_kernels() -> Vec<compile::KernelSpec> {
     specs.push(backward::convert_spec::<half::f16>());
     specs.extend(layers::specs());
     specs.extend(optim::specs());
+    specs.extend(loss::specs());
     specs
 }
 

@@ -46,7 +46,7 @@ pub fn lm_loss(model: &DogeForCausalLM, batch: &Tensor) -> Result<Tensor> {
     let logits = model.forward(&batch.narrow(1, 0, n)?)?;
     let vocab = logits.dim(D::Minus1)?;
     let targets = batch.narrow(1, 1, n)?.flatten_all()?;
-    Ok(candle_nn::loss::cross_entropy(
+    Ok(dma_candle::cross_entropy(
         &logits.reshape(((), vocab))?,
         &targets,
     )?)

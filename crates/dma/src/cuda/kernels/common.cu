@@ -19,8 +19,9 @@ struct SeqInfo {
     int q_start, nq, k_start, nk, bias_offset, lse_offset, pad0, pad1;
 };
 
-// +infinity (NVRTC has no math.h).
+// +infinity and a quiet NaN (NVRTC has no math.h).
 #define DMA_INF __int_as_float(0x7f800000)
+#define DMA_NAN __int_as_float(0x7fc00000)
 
 // A threshold that keeps every visible key (every real rank is >= 2^55), and one that keeps none.
 #define DMA_KEEP_ALL 1ull
