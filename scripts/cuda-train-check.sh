@@ -2,8 +2,9 @@
 # On the GPU machine (device tool), in one call: checks and times a new build's training path
 # before it trains anything, then spends what is left of the call on MQAR grid cells.
 #   1. the kernel tests of the layers around the attention (RMSNorm, RoPE, silu_mul, scale_add,
-#      the embedding's scatter) and of AdamW against f64, and `dma selftest --device cuda` (its `candle` and `doge` checks
-#      cover the same layers through candle's autograd);
+#      the embedding's scatter, the cross-entropy) and of AdamW against f64, and
+#      `dma selftest --device cuda` (its `candle` and `doge` checks cover the same layers
+#      through candle's autograd);
 #   2. the time of an MQAR training step (dma and mha) with the build before (.devbin/dma-before)
 #      and this one, one after the other;
 #   3. the GPU time of a 2-step run by kernel (scripts/profile-train-step.py);
@@ -28,9 +29,10 @@ done
 ok=1
 timeout 180 .devbin/dma-cuda-tests --exact rms_norm_matches_f64 rope_matches_f64 \
   silu_mul_matches_f64 scale_add_matches_f64 adamw_matches_f64 scatter_add_rows_matches_cpu \
+  cross_entropy_matches_f64 \
   --nocapture \
   >"$OUT/layer-tests.log" 2>&1 || ok=0
-grep -E "rms_norm|rope|silu|scale_add|adamw|scatter|test result|panicked" "$OUT/layer-tests.log"
+grep -E "rms_norm|rope|silu|scale_add|adamw|scatter|cross_entropy|test result|panicked" "$OUT/layer-tests.log"
 timeout 240 .devbin/dma selftest --device cuda >"$OUT/selftest.log" 2>&1 || ok=0
 grep -E "candle|doge|PASS|FAIL" "$OUT/selftest.log" | tail -12
 echo "checks passed: $ok ($SECONDS s)"
