@@ -25,8 +25,9 @@ WORK=${WORK:-/tmp/dma-perplexity}
 mkdir -p "$OUT" "$WORK"
 # shellcheck source=scripts/stdlib-corpus.sh
 source "$(dirname "${BASH_SOURCE[0]}")/stdlib-corpus.sh"
-# Hidden 512, LAYERS layers of 8 query and 4 kv heads of 64, vocab 8192 tied: 4.2M parameters in
-# the embedding and 2.36M a layer, so 18.4M at 6 (the runs in docs/results/perplexity) and 23.1M at 8.
+# Hidden 512, LAYERS layers of 8 query and 4 kv heads of 64, vocab 8192 tied: 4.2M parameters
+# in the embedding and 2.36M a layer, so 18.4M at 6 (the runs in docs/results/perplexity) and
+# 23.1M at 8.
 cat >"$WORK/config.json" <<JSON
 {"vocab_size": 8192, "hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": $LAYERS,
  "num_attention_heads": 8, "num_key_value_heads": 4, "keep_window_size": $WINDOW,
