@@ -9,12 +9,14 @@
 #      and this one, one after the other;
 #   3. the GPU time of a 2-step run by kernel (scripts/profile-train-step.py);
 #   4. only if 1 passed: MQAR grid runs until BUDGET seconds from the start, by default the ones
-#      not yet in docs/results/mqar (GRID holds scripts/mqar-grid.sh's variables; GRID=off: none).
+#      not yet in docs/results/mqar (GRID holds scripts/mqar-grid.sh's variables; GRID=off: none;
+#      JOBS runs at once, 1 by default).
 # Here first: scripts/cuda-build-devbin.sh (and keep the previous .devbin/dma.xz as
 # .devbin/dma-before.xz). Carry .devbin/dma.xz, .devbin/dma-before.xz, .devbin/dma-cuda-tests.
 #
 #   bash scripts/cuda-train-check.sh
 #   GRID='SEQS=512 KVS=128 DMODELS=128' bash scripts/cuda-train-check.sh
+#   JOBS=2 bash scripts/cuda-train-check.sh     # two grid runs share the GPU (untried)
 set -u
 OUT=${OUT:-/tmp/dma-out}
 BUDGET=${BUDGET:-570}
@@ -63,7 +65,7 @@ echo "timing and profile done ($SECONDS s)"
 
 left=$((BUDGET - SECONDS))
 if [ "$ok" = 1 ] && [ "$GRID" != off ] && [ "$left" -gt 150 ]; then
-  env $GRID TOKENS=65536 STEPS=${STEPS:-2500} LR=1e-3 JOBS=1 DEADLINE=$left OUT="$OUT/grid" \
+  env $GRID TOKENS=65536 STEPS=${STEPS:-2500} LR=1e-3 JOBS=${JOBS:-1} DEADLINE=$left OUT="$OUT/grid" \
     WORK=/tmp/dma-grid bash scripts/mqar-grid.sh | tee "$OUT/grid.log"
 else
   echo "no grid runs (checks passed: $ok, GRID '${GRID}', $left s left)"
