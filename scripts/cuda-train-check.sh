@@ -11,7 +11,7 @@
 #   4. only if 1 passed: MQAR grid runs until BUDGET seconds from the start, by default the ones
 #      not yet in docs/results/mqar (GRID holds scripts/mqar-grid.sh's variables; GRID=off: none;
 #      JOBS runs at once, 1 by default).
-# Here first: scripts/cuda-build-devbin.sh (and keep the previous .devbin/dma.xz as
+# Here first: BEFORE=<baseline commit> scripts/cuda-build-devbin.sh (the baseline as
 # .devbin/dma-before.xz). Carry .devbin/dma.xz, .devbin/dma-before.xz, .devbin/dma-cuda-tests.
 #
 #   bash scripts/cuda-train-check.sh
