@@ -156,17 +156,21 @@ impl CustomOp2 for CrossEntropy {
         &self,
         x: &Tensor,
         t: &Tensor,
-        _loss: &Tensor,
+        loss: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let op = CrossEntropyBackward {
             classes: self.classes,
         };
-        Ok((Some(x.apply_op3_no_bwd(t, &g.contiguous()?, &op)?), None))
+        // The rows' loss rides with their gradient: a custom op takes three inputs.
+        let loss_and_g = Tensor::stack(&[loss, g], 0)?;
+        Ok((Some(x.apply_op3_no_bwd(t, &loss_and_g, &op)?), None))
     }
 }
 
-/// The gradient of the logits, `g[r] * (softmax(row r) - onehot(targets[r]))`.
+/// The gradient of the logits, `g[r] * (softmax(row r) - onehot(targets[r]))`, from the rows'
+/// loss and gradient stacked as `[2, rows]`: each row's log-sum-exp is its loss plus its
+/// target's logit, so the logits are read once.
 struct CrossEntropyBackward {
     classes: usize,
 }
@@ -182,14 +186,15 @@ impl CustomOp3 for CrossEntropyBackward {
         lx: &Layout,
         t: &CpuStorage,
         lt: &Layout,
-        g: &CpuStorage,
-        lg: &Layout,
+        lg: &CpuStorage,
+        llg: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, t) = cpu_inputs((x, lx), (t, lt), self.classes)?;
-        let [g] = crate::fused::f32_slices(["grad"], [(g, lg)])?;
+        let [lg] = crate::fused::f32_slices(["loss and grad"], [(lg, llg)])?;
+        let (loss, g) = lg.split_at(t.len());
         let mut dx = Vec::with_capacity(x.len());
-        for ((row, &t), &g) in x.chunks(self.classes).zip(t).zip(g) {
-            let lse = log_sum_exp(row);
+        for (((row, &t), &loss), &g) in x.chunks(self.classes).zip(t).zip(loss).zip(g) {
+            let lse = loss as f64 + row[t as usize] as f64;
             dx.extend(row.iter().enumerate().map(|(c, &x)| {
                 let p = (x as f64 - lse).exp() - if c == t as usize { 1.0 } else { 0.0 };
                 (g as f64 * p) as f32
@@ -205,10 +210,10 @@ impl CustomOp3 for CrossEntropyBackward {
         lx: &Layout,
         t: &candle_core::CudaStorage,
         lt: &Layout,
-        g: &candle_core::CudaStorage,
-        lg: &Layout,
+        lg: &candle_core::CudaStorage,
+        llg: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let dx = crate::cuda::cross_entropy_backward(x, lx, t, lt, g, lg, self.classes)?;
+        let dx = crate::cuda::cross_entropy_backward(x, lx, t, lt, lg, llg, self.classes)?;
         Ok((dx, lx.shape().clone()))
     }
 }

@@ -828,7 +828,7 @@ fn scale_add_matches_f64() {
 }
 
 /// The cross-entropy kernels against f64: each row's loss from the definition and the logits'
-/// gradient `g * (softmax - onehot)`, at a vocabulary's width, with more rows than the grid has
+/// gradient `g * (softmax - onehot)` (from the forward's loss, as in training), at a vocabulary's width, with more rows than the grid has
 /// warps, with one class, and with a target that is not a class (NaN, not a read past the row).
 #[test]
 fn cross_entropy_matches_f64() {
@@ -874,7 +874,8 @@ fn cross_entropy_matches_f64() {
         let mut loss = s.clone_htod(&vec![f32::NAN; rows]).unwrap();
         cuda::cross_entropy_forward(&dev, &dx_, &dt, &mut loss, classes).unwrap();
         let mut dx = s.clone_htod(&vec![f32::NAN; x.len()]).unwrap();
-        cuda::cross_entropy_backward(&dev, &dx_, &dt, &dg, &mut dx, classes).unwrap();
+        let (lv, gv) = (loss.as_view(), dg.as_view());
+        cuda::cross_entropy_backward(&dev, &dx_, &dt, &lv, &gv, &mut dx, classes).unwrap();
         let (loss, dx) = (s.clone_dtoh(&loss).unwrap(), s.clone_dtoh(&dx).unwrap());
         // The last row's target is not a class: NaN there, and only there.
         let last = (rows - 1) * classes;

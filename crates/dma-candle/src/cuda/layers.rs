@@ -1,6 +1,6 @@
 //! The CUDA side of the f32 layers around the attention (`gather_rows`' backward, `RmsNorm`,
-//! RoPE, `silu_mul`, `scale_add`, `cross_entropy`): `dma::cuda`'s kernels on candle's stream, on contiguous f32
-//! storage.
+//! RoPE, `silu_mul`, `scale_add`, `cross_entropy`): `dma::cuda`'s kernels on candle's stream,
+//! on contiguous f32 storage.
 
 use super::{contiguous, device, driver};
 use crate::Error;
@@ -214,22 +214,25 @@ pub(crate) fn cross_entropy_forward(
     Ok(CudaStorage::wrap_cuda_slice(loss, logits.device().clone()))
 }
 
-/// The backward of [`cross_entropy_forward`] for the rows' gradient `g` `[rows]`: the gradient
-/// of the logits.
+/// The backward of [`cross_entropy_forward`] for the rows' loss and gradient stacked as
+/// `[2, rows]`: the gradient of the logits.
 pub(crate) fn cross_entropy_backward(
     logits: &CudaStorage,
     ll: &Layout,
     targets: &CudaStorage,
     lt: &Layout,
-    g: &CudaStorage,
-    lg: &Layout,
+    loss_and_g: &CudaStorage,
+    llg: &Layout,
     classes: usize,
 ) -> Result<CudaStorage> {
     let dev = device(logits.device())?;
     let x = contiguous::<f32>("logits", logits, ll)?;
     let t = contiguous::<u32>("targets", targets, lt)?;
-    let g = contiguous::<f32>("g", g, lg)?;
+    let lg = contiguous::<f32>("loss and grad", loss_and_g, llg)?;
+    let rows = t.len();
+    let (loss, g) = (lg.slice(..rows), lg.slice(rows..));
     let mut dx = alloc(logits, x.len())?;
-    dma::cuda::cross_entropy_backward(&dev, &x, &t, &g, &mut dx, classes).map_err(Error::from)?;
+    dma::cuda::cross_entropy_backward(&dev, &x, &t, &loss, &g, &mut dx, classes)
+        .map_err(Error::from)?;
     Ok(CudaStorage::wrap_cuda_slice(dx, logits.device().clone()))
 }

@@ -2,14 +2,15 @@
 //! its gradient in one kernel each. The same loss from candle's element-wise ops (max, subtract,
 //! exp, sum, log, subtract, gather) reads and writes the whole `[rows, classes]` logits about a
 //! dozen times forward and backward, each pass also paying candle's autograd a zero tensor and an
-//! add, where these kernels read them once forward and twice backward.
+//! add, where these kernels read them once each way (the backward takes each row's
+//! log-sum-exp back from the forward's loss).
 
 use super::compile::KernelSpec;
 use super::device::Device;
 use super::error;
 use super::layers::{check_len, grid_stride, F32, THREADS};
 use crate::{DmaError, Result};
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
 
 /// The two kernels.
 pub(crate) fn specs() -> Vec<KernelSpec> {
@@ -79,18 +80,21 @@ pub fn cross_entropy_forward(
     Ok(())
 }
 
-/// The gradient of `sum_r g[r] * loss[r]` ([`cross_entropy_forward`]) in the logits:
-/// `dx[r, c] = g[r] * (softmax(logits[r])[c] - [c == targets[r]])`, written to `dx` (the shape
-/// of `logits`).
+/// The gradient of `sum_r g[r] * loss[r]` in the logits, for the `loss` that
+/// [`cross_entropy_forward`] gave: `dx[r, c] = g[r] * (softmax(logits[r])[c] - [c == targets[r]])`,
+/// written to `dx` (the shape of `logits`). Views, so that `loss` and `g` can lie in one buffer
+/// (candle's custom ops take three inputs).
 pub fn cross_entropy_backward(
     dev: &Device,
     logits: &CudaSlice<f32>,
     targets: &CudaSlice<u32>,
-    g: &CudaSlice<f32>,
+    loss: &CudaView<'_, f32>,
+    g: &CudaView<'_, f32>,
     dx: &mut CudaSlice<f32>,
     classes: usize,
 ) -> Result<()> {
     let rows = rows_of(logits, targets, classes)?;
+    check_len("loss", loss.len(), rows, "[rows]")?;
     check_len("g", g.len(), rows, "[rows]")?;
     check_len("dx", dx.len(), logits.len(), "the shape of logits")?;
     if rows == 0 {
@@ -102,12 +106,13 @@ pub fn cross_entropy_backward(
     launch
         .arg(logits)
         .arg(targets)
+        .arg(loss)
         .arg(g)
         .arg(dx)
         .arg(&rows)
         .arg(&classes);
     // SAFETY: the arguments match the kernel's signature; logits and dx hold rows * classes
-    // elements, targets and g rows.
+    // elements, targets, loss and g rows.
     unsafe { launch.launch(grid_stride(rows, u64::from(THREADS / 32), 0)) }
         .map_err(error::driver)?;
     Ok(())

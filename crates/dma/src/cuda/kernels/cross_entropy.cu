@@ -1,5 +1,6 @@
 // Softmax cross-entropy of rows of logits x against target classes t, and its backward. With
 // lse = log(sum_c exp(x_c)): loss = lse - x[t], and dx_c = g * (exp(x_c - lse) - [c == t]).
+// The backward takes lse back from the forward's loss (loss + x[t]), so it reads the logits once.
 // One warp per row, the grid's warps striding over rows. A target outside [0, classes) gives a
 // NaN loss and a NaN gradient row (no error can reach the host without a read-back).
 
@@ -27,38 +28,33 @@ __device__ __forceinline__ float warp_log_sum_exp(float m, float s) {
 }
 
 template <typename T>
-__device__ float row_log_sum_exp(const T* __restrict__ xr, unsigned int classes) {
-    const unsigned int lane = threadIdx.x % 32;
-    float m = -DMA_INF, s = 0.f;
-    for (unsigned int c = lane; c < classes; c += 32) online_add(m, s, xr[c]);
-    return warp_log_sum_exp(m, s);
-}
-
-template <typename T>
 __device__ void cross_entropy_forward(const T* __restrict__ x, const unsigned int* __restrict__ t,
                                       T* __restrict__ loss, unsigned long long rows,
                                       unsigned int classes) {
-    const unsigned int warps_per_block = blockDim.x / 32;
+    const unsigned int lane = threadIdx.x % 32, warps_per_block = blockDim.x / 32;
     const unsigned long long warps = (unsigned long long)gridDim.x * warps_per_block;
     for (unsigned long long row = (unsigned long long)blockIdx.x * warps_per_block + threadIdx.x / 32;
          row < rows; row += warps) {
         const T* xr = x + row * classes;
-        const float lse = row_log_sum_exp(xr, classes);
-        if (threadIdx.x % 32 == 0)
+        float m = -DMA_INF, s = 0.f;
+        for (unsigned int c = lane; c < classes; c += 32) online_add(m, s, xr[c]);
+        const float lse = warp_log_sum_exp(m, s);
+        if (lane == 0)
             loss[row] = t[row] < classes ? lse - (float)xr[t[row]] : DMA_NAN;
     }
 }
 
 template <typename T>
 __device__ void cross_entropy_backward(const T* __restrict__ x, const unsigned int* __restrict__ t,
-                                       const T* __restrict__ g, T* __restrict__ dx,
-                                       unsigned long long rows, unsigned int classes) {
+                                       const T* __restrict__ loss, const T* __restrict__ g,
+                                       T* __restrict__ dx, unsigned long long rows,
+                                       unsigned int classes) {
     const unsigned int lane = threadIdx.x % 32, warps_per_block = blockDim.x / 32;
     const unsigned long long warps = (unsigned long long)gridDim.x * warps_per_block;
     for (unsigned long long row = (unsigned long long)blockIdx.x * warps_per_block + threadIdx.x / 32;
          row < rows; row += warps) {
         const T* xr = x + row * classes;
-        const float lse = t[row] < classes ? row_log_sum_exp(xr, classes) : DMA_NAN;
+        const float lse = t[row] < classes ? loss[row] + (float)xr[t[row]] : DMA_NAN;
         const float gr = g[row];
         T* dxr = dx + row * classes;
         for (unsigned int c = lane; c < classes; c += 32)
@@ -73,7 +69,8 @@ __device__ void cross_entropy_backward(const T* __restrict__ x, const unsigned i
     }
 
 #define CROSS_ENTROPY_BACKWARD(NAME, T)                                                        \
-    extern "C" __global__ void NAME(const T* x, const unsigned int* t, const T* g, T* dx,      \
-                                    unsigned long long rows, unsigned int classes) {           \
-        cross_entropy_backward<T>(x, t, g, dx, rows, classes);                                 \
+    extern "C" __global__ void NAME(const T* x, const unsigned int* t, const T* loss,          \
+                                    const T* g, T* dx, unsigned long long rows,                \
+                                    unsigned int classes) {                                    \
+        cross_entropy_backward<T>(x, t, loss, g, dx, rows, classes);                           \
     }
