@@ -17,7 +17,7 @@ mod tensors;
 mod train;
 mod train_bench;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -175,7 +175,7 @@ struct BenchArgs {
 #[derive(Args)]
 struct PlotArgs {
     /// Record files (JSON lines or a JSON array); give several to put CPU and GPU runs together.
-    #[arg(long, required_unless_present_any = ["curves", "mqar"], value_name = "FILE")]
+    #[arg(long, required_unless_present_any = ["curves", "mqar", "needle"], value_name = "FILE")]
     input: Vec<PathBuf>,
     /// Training logs of `dma train --log` to draw as OUT_DIR/loss.png, one run per file.
     #[arg(long, num_args = 1.., value_name = "FILE")]
@@ -187,6 +187,10 @@ struct PlotArgs {
     /// sequence length, one panel per (kv_pairs, d_model), one line per attention kind.
     #[arg(long, num_args = 1.., value_name = "FILE")]
     mqar: Vec<PathBuf>,
+    /// Results of `dma needle --json` to draw again as heat maps, OUT_DIR/NAME.png for each
+    /// NAME.json.
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    needle: Vec<PathBuf>,
     /// Folder for the PNG files (created if needed).
     #[arg(long, value_name = "DIR")]
     out_dir: PathBuf,
@@ -244,6 +248,18 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 let path = plot::mqar::render(&runs, &a.out_dir)?;
                 println!("wrote {}", path.display());
+            }
+            for path in &a.needle {
+                let grid = needle::heatmap::Grid::read(path)?;
+                std::fs::create_dir_all(&a.out_dir)
+                    .with_context(|| format!("cannot create {}", a.out_dir.display()))?;
+                let stem = path
+                    .file_stem()
+                    .unwrap_or(path.as_os_str())
+                    .to_string_lossy();
+                let png = a.out_dir.join(format!("{stem}.png"));
+                needle::heatmap::draw(&grid, &png)?;
+                println!("wrote {}", png.display());
             }
             Ok(())
         }

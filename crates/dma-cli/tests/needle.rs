@@ -1,6 +1,7 @@
 //! `dma needle`: the generator's invariants (src/needle/data.rs compiled here on its own, with
 //! the mqar file it takes `Example` from), and a tiny run through the binary that writes its
-//! table, JSON and PNG heat map. Accuracy values and timings are not checked.
+//! table, JSON and PNG heat map (and `dma plot --needle` draws the same PNG from the JSON).
+//! Accuracy values and timings are not checked.
 
 #[path = "../src/mqar"]
 mod mqar {
@@ -197,7 +198,37 @@ fn a_tiny_run_writes_its_table_json_and_heat_map() {
         assert!(img.width() >= 640 && img.height() >= 480);
         let distinct: std::collections::HashSet<_> = img.pixels().map(|p| p.0).collect();
         assert!(distinct.len() > 10, "the picture is nearly blank");
+
+        // `dma plot --needle` draws the same picture again from the JSON alone.
+        let again = dir.join("again");
+        ok(&[
+            "plot",
+            "--needle",
+            json.to_str().unwrap(),
+            "--out-dir",
+            again.to_str().unwrap(),
+        ]);
+        let redrawn = std::fs::read(again.join(format!("{kind}.png"))).unwrap();
+        assert!(
+            redrawn == std::fs::read(&png).unwrap(),
+            "{kind}: the redrawn heat map differs"
+        );
     }
+}
+
+#[test]
+fn plot_needle_names_a_file_that_is_not_a_needle_result() {
+    let dir = dir("needle-plot");
+    let bad = dir.join("mqar.json");
+    std::fs::write(&bad, r#"{"task": "mqar", "accuracy": 0.5}"#).unwrap();
+    let e = error(&[
+        "plot",
+        "--needle",
+        bad.to_str().unwrap(),
+        "--out-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(e.contains("mqar.json") && e.contains("dma needle"), "{e}");
 }
 
 #[test]

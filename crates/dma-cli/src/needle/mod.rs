@@ -5,7 +5,7 @@
 //! lengths past the training length included. Training, batches and the model are `dma mqar`'s.
 
 pub mod data;
-mod heatmap;
+pub mod heatmap;
 mod report;
 
 use crate::model_args::Kind;
@@ -240,7 +240,7 @@ pub fn run(a: &NeedleArgs) -> Result<()> {
         result.write_json(path)?;
     }
     if let Some(path) = &a.heatmap {
-        heatmap::draw(&result, path)?;
+        heatmap::draw(&heatmap::Grid::from_json(result.json())?, path)?;
     }
     Ok(())
 }

@@ -28,20 +28,7 @@ impl Report<'_> {
     /// A title naming the run.
     pub fn title(&self) -> String {
         let a = self.args;
-        let window = match a.attention {
-            crate::model_args::Kind::Mha => String::new(),
-            _ => format!(", window {}", a.net.window),
-        };
-        let lengths: Vec<String> = super::train_lengths(a)
-            .iter()
-            .map(|n| n.to_string())
-            .collect();
-        let s = if lengths.len() > 1 { "s" } else { "" };
-        format!(
-            "needle: {}{window}, trained at length{s} {}",
-            a.attention.name(),
-            lengths.join(", ")
-        )
+        title(a.attention.name(), a.net.window, &super::train_lengths(a))
     }
 
     /// A header line and the exact-match accuracy grid: one row per depth, one column per
@@ -142,6 +129,20 @@ impl Report<'_> {
         let text = serde_json::to_string_pretty(&self.json())? + "\n";
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
     }
+}
+
+/// A title naming a run of `attention` (with its window unless mha) trained at `train_lengths`.
+pub fn title(attention: &str, window: usize, train_lengths: &[usize]) -> String {
+    let window = match attention {
+        "mha" => String::new(),
+        _ => format!(", window {window}"),
+    };
+    let lengths: Vec<String> = train_lengths.iter().map(|n| n.to_string()).collect();
+    let s = if lengths.len() > 1 { "s" } else { "" };
+    format!(
+        "needle: {attention}{window}, trained at length{s} {}",
+        lengths.join(", ")
+    )
 }
 
 /// A JSON number (null for NaN or infinity, which JSON cannot hold).
