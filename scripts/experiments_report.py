@@ -266,9 +266,9 @@ def perplexity(exp):
 
 def needle(exp):
     out = header(exp)
-    runs = []
-    for f in exp["files"]:
-        runs.append(read_json(os.path.join(RESULTS, f)))
+    # The runs' JSON files (logs, if any, are only listed).
+    files = [f for f in exp["files"] if f.endswith(".json")]
+    runs = [read_json(os.path.join(RESULTS, f)) for f in files]
     kinds = [r["attention"] for r in runs]
 
     out.append("### Training and evaluation settings")
@@ -287,9 +287,10 @@ def needle(exp):
     )
     out.append("")
 
-    for r, f in zip(runs, exp["files"]):
+    for r, f in zip(runs, files):
         kind = r["attention"]
         train_len = r["seq_len"]
+        trained_at = r.get("train_lengths", [train_len])
         lengths = r["eval_lengths"]
         depths = r["depths"]
         cells = {(c["depth"], c["length"]): c for c in r["cells"]}
@@ -300,8 +301,9 @@ def needle(exp):
         out.append("")
         out.append(
             f"Exact match (all digits right) by needle depth and context length, from "
-            f"[{f}](results/{f}); * marks lengths longer than the training length {train_len}. "
-            "Each cell: accuracy (exact / examples)."
+            f"[{f}](results/{f}), trained at length{'s' if len(trained_at) > 1 else ''} "
+            f"{', '.join(map(str, trained_at))}; * marks lengths longer than every training "
+            "length. Each cell: accuracy (exact / examples)."
         )
         out.append("")
         def grid(cell_text):
