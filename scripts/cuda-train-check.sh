@@ -16,7 +16,7 @@
 #
 #   bash scripts/cuda-train-check.sh
 #   GRID='SEQS=512 KVS=128 DMODELS=128' bash scripts/cuda-train-check.sh
-#   JOBS=2 bash scripts/cuda-train-check.sh     # two grid runs share the GPU (untried)
+#   JOBS=3 bash scripts/cuda-train-check.sh     # three grid runs share the GPU
 set -u
 OUT=${OUT:-/tmp/dma-out}
 BUDGET=${BUDGET:-570}
