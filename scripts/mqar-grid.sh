@@ -5,9 +5,8 @@
 # (with TOKENS set, each run's batch is TOKENS / seq_len instead, so that every length trains on
 # the same tokens per step). Runs JOBS runs at once, smallest first, and writes every finished
 # run's JSON as one line of OUT/mqar-grid.jsonl. JOBS=3 or 4 is what the grid ran with: at 65536
-# tokens a step, 3-4 runs at once finished 1.5-2x as many runs per minute as one at a time
-# (about 11 GB of GPU memory each); 9 at once (N = 512, batch 128) filled the H100's 80 GB and
-# finished none in 530 s. Runs still going after DEADLINE seconds are stopped and listed.
+# tokens a step, 3-4 runs at once finished 1.5-2x as many runs per minute as one at a time;
+# 9 at once (N = 512, batch 128) filled the H100's 80 GB and finished none in 530 s. Runs still going after DEADLINE seconds are stopped and listed.
 #
 #   scripts/mqar-grid.sh            # DMA=.devbin/dma, all 72 runs
 #   SEQS="512 1024" KVS=64 scripts/mqar-grid.sh
