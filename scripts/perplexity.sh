@@ -10,6 +10,7 @@
 #   scripts/perplexity.sh                      # on the GPU machine, DMA=.devbin/dma
 #   KINDS="dma mha swa" STEPS=600 scripts/perplexity.sh
 #   LAYERS=6 STEPS=700 scripts/perplexity.sh   # the runs in docs/results/perplexity (18.4M)
+#   KINDS=dma A_STD=1 scripts/perplexity.sh    # DMA from a random A (`dma train --a-std`)
 set -eu
 DMA=${DMA:-.devbin/dma}
 OUT=${OUT:-/tmp/dma-out}/perplexity
@@ -20,6 +21,7 @@ SEQ=${SEQ:-2048}
 WINDOW=${WINDOW:-256}
 LAYERS=${LAYERS:-8}
 EVAL_EVERY=${EVAL_EVERY:-50}
+A_STD=${A_STD:-0}
 DEVICE=${DEVICE:-cuda}
 WORK=${WORK:-/tmp/dma-perplexity}
 mkdir -p "$OUT" "$WORK"
@@ -40,7 +42,7 @@ for kind in $KINDS; do
   "$DMA" train --device "$DEVICE" --kind "$kind" --init "$WORK/config.json" --out "$WORK/$kind" \
     --data $(cat "$WORK/train.txt") --eval-data $(cat "$WORK/valid.txt") "${tokenizer[@]}" \
     --steps "$STEPS" --batch "$BATCH" --seq-len "$SEQ" --warmup $((STEPS / 20)) --lr 1e-3 \
-    --eval-every "$EVAL_EVERY" --eval-batches 8 --save-every "$STEPS" --seed 0 \
+    --eval-every "$EVAL_EVERY" --eval-batches 8 --save-every "$STEPS" --seed 0 --a-std "$A_STD" \
     --log "$OUT/$kind.jsonl" 2>&1 | tr '\r' '\n' | grep -vE '^\s*$|tok/s' >"$OUT/$kind.log"
   if [ "${tokenizer[0]}" = --train-tokenizer ]; then
     cp "$WORK/$kind/tokenizer.json" "$OUT/tokenizer.json"

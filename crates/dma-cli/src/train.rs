@@ -73,6 +73,10 @@ pub struct TrainArgs {
     pub save_every: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Draw a fresh model's `A` (one per layer and kv head) from N(0, A_STD) instead of Doge's
+    /// 0, where every key's bias starts equal and DMA keeps the keys of a sliding window.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub a_std: f64,
     /// Where to train (cuda: f32 weights, TF32 matmuls, attention in bf16).
     #[arg(long, value_enum, default_value_t = crate::Device::Cpu)]
     pub device: crate::Device,
@@ -119,6 +123,14 @@ fn read_corpus(files: &[PathBuf], tokenizer: &Tokenizer) -> Result<Vec<u32>> {
 }
 
 pub fn run(a: &TrainArgs) -> Result<()> {
+    if !(a.a_std.is_finite() && a.a_std >= 0.0) {
+        bail!("--a-std {} must be a finite number >= 0", a.a_std);
+    }
+    if a.a_std > 0.0 && a.init.is_dir() {
+        bail!(
+            "--a-std draws a fresh model's A: --init must be a config.json, not a model directory"
+        );
+    }
     let device = a.device.candle()?;
     let options = ModelOptions {
         kind: a.kind.attention(),
@@ -149,6 +161,10 @@ pub fn run(a: &TrainArgs) -> Result<()> {
                 true => DogeForCausalLM::load(&a.init, options, &device)?,
                 false => DogeForCausalLM::new(DogeConfig::from_file(&a.init)?, options, &device)?,
             };
+            if a.a_std > 0.0 {
+                crate::mqar::model::draw_a(&model, a.seed, a.a_std)?;
+                eprintln!("A drawn from N(0, {}) (seed {})", a.a_std, a.seed);
+            }
             Trainer::new(model, config)?
         }
     };

@@ -1,5 +1,6 @@
 //! `dma train` end to end: a byte-level Doge trains on a text file, writes checkpoints, resumes
-//! from them, and a checkpoint is a model directory that `dma generate` runs.
+//! from them, and a checkpoint is a model directory that `dma generate` runs; `--a-std` draws
+//! a fresh model's A.
 
 mod common;
 
@@ -193,4 +194,68 @@ fn held_out_files_and_the_step_log() {
         assert!(line["loss"].as_f64().unwrap().is_finite());
         assert_eq!(line["eval_loss"].is_f64(), step % 2 == 0, "{line}");
     }
+}
+
+/// The largest |A| over the layers of a checkpoint's model.
+fn largest_a(model: &std::path::Path) -> f32 {
+    let tensors =
+        candle_core::safetensors::load(model.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let a: Vec<f32> = tensors
+        .iter()
+        .filter(|(name, _)| name.ends_with(".A"))
+        .flat_map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect();
+    assert!(!a.is_empty(), "no A in the checkpoint");
+    a.iter().fold(0.0, |m, x| m.max(x.abs()))
+}
+
+#[test]
+fn a_std_draws_a_fresh_models_a_and_bad_values_are_errors() {
+    let d = dir("train-a-std");
+    std::fs::write(d.join("config.json"), CONFIG).unwrap();
+    std::fs::write(d.join("corpus.txt"), "abcdefgh ".repeat(40)).unwrap();
+    let train = |out: &str, a_std: &str, init: &std::path::Path| {
+        dma(&[
+            "train",
+            "--data",
+            s(&d.join("corpus.txt")),
+            "--init",
+            s(init),
+            "--out",
+            s(&d.join(out)),
+            "--steps",
+            "1",
+            "--batch",
+            "2",
+            "--seq-len",
+            "16",
+            "--warmup",
+            "1",
+            "--save-every",
+            "1",
+            "--lr",
+            "1e-6",
+            "--a-std",
+            a_std,
+        ])
+    };
+    // One step at lr 1e-6 leaves A where it started: 0 for Doge's init, ~N(0, 1) drawn.
+    let config = d.join("config.json");
+    for (out, a_std) in [("zero", "0"), ("drawn", "1")] {
+        let _ = std::fs::remove_dir_all(d.join(out));
+        let o = train(out, a_std, &config);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert!(largest_a(&d.join("zero/step-00000001")) < 1e-3);
+    assert!(largest_a(&d.join("drawn/step-00000001")) > 0.1);
+
+    for bad in ["-1", "NaN"] {
+        let o = train("bad", bad, &config);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("--a-std"), "{err}");
+    }
+    let o = train("bad", "1", &d.join("drawn/step-00000001"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("fresh model"), "{err}");
 }

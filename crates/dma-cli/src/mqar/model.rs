@@ -70,6 +70,28 @@ fn reseed(model: &DogeForCausalLM, seed: u64, a_std: f64) -> Result<()> {
     Ok(())
 }
 
+/// Draws each layer's `A` from N(0, a_std) (from `seed`). Doge starts `A` at 0, where every
+/// key's bias is equal and DMA keeps exactly sliding-window attention's keys; a random `A` makes
+/// the selection start from the values.
+pub fn draw_a(model: &DogeForCausalLM, seed: u64, a_std: f64) -> Result<()> {
+    let data = model
+        .vars()
+        .data()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut names: Vec<&String> = data.keys().filter(|n| n.ends_with(".A")).collect();
+    names.sort();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for name in names {
+        let var = &data[name];
+        let values: Vec<f32> = (0..var.elem_count())
+            .map(|_| (normal(&mut rng) * a_std) as f32)
+            .collect();
+        var.set(&Tensor::from_vec(values, var.shape(), var.device())?)?;
+    }
+    Ok(())
+}
+
 /// A standard normal draw (Box-Muller).
 fn normal(rng: &mut StdRng) -> f64 {
     let u1 = 1.0 - rng.random::<f64>();
