@@ -25,14 +25,20 @@ RESULTS = os.path.join(DOCS, "results")
 OUTPUT = os.path.join(DOCS, "experiments.md")
 DISCUSSION = os.path.join(RESULTS, "discussion.md")
 
-# The loss-curve chart of the perplexity experiment and the command that renders it (run from
-# the repository root with a dma binary built from this repository).
-CURVES_PNG = "docs/img/perplexity-loss.png"
-CURVES_COMMAND = (
-    "dma plot --curves docs/results/perplexity/dma.jsonl docs/results/perplexity/mha.jsonl "
-    "docs/results/perplexity/swa.jsonl --out-dir target/perplexity-curves "
-    "&& cp target/perplexity-curves/loss.png " + CURVES_PNG
-)
+def curves(exp):
+    """The loss-curve PNG of a perplexity experiment (docs/img/FOLDER-loss.png, FOLDER the
+    folder of its files under docs/results) and the command that draws it from its logs (run
+    from the repository root with a dma binary built from this repository)."""
+    folder = os.path.dirname(exp["files"][0])
+    png = f"docs/img/{folder}-loss.png"
+    logs = " ".join(f"docs/results/{f}" for f in exp["files"] if f.endswith(".jsonl"))
+    command = (
+        f"dma plot --curves {logs} --out-dir target/{folder}-curves "
+        f"&& cp target/{folder}-curves/loss.png {png}"
+    )
+    return png, command
+
+
 # The training loss column of the perplexity table: the mean of this many last steps.
 TRAIN_TAIL = 20
 # Rows of the held-out loss table: the eval steps that are multiples of this.
@@ -219,7 +225,10 @@ def perplexity(exp):
     out.append(
         "tokens/s is the median of the logged `tokens_per_s` over the last half of the steps "
         f"(steps {logs[kinds[0]][len(logs[kinds[0]]) // 2]['step']} to "
-        f"{logs[kinds[0]][-1]['step']}). The perplexity is exp(held-out loss)."
+        f"{logs[kinds[0]][-1]['step']}). `dma train` logs the running average since the run's "
+        "start, which includes the evaluations and any one-time cost of the first steps (a "
+        "machine without the PTX disk cache compiles the kernels there). The perplexity is "
+        "exp(held-out loss).",
     )
     out.append("")
 
@@ -249,12 +258,13 @@ def perplexity(exp):
 
     out.append("### Loss curves")
     out.append("")
-    out.append(f"![perplexity loss curves]({os.path.relpath(CURVES_PNG, 'docs')})")
+    png, command = curves(exp)
+    out.append(f"![perplexity loss curves]({os.path.relpath(png, 'docs')})")
     out.append("")
     plot_commit = git("log", "-1", "--format=%h", "--", "crates/dma-cli/src/plot")
     out.append("Rendered from the `.jsonl` files, from the repository root, with:")
     out.append("")
-    out += code(CURVES_COMMAND, "bash")
+    out += code(command, "bash")
     if plot_commit and plot_commit.strip():
         out.append(
             f"(`dma plot` code of commit {plot_commit.strip()}, the last commit that changed "
