@@ -554,6 +554,85 @@ fn selection_matches_cpu() {
     }
 }
 
+/// The partition behind `DMA_CUDA_SURE_KEYS`: each causal list keeps its keys and the rows their
+/// thresholds, its keys before the block come sure ones first (each part ascending, the block's
+/// own keys last and unmoved), and the sure count is exactly the number of keys before the block
+/// ranked at least the largest threshold of a row that keeps anything, each kept by every such
+/// row. A non-causal list's keys are all sure.
+#[test]
+fn partition_puts_the_sure_keys_first() {
+    let Some(dev) = device() else { return };
+    let seed = fresh_seed();
+    let small = std::env::var_os("DMA_CUDA_SMALL").is_some();
+    let mut partitioned = 0;
+    for (i, case) in cases(small).iter().enumerate().filter(|(i, _)| i % 3 == 1) {
+        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(i as u64));
+        let shape = case.shape();
+        let problem = shape.problem().unwrap();
+        let (_, _, _, bias) = random_inputs::<bf16>(&mut rng, &shape, case.ties);
+        let params = case.params();
+        let dbias = dev.stream().clone_htod(&bias).unwrap();
+        let label = case.label();
+        let plain = cuda::select(&dev, &params, &shape, &dbias)
+            .and_then(|s| s.to_host(&dev))
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        let (sel, sure) = cuda::select_partitioned(&dev, &params, &shape, &dbias)
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        let sel = sel.to_host(&dev).unwrap();
+        assert_eq!(sel.count, plain.count, "{label}: counts");
+        assert_eq!(sel.thr, plain.thr, "{label}: thresholds");
+        if !case.causal {
+            assert_eq!(sure, plain.count, "{label}: a non-causal list is all sure");
+            continue;
+        }
+        let hb = problem.heads.bias;
+        let mut list = 0usize;
+        for seq in &problem.sequences {
+            for first in (0..seq.nq).step_by(cuda::BLOCK_M) {
+                let end = (first + cuda::BLOCK_M).min(seq.nq);
+                let clamp = |r: usize| (seq.query_offset() + r as i64).clamp(0, seq.nk as i64);
+                let (p0, e0) = (clamp(first) as usize, clamp(end) as usize);
+                for h in 0..hb {
+                    let slot = list * hb + h;
+                    let n = plain.count[slot] as usize;
+                    let before = &plain.cand[slot * plain.cap..slot * plain.cap + n];
+                    let after = &sel.cand[slot * sel.cap..slot * sel.cap + n];
+                    let own = n - (e0 - p0);
+                    assert_eq!(after[own..], before[own..], "{label}: own keys moved");
+                    let thr = &sel.thr[h * problem.total_q + seq.q_start..][first..end];
+                    let live = thr.iter().copied().filter(|&t| t != u64::MAX);
+                    let t_star = live.clone().max().unwrap_or(0);
+                    let want: Vec<u64> = match t_star {
+                        0 => {
+                            assert_eq!(sure[slot], 0, "{label}: sure keys of a row-less block");
+                            before[..own].to_vec()
+                        }
+                        t => {
+                            let (yes, no): (Vec<u64>, Vec<u64>) =
+                                before[..own].iter().partition(|&&r| r >= t);
+                            assert_eq!(sure[slot] as usize, yes.len(), "{label}: sure count");
+                            partitioned += usize::from(!yes.is_empty());
+                            yes.into_iter().chain(no).collect()
+                        }
+                    };
+                    assert_eq!(after[..own], want[..], "{label}: order before the block");
+                    for &key in &after[..sure[slot] as usize] {
+                        assert!((key as u32 as usize) < p0, "{label}: sure key in the block");
+                        for t in live.clone() {
+                            assert!(key >= t, "{label}: a live row drops a sure key");
+                        }
+                    }
+                }
+                list += 1;
+            }
+        }
+    }
+    assert!(
+        partitioned > 0,
+        "no list had sure keys: the test checked nothing"
+    );
+}
+
 /// `scatter_add_rows` against a direct f64 sum on fresh random rows, with ids that repeat many
 /// times (an embedding's gradient: atomics on one row) and ids past the table (skipped); a
 /// short `src` is a typed error.

@@ -131,6 +131,7 @@ pub fn decode_into<T: CudaElement>(
         &dp.plan,
         &tables,
         &sel,
+        None,
         (q, k, v),
         out,
         lse,

@@ -149,12 +149,27 @@ fn attend_kernel<T: CudaElement>(
     causal: bool,
     splits: usize,
 ) -> Result<(KernelSpec, usize, u32)> {
-    let wanted =
-        splits == 1 && dev.arch() == Arch::SM90 && std::env::var_os("DMA_CUDA_NO_WGMMA").is_none();
     match hopper_spec::<T>(head_dim, causal) {
-        Some(spec) if wanted => Ok((spec, hopper_smem_bytes(head_dim), HOPPER_THREADS)),
+        Some(spec) if hopper_wanted(dev, splits) => {
+            Ok((spec, hopper_smem_bytes(head_dim), HOPPER_THREADS))
+        }
         _ => Ok((spec::<T>(head_dim, causal)?, smem_bytes(head_dim), THREADS)),
     }
+}
+
+/// Whether a launch of `splits` CTAs per block may take the Hopper forward (if it has the head
+/// dim): sm_90, no split-K, and `DMA_CUDA_NO_WGMMA` unset.
+fn hopper_wanted(dev: &Device, splits: usize) -> bool {
+    splits == 1 && dev.arch() == Arch::SM90 && std::env::var_os("DMA_CUDA_NO_WGMMA").is_none()
+}
+
+/// Whether the forward skips the keep test on the keys every row of a block keeps (its list's
+/// "sure" keys): only with `DMA_CUDA_SURE_KEYS` set, where the Hopper forward runs. An experiment
+/// written without a GPU at hand, so off by default (docs/cuda-notes.md, "Sure keys").
+fn sure_keys_wanted(dev: &Device, head_dim: usize, causal: bool) -> bool {
+    std::env::var_os("DMA_CUDA_SURE_KEYS").is_some()
+        && hopper_wanted(dev, 1)
+        && hopper_spec::<bf16>(head_dim, causal).is_some()
 }
 
 /// Dynamic shared memory of the forward kernel (`FwdSmem::BYTES`).
@@ -256,10 +271,21 @@ pub fn forward_into_with_selection<T: CudaElement>(
     spec::<T>(problem.head_dim, params.causal)?;
     let plan = Plan::new(params, &problem)?;
     let tables = DevicePlan::upload(dev, &plan)?;
-    let sel = select::run(dev, params, &problem, &plan, &tables, bias)?;
+    let mut sel = select::run(dev, params, &problem, &plan, &tables, bias)?;
     if plan.num_blocks() == 0 {
         return Ok(sel);
     }
+    // The sure keys: every key of a non-causal list (all its rows share one threshold), the
+    // front of a causal list once partitioned.
+    let partitioned;
+    let sure = match sure_keys_wanted(dev, problem.head_dim, params.causal) {
+        false => None,
+        true if params.causal => {
+            partitioned = select::partition(dev, &problem, &plan, &tables, &mut sel)?;
+            Some(&partitioned)
+        }
+        true => Some(&sel.count),
+    };
     attend(
         dev,
         params,
@@ -267,6 +293,7 @@ pub fn forward_into_with_selection<T: CudaElement>(
         &plan,
         &tables,
         &sel,
+        sure,
         (q, k, v),
         out,
         lse,
@@ -278,7 +305,9 @@ pub fn forward_into_with_selection<T: CudaElement>(
     Ok(sel)
 }
 
-/// The gather-and-attend launch over a selection. With `split = Some((splits, part))` each
+/// The gather-and-attend launch over a selection. `sure`, `[lists, Hb]`: how many keys at the
+/// front of each list every row of its block keeps (the Hopper forward skips their keep test;
+/// forward.cu ignores it); `None`: none known. With `split = Some((splits, part))` each
 /// (block, head) runs as `splits` CTAs over slices of its list, writing unnormalised partials to
 /// `part` (see [`split_part_len`]), and the combine kernel writes out and lse.
 #[allow(clippy::too_many_arguments)]
@@ -289,6 +318,7 @@ pub(crate) fn attend<T: CudaElement>(
     plan: &Plan,
     tables: &DevicePlan,
     sel: &Selection,
+    sure: Option<&CudaSlice<u32>>,
     (q, k, v): (&CudaSlice<T>, &CudaSlice<T>, &CudaSlice<T>),
     out: &mut CudaSlice<T>,
     lse: &mut CudaSlice<f32>,
@@ -308,10 +338,12 @@ pub(crate) fn attend<T: CudaElement>(
         .arg(&seqs)
         .arg(&blocks)
         .arg(&sel.cand)
-        .arg(&sel.count)
-        .arg(&sel.thr)
-        .arg(&mut *out)
-        .arg(&mut *lse);
+        .arg(&sel.count);
+    match sure {
+        Some(s) => launch.arg(s),
+        None => launch.arg(&null),
+    };
+    launch.arg(&sel.thr).arg(&mut *out).arg(&mut *lse);
     let part: Option<&CudaSlice<f32>> = split.map(|(_, p)| &*p);
     match part {
         Some(p) if p.len() < split_part_len(problem, splits) => {
@@ -326,7 +358,7 @@ pub(crate) fn attend<T: CudaElement>(
     launch.arg(&scale_log2);
     // SAFETY: the arguments match the kernel's signature (kernels/forward.cu), the buffers were
     // checked against the geometry, and the selection was made for this plan. The null partial
-    // buffer is only read when gridDim.z > 1.
+    // buffer is only read when gridDim.z > 1, a null `sure` is read as no sure keys.
     unsafe { launch.launch(cfg) }.map_err(error::driver)?;
     if let Some(part) = part {
         combine::<T>(dev, problem, tables, part, splits, out, lse)?;
@@ -490,12 +522,45 @@ pub fn select(
     shape: &Shape,
     bias: &CudaSlice<f32>,
 ) -> Result<Selection> {
+    select_then(dev, params, shape, bias, |_, _, _, _| Ok(())).map(|(sel, ())| sel)
+}
+
+/// [`select`], then each list's sure keys (kept by every row of its block that keeps anything)
+/// moved to its front, as the forward does with `DMA_CUDA_SURE_KEYS`, and their number per list
+/// `[lists, Hb]` (every key of a non-causal list). For tests and inspection.
+pub fn select_partitioned(
+    dev: &Device,
+    params: &Params,
+    shape: &Shape,
+    bias: &CudaSlice<f32>,
+) -> Result<(Selection, Vec<u32>)> {
+    select_then(
+        dev,
+        params,
+        shape,
+        bias,
+        |problem, plan, tables, sel| match params.causal {
+            true => buffers::download(dev, &select::partition(dev, problem, plan, tables, sel)?),
+            false => buffers::download(dev, &sel.count),
+        },
+    )
+}
+
+/// The selection, then `then` on it (enqueued before the bias check, which waits for both).
+fn select_then<R>(
+    dev: &Device,
+    params: &Params,
+    shape: &Shape,
+    bias: &CudaSlice<f32>,
+    then: impl FnOnce(&Problem, &Plan, &DevicePlan, &mut Selection) -> Result<R>,
+) -> Result<(Selection, R)> {
     params.validate()?;
     let problem = shape.problem()?;
     problem.check_len("bias", problem.bias_len(), bias.len())?;
     let plan = Plan::new(params, &problem)?;
     let tables = DevicePlan::upload(dev, &plan)?;
-    let sel = select::run(dev, params, &problem, &plan, &tables, bias)?;
+    let mut sel = select::run(dev, params, &problem, &plan, &tables, bias)?;
+    let r = then(&problem, &plan, &tables, &mut sel)?;
     sel.check_bias(dev, &problem, bias)?;
-    Ok(sel)
+    Ok((sel, r))
 }

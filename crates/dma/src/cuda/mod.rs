@@ -57,8 +57,8 @@ pub use backward::{backward, backward_host, backward_into, BackwardInputs, Devic
 pub use decode::{decode_host, decode_into, DECODE_MAX_Q};
 pub use device::{Arch, Device};
 pub use forward::{
-    forward, forward_host, forward_into, forward_into_with_selection, select, CudaElement,
-    DeviceForward, HEAD_DIMS,
+    forward, forward_host, forward_into, forward_into_with_selection, select, select_partitioned,
+    CudaElement, DeviceForward, HEAD_DIMS,
 };
 pub use layers::{
     rms_norm_backward, rms_norm_forward, rope, scale_add_backward, scale_add_forward,
@@ -76,6 +76,7 @@ pub fn all_kernels() -> Vec<compile::KernelSpec> {
         specs.push(select::spec(causal, false));
         if causal {
             specs.push(select::spec(causal, true));
+            specs.push(select::partition_spec());
         }
         for &d in HEAD_DIMS {
             for spec in [

@@ -25,6 +25,22 @@ pub(crate) fn spec(causal: bool, from_anchor: bool) -> KernelSpec {
     KernelSpec::new(SOURCE, "DMA_SELECT_KERNEL", "dma_select", &[c, a])
 }
 
+/// Keys before a block's first row that the partition kernel stages in shared memory (its
+/// `MAX_KEYS`, 32 KB); a list with more keeps its order and has no sure keys.
+const PARTITION_MAX_KEYS: usize = 4096;
+
+/// The kernel that moves each causal list's sure keys (kept by every row of its block that keeps
+/// anything) to its front, for the Hopper forward (kernels/select.cu, `partition_body`).
+pub(crate) fn partition_spec() -> KernelSpec {
+    let max = PARTITION_MAX_KEYS.to_string();
+    KernelSpec::new(
+        SOURCE,
+        "DMA_PARTITION_KERNEL",
+        "dma_partition",
+        &[(&format!("k{max}"), &max)],
+    )
+}
+
 /// The kept-key structure of one call, on the device. O(N·w / BLOCK_M) memory, no Nq x Nk.
 #[derive(Debug)]
 pub struct Selection {
@@ -301,4 +317,45 @@ pub(crate) fn launch_lists(
     // buffer holds what the plan's geometry indexes.
     unsafe { launch.launch(cfg) }.map_err(error::driver)?;
     Ok(())
+}
+
+/// Partitions every list of a causal selection, sure keys first (see [`partition_spec`]), and
+/// returns `[lists, Hb]` the number of sure keys of each. The keep rule reads a list as a set, so
+/// `sel` stays valid for every kernel that takes it.
+pub(crate) fn partition(
+    dev: &Device,
+    problem: &Problem,
+    plan: &Plan,
+    tables: &DevicePlan,
+    sel: &mut Selection,
+) -> Result<CudaSlice<u32>> {
+    let hb = problem.heads.bias;
+    let lists = plan.num_lists();
+    let mut sure = alloc::<u32>(dev, "sure-key counts", lists * hb)?;
+    if lists == 0 {
+        return Ok(sure);
+    }
+    let f = dev.function(&partition_spec())?;
+    let cfg = LaunchConfig {
+        grid_dim: (lists as u32, hb as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (cap, heads, total_q) = (plan.cap as i32, hb as i32, problem.total_q as i32);
+    let (seqs, list_table) = (tables.seqs(), tables.lists());
+    let mut launch = dev.stream().launch_builder(&f);
+    launch
+        .arg(&seqs)
+        .arg(&list_table)
+        .arg(&cap)
+        .arg(&heads)
+        .arg(&total_q)
+        .arg(&mut sel.cand)
+        .arg(&sel.count)
+        .arg(&sel.thr)
+        .arg(&mut sure);
+    // SAFETY: the arguments match the kernel's signature (kernels/select.cu), the selection was
+    // made for this plan (causal: one list per block), and `sure` has a slot per (list, head).
+    unsafe { launch.launch(cfg) }.map_err(error::driver)?;
+    Ok(sure)
 }

@@ -40,6 +40,25 @@ __device__ __forceinline__ void mask_scores(float (&sc)[BN / 8][4], const u64* r
     }
 }
 
+// mask_scores for a tile of sure keys (every row that keeps anything keeps them: select.cu's
+// partition): scale * s + bias for live rows, -inf for rows that keep nothing (DMA_KEEP_NONE).
+template <int BN>
+__device__ __forceinline__ void mask_sure(float (&sc)[BN / 8][4], const float* biases,
+                                          const bool (&live)[2], int tq, float scale_log2,
+                                          float (&mx)[2]) {
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int r = e >> 1;
+            const float x = live[r] ? sc[nt][e] * scale_log2 + biases[nt * 8 + 2 * tq + (e & 1)]
+                                    : -DMA_INF;
+            sc[nt][e] = x;
+            mx[r] = fmaxf(mx[r], x);
+        }
+    }
+}
+
 // The online softmax's max step: mx (this thread's) becomes the row's max over its 4 threads,
 // m the new running max, use the offset the exponentials take (0 while a row has kept nothing)
 // and alpha the factor that takes O and l from the old max to the new one.

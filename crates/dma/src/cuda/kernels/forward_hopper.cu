@@ -152,7 +152,8 @@ __device__ __forceinline__ void forward_hopper_body(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
     const SeqInfo* __restrict__ seqs, const int4* __restrict__ blocks,
     const u64* __restrict__ cand, const u32* __restrict__ cand_count,
-    const u64* __restrict__ thr, T* __restrict__ out, float* __restrict__ lse, int q_heads,
+    const u32* __restrict__ sure, const u64* __restrict__ thr, T* __restrict__ out,
+    float* __restrict__ lse, int q_heads,
     int kv_heads, int bias_heads, int lse_head_stride, int total_q, int cap, float scale_log2) {
     typedef HopSmem<D, STAGES> L;
     constexpr int BN = HOP_BN;
@@ -183,6 +184,8 @@ __device__ __forceinline__ void forward_hopper_body(
     const int offset = s.nk - s.nq;
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
     const int tiles = (count + BN - 1) / BN;
+    // Tiles made only of keys every live row keeps (select.cu's partition): no keep test.
+    const int sure_tiles = sure ? (int)sure[slot] / BN : 0;
     auto ranks_of = [&](int t) { return sC + (t % L::RANK_SLOTS) * BN; };
 
     if (tid < STAGES) {
@@ -251,6 +254,7 @@ __device__ __forceinline__ void forward_hopper_body(
     int row[2], pos[2];
     u64 rthr[2];
     thread_rows(B, warp, lane, offset, thr, hb, total_q, s.q_start, row, pos, rthr);
+    const bool live[2] = {rthr[0] != DMA_KEEP_NONE, rthr[1] != DMA_KEEP_NONE};
     float o[D / 8][4];
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
@@ -295,7 +299,9 @@ __device__ __forceinline__ void forward_hopper_body(
         // The list ascends by key index, so a tile whose last key precedes the block's first
         // row is visible to every row: no causal test there (only the last tiles need one).
         const int last = min(count - t * BN, BN) - 1;
-        if (CAUSAL && (int)(u32)ranks[last] > offset + B.y)
+        if (t < sure_tiles)
+            mask_sure<BN>(sc, biases, live, tq, scale_log2, mx);
+        else if (CAUSAL && (int)(u32)ranks[last] > offset + B.y)
             mask_scores<true, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
         else
             mask_scores<false, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
@@ -363,10 +369,11 @@ __device__ __forceinline__ void forward_hopper_body(
 #define DMA_FORWARD_HOPPER_KERNEL(NAME, T, D, CAUSAL)                                     \
     extern "C" __global__ void __launch_bounds__(HOP_THREADS, 1)                                  \
         NAME(const T* q, const T* k, const T* v, const SeqInfo* seqs,                             \
-             const int4* blocks, const u64* cand, const u32* cand_count, const u64* thr, T* out,  \
-             float* lse, float* part, int q_heads, int kv_heads, int bias_heads,                  \
-             int bias_head_stride, int lse_head_stride, int total_q, int cap, float scale_log2) { \
-        forward_hopper_body<T, D, CAUSAL, HOP_STAGES>(q, k, v, seqs, blocks, cand, cand_count, thr,   \
+             const int4* blocks, const u64* cand, const u32* cand_count, const u32* sure,         \
+             const u64* thr, T* out, float* lse, float* part, int q_heads, int kv_heads,          \
+             int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,     \
+             float scale_log2) {                                                                  \
+        forward_hopper_body<T, D, CAUSAL, HOP_STAGES>(q, k, v, seqs, blocks, cand, cand_count, sure, thr, \
                                                   out, lse, q_heads, kv_heads, bias_heads,       \
                                                   lse_head_stride, total_q, cap, scale_log2);    \
     }

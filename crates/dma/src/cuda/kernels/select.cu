@@ -107,6 +107,34 @@ __device__ u64 radix_select_largest(int n, u32 k, int index_bits, Get get, Selec
     return prefix;
 }
 
+// Ordered compaction by the whole CTA (SEL_THREADS threads, every one must call it): writes the
+// values value(i), i in [0, n), that keep() accepts to out[base], out[base + 1], ... in the order
+// of i, and returns base plus their number.
+template <typename Value, typename Keep>
+__device__ __forceinline__ int compact_ordered(int n, Value value, Keep keep, u64* out, int base,
+                                               u32* warp_counts) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int start = 0; start < n; start += SEL_THREADS) {
+        const int i = start + threadIdx.x;
+        const u64 v = i < n ? value(i) : 0;
+        const bool kept = i < n && keep(v);
+        const u32 ballot = __ballot_sync(0xffffffffu, kept);
+        if (lane == 0) warp_counts[warp] = __popc(ballot);
+        __syncthreads();
+        int before = 0, total = 0;
+#pragma unroll
+        for (int w = 0; w < SEL_WARPS; ++w) {
+            const int c = warp_counts[w];
+            before += w < warp ? c : 0;
+            total += c;
+        }
+        if (kept) out[base + before + __popc(ballot & ((1u << lane) - 1u))] = v;
+        __syncthreads();
+        base += total;
+    }
+    return base;
+}
+
 template <bool CAUSAL, bool FROM_ANCHOR>
 __device__ __forceinline__ void select_body(const float* __restrict__ bias,
                                             const SeqInfo* __restrict__ seqs,
@@ -153,30 +181,16 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     if (n > window) tau = radix_select_largest(n, (u32)window, index_bits, source, sh);
 
     // Ordered compaction of the source keys ranked at least tau (ascending key order).
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int base = 0;
-    for (int start = 0; start < n; start += SEL_THREADS) {
-        const int i = start + threadIdx.x;
-        const u64 rank = i < n ? source(i) : 0;
+    auto checked_source = [=](int i) {
+        const u64 rank = source(i);
         // Keys read from the bias here (not from the anchor's list, checked by the anchor).
-        if (i >= from_list && i < n)
+        if (i >= from_list)
             dma_check_bias(rank_bias(rank), bad_bias, L.x, bias_heads, hb, (int)(u32)rank);
-        const bool keep = i < n && rank >= tau;
-        const u32 ballot = __ballot_sync(0xffffffffu, keep);
-        if (lane == 0) sh.warp_counts[warp] = __popc(ballot);
-        __syncthreads();
-        int before = 0, total = 0;
-#pragma unroll
-        for (int w = 0; w < SEL_WARPS; ++w) {
-            const int c = sh.warp_counts[w];
-            before += w < warp ? c : 0;
-            total += c;
-        }
-        if (keep) list[base + before + __popc(ballot & ((1u << lane) - 1u))] = rank;
-        __syncthreads();
-        base += total;
-    }
-    const int kept_before = base;  // == min(P, window)
+        return rank;
+    };
+    auto at_least_tau = [=](u64 rank) { return rank >= tau; };
+    const int kept_before =  // == min(P, window)
+        compact_ordered(n, checked_source, at_least_tau, list, 0, sh.warp_counts);
     for (int i = P + threadIdx.x; i < E; i += SEL_THREADS) {
         dma_check_bias(b[i], bad_bias, L.x, bias_heads, hb, i);
         list[kept_before + i - P] = key_rank(i);
@@ -246,4 +260,67 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
         select_body<CAUSAL, FROM_ANCHOR>(bias, seqs, lists, ids, window, cap, bias_heads,        \
                                          bias_head_stride, total_q, cand, cand_count, thr,       \
                                          bad_bias);                                              \
+    }
+
+// The Hopper forward skips the keep test on a causal list's "sure" keys, those that every row of
+// the block that keeps anything keeps. A key j < P (before the block's first row) is visible to
+// every row, so it is sure iff rank_j >= t*, the largest threshold of a row that keeps anything
+// (thr != DMA_KEEP_NONE): about w - DMA_BLOCK_M of the list's w + DMA_BLOCK_M keys. This kernel,
+// one CTA per (list, bias head) after the selection, moves the sure keys to the front of the
+// list (each part stays ascending, and the own keys [P, E) stay last, which the forward's
+// causal shortcut needs) and writes their number to sure[list * Hb + head]. Lists with more than
+// MAX_KEYS keys before P are left as they are, with 0 sure keys. The keep rule reads a list as a
+// set, so the backward and forward.cu take a partitioned list as well.
+template <int MAX_KEYS>
+__device__ __forceinline__ void partition_body(const SeqInfo* __restrict__ seqs,
+                                               const int4* __restrict__ lists, int cap,
+                                               int bias_heads, int total_q,
+                                               u64* __restrict__ cand,
+                                               const u32* __restrict__ cand_count,
+                                               const u64* __restrict__ thr,
+                                               u32* __restrict__ sure) {
+    __shared__ u64 before_p[MAX_KEYS];
+    __shared__ u32 warp_counts[SEL_WARPS];
+    __shared__ u64 t_star;
+    const int id = blockIdx.x;
+    const int4 L = lists[id];  // (sequence, first row, end row, anchor list or -1)
+    const int hb = blockIdx.y;
+    const SeqInfo s = seqs[L.x];
+    const i64 slot = (i64)id * bias_heads + hb;
+    u64* list = cand + slot * cap;
+    const int offset = s.nk - s.nq;
+    const int P = min(max(offset + L.y, 0), s.nk);
+    const int E = min(max(offset + L.z, 0), s.nk);
+    const int old = (int)cand_count[slot] - (E - P);  // the list's keys before P
+
+    if (threadIdx.x == 0) t_star = 0;
+    __syncthreads();
+    const u64* row_thr = thr + (i64)hb * total_q + s.q_start;
+    for (int r = L.y + threadIdx.x; r < L.z; r += SEL_THREADS) {
+        const u64 t = row_thr[r];
+        if (t != DMA_KEEP_NONE) atomicMax(&t_star, t);
+    }
+    __syncthreads();
+    // t* = 0: no row keeps anything.
+    if (old <= 0 || old > MAX_KEYS || t_star == 0) {
+        if (threadIdx.x == 0) sure[slot] = 0;
+        return;
+    }
+    const u64 ts = t_star;
+    for (int i = threadIdx.x; i < old; i += SEL_THREADS) before_p[i] = list[i];
+    __syncthreads();
+    auto staged = [&](int i) { return before_p[i]; };
+    auto is_sure = [&](u64 rank) { return rank >= ts; };
+    auto not_sure = [&](u64 rank) { return rank < ts; };
+    const int n_sure = compact_ordered(old, staged, is_sure, list, 0, warp_counts);
+    compact_ordered(old, staged, not_sure, list, n_sure, warp_counts);
+    if (threadIdx.x == 0) sure[slot] = (u32)n_sure;
+}
+
+#define DMA_PARTITION_KERNEL(NAME, MAX_KEYS)                                                     \
+    extern "C" __global__ void __launch_bounds__(SEL_THREADS)                                    \
+        NAME(const SeqInfo* seqs, const int4* lists, int cap, int bias_heads, int total_q,       \
+             u64* cand, const u32* cand_count, const u64* thr, u32* sure) {                      \
+        partition_body<MAX_KEYS>(seqs, lists, cap, bias_heads, total_q, cand, cand_count, thr,   \
+                                 sure);                                                          \
     }
