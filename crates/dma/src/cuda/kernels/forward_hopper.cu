@@ -296,8 +296,10 @@ __device__ __forceinline__ void forward_hopper_body(
         const u64* ranks = ranks_of(t);
         const float* biases = sB + (t % STAGES) * BN;
         float mx[2] = {-DMA_INF, -DMA_INF};
-        // The list ascends by key index, so a tile whose last key precedes the block's first
-        // row is visible to every row: no causal test there (only the last tiles need one).
+        // The block's own keys come last, ascending, after the keys before it (ascending, or
+        // sure ones first: select.cu's partition), so a tile whose last key precedes the
+        // block's first row is visible to every row: no causal test there (only the last tiles
+        // need one).
         const int last = min(count - t * BN, BN) - 1;
         if (t < sure_tiles)
             mask_sure<BN>(sc, biases, live, tq, scale_log2, mx);
