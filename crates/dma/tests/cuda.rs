@@ -482,20 +482,36 @@ fn decode_matches_cpu() {
     eprintln!("worst relative error {worst:.2e} (decode)");
 }
 
+/// Calls `check` on every third case, from case `first`, with fresh random biases (on the host
+/// and on the device): the selection tests.
+fn with_random_biases(
+    dev: &Device,
+    first: usize,
+    mut check: impl FnMut(&Case, &Shape, &[f32], &CudaSlice<f32>),
+) {
+    let seed = fresh_seed();
+    let small = std::env::var_os("DMA_CUDA_SMALL").is_some();
+    for (i, case) in cases(small)
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 == first)
+    {
+        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(i as u64));
+        let shape = case.shape();
+        let (_, _, _, bias) = random_inputs::<bf16>(&mut rng, &shape, case.ties);
+        let dbias = dev.stream().clone_htod(&bias).unwrap();
+        check(case, &shape, &bias, &dbias);
+    }
+}
+
 /// The GPU selection keeps exactly the CPU selection's keys, row by row.
 #[test]
 fn selection_matches_cpu() {
     let Some(dev) = device() else { return };
-    let seed = fresh_seed();
-    let small = std::env::var_os("DMA_CUDA_SMALL").is_some();
-    for (i, case) in cases(small).iter().enumerate().filter(|(i, _)| i % 3 == 0) {
-        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(i as u64));
-        let shape = case.shape();
+    with_random_biases(&dev, 0, |case, shape, bias, dbias| {
         let problem = shape.problem().unwrap();
-        let (_, _, _, bias) = random_inputs::<bf16>(&mut rng, &shape, case.ties);
         let params = case.params();
-        let dbias = dev.stream().clone_htod(&bias).unwrap();
-        let sel = cuda::select(&dev, &params, &shape, &dbias)
+        let sel = cuda::select(&dev, &params, shape, dbias)
             .and_then(|s| s.to_host(&dev))
             .unwrap_or_else(|e| panic!("{}: {e}", case.label()));
         let hb = problem.heads.bias;
@@ -551,7 +567,7 @@ fn selection_matches_cpu() {
                 list_base += blocks;
             }
         }
-    }
+    });
 }
 
 /// The partition behind `DMA_CUDA_SURE_KEYS`: each causal list keeps its keys and the rows their
@@ -562,28 +578,22 @@ fn selection_matches_cpu() {
 #[test]
 fn partition_puts_the_sure_keys_first() {
     let Some(dev) = device() else { return };
-    let seed = fresh_seed();
-    let small = std::env::var_os("DMA_CUDA_SMALL").is_some();
     let mut partitioned = 0;
-    for (i, case) in cases(small).iter().enumerate().filter(|(i, _)| i % 3 == 1) {
-        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(i as u64));
-        let shape = case.shape();
+    with_random_biases(&dev, 1, |case, shape, _, dbias| {
         let problem = shape.problem().unwrap();
-        let (_, _, _, bias) = random_inputs::<bf16>(&mut rng, &shape, case.ties);
         let params = case.params();
-        let dbias = dev.stream().clone_htod(&bias).unwrap();
         let label = case.label();
-        let plain = cuda::select(&dev, &params, &shape, &dbias)
+        let plain = cuda::select(&dev, &params, shape, dbias)
             .and_then(|s| s.to_host(&dev))
             .unwrap_or_else(|e| panic!("{label}: {e}"));
-        let (sel, sure) = cuda::select_partitioned(&dev, &params, &shape, &dbias)
+        let (sel, sure) = cuda::select_partitioned(&dev, &params, shape, dbias)
             .unwrap_or_else(|e| panic!("{label}: {e}"));
         let sel = sel.to_host(&dev).unwrap();
         assert_eq!(sel.count, plain.count, "{label}: counts");
         assert_eq!(sel.thr, plain.thr, "{label}: thresholds");
         if !case.causal {
             assert_eq!(sure, plain.count, "{label}: a non-causal list is all sure");
-            continue;
+            return;
         }
         let hb = problem.heads.bias;
         let mut list = 0usize;
@@ -626,7 +636,7 @@ fn partition_puts_the_sure_keys_first() {
                 list += 1;
             }
         }
-    }
+    });
     assert!(
         partitioned > 0,
         "no list had sure keys: the test checked nothing"

@@ -17,11 +17,17 @@ __device__ __forceinline__ void thread_rows(const int4& B, int warp, int lane, i
     }
 }
 
-// The keep test of one tile of BN scores (SPEC.md): key j is kept by the row at position p iff
-// rank_j >= thr_p, and j <= p when causal. Kept scores become scale * s + bias (log2 domain),
-// the others -inf; mx gets each row's max. CHECK_POS adds the causal test, which only tiles that
-// reach the block's own keys need.
-template <bool CHECK_POS, int BN>
+// What the keep test of a tile checks (SPEC.md: key j is kept by the row at position p iff
+// rank_j >= thr_p, and j <= p when causal): the rank; the rank and the position (only tiles that
+// reach the block's own keys need the causal test); or, for a tile of sure keys (kept by every
+// row that keeps anything: select.cu's partition), only whether the row keeps anything at all.
+#define KEEP_BY_RANK 0
+#define KEEP_BY_RANK_AND_POS 1
+#define KEEP_LIVE_ROWS 2
+
+// The keep test of one tile of BN scores: kept scores become scale * s + bias (log2 domain), the
+// others -inf; mx gets each row's max.
+template <int TEST, int BN>
 __device__ __forceinline__ void mask_scores(float (&sc)[BN / 8][4], const u64* ranks,
                                             const float* biases, const u64 (&rthr)[2],
                                             const int (&pos)[2], int tq, float scale_log2,
@@ -32,27 +38,11 @@ __device__ __forceinline__ void mask_scores(float (&sc)[BN / 8][4], const u64* r
         for (int e = 0; e < 4; ++e) {
             const int c = nt * 8 + 2 * tq + (e & 1);
             const int r = e >> 1;
-            const u64 rank = ranks[c];  // DMA_NO_KEY past the list's end
-            const float x = dma_keeps<CHECK_POS>(rank, rthr[r], pos[r]) ? sc[nt][e] * scale_log2 + biases[c] : -DMA_INF;
-            sc[nt][e] = x;
-            mx[r] = fmaxf(mx[r], x);
-        }
-    }
-}
-
-// mask_scores for a tile of sure keys (every row that keeps anything keeps them: select.cu's
-// partition): scale * s + bias for live rows, -inf for rows that keep nothing (DMA_KEEP_NONE).
-template <int BN>
-__device__ __forceinline__ void mask_sure(float (&sc)[BN / 8][4], const float* biases,
-                                          const bool (&live)[2], int tq, float scale_log2,
-                                          float (&mx)[2]) {
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int r = e >> 1;
-            const float x = live[r] ? sc[nt][e] * scale_log2 + biases[nt * 8 + 2 * tq + (e & 1)]
-                                    : -DMA_INF;
+            // ranks: DMA_NO_KEY past the list's end (never in a tile of sure keys)
+            const bool keep = TEST == KEEP_LIVE_ROWS
+                                  ? rthr[r] != DMA_KEEP_NONE
+                                  : dma_keeps<TEST == KEEP_BY_RANK_AND_POS>(ranks[c], rthr[r], pos[r]);
+            const float x = keep ? sc[nt][e] * scale_log2 + biases[c] : -DMA_INF;
             sc[nt][e] = x;
             mx[r] = fmaxf(mx[r], x);
         }

@@ -162,7 +162,8 @@ __device__ __forceinline__ void forward_body(
 
         // Keep test, scale and bias (log2 domain), and the running max of each row.
         float mx[2] = {-DMA_INF, -DMA_INF}, alpha[2], use[2];
-        mask_scores<CAUSAL, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
+        mask_scores<CAUSAL ? KEEP_BY_RANK_AND_POS : KEEP_BY_RANK, BN>(sc, ranks, biases, rthr, pos,
+                                                                    tq, scale_log2, mx);
         update_max(mx, m, use, alpha);
         l[0] *= alpha[0];
         l[1] *= alpha[1];

@@ -254,7 +254,6 @@ __device__ __forceinline__ void forward_hopper_body(
     int row[2], pos[2];
     u64 rthr[2];
     thread_rows(B, warp, lane, offset, thr, hb, total_q, s.q_start, row, pos, rthr);
-    const bool live[2] = {rthr[0] != DMA_KEEP_NONE, rthr[1] != DMA_KEEP_NONE};
     float o[D / 8][4];
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
@@ -302,11 +301,11 @@ __device__ __forceinline__ void forward_hopper_body(
         // need one).
         const int last = min(count - t * BN, BN) - 1;
         if (t < sure_tiles)
-            mask_sure<BN>(sc, biases, live, tq, scale_log2, mx);
+            mask_scores<KEEP_LIVE_ROWS, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
         else if (CAUSAL && (int)(u32)ranks[last] > offset + B.y)
-            mask_scores<true, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
+            mask_scores<KEEP_BY_RANK_AND_POS, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
         else
-            mask_scores<false, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
+            mask_scores<KEEP_BY_RANK, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
         update_max(mx, m, use, alpha);
     };
     // P_t = exp2(S_t - max) into the A fragments (rows g, g + 8; keys 16 kc + 2 tq (+ 8)).
