@@ -5,10 +5,34 @@
 mod common;
 
 use common::{dir, dma, s};
+use std::path::Path;
+use std::process::Output;
 
 const CONFIG: &str = r#"{"vocab_size": 256, "hidden_size": 32, "intermediate_size": 64,
   "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
   "keep_window_size": 8, "max_position_embeddings": 64}"#;
+
+/// `dma train` on `data` from `init` into `out`, batches of 2 windows of 16 tokens, one warmup
+/// step, and `extra` flags.
+fn tiny_train(data: &Path, init: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--data",
+        s(data),
+        "--init",
+        s(init),
+        "--out",
+        s(out),
+        "--batch",
+        "2",
+        "--seq-len",
+        "16",
+        "--warmup",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    dma(&args)
+}
 
 #[test]
 fn trains_checkpoints_resumes_and_generates() {
@@ -21,29 +45,21 @@ fn trains_checkpoints_resumes_and_generates() {
     .unwrap();
     let out = d.join("ckpt");
     let train = |steps: &str| {
-        let o = dma(&[
-            "train",
-            "--data",
-            s(&d.join("corpus.txt")),
-            "--init",
-            s(&d.join("config.json")),
-            "--out",
-            s(&out),
-            "--steps",
-            steps,
-            "--batch",
-            "2",
-            "--seq-len",
-            "16",
-            "--warmup",
-            "1",
-            "--eval-every",
-            "3",
-            "--save-every",
-            "3",
-            "--lr",
-            "3e-3",
-        ]);
+        let o = tiny_train(
+            &d.join("corpus.txt"),
+            &d.join("config.json"),
+            &out,
+            &[
+                "--steps",
+                steps,
+                "--eval-every",
+                "3",
+                "--save-every",
+                "3",
+                "--lr",
+                "3e-3",
+            ],
+        );
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         assert!(o.status.success(), "{err}");
         err
@@ -155,29 +171,23 @@ fn held_out_files_and_the_step_log() {
     std::fs::write(d.join("train.txt"), "abcabcabd ".repeat(30)).unwrap();
     std::fs::write(d.join("valid.txt"), "xyzxyz ".repeat(10)).unwrap();
     let log = d.join("log.jsonl");
-    let o = dma(&[
-        "train",
-        "--data",
-        s(&d.join("train.txt")),
-        "--eval-data",
-        s(&d.join("valid.txt")),
-        "--init",
-        s(&d.join("config.json")),
-        "--out",
-        s(&d.join("ckpt")),
-        "--steps",
-        "4",
-        "--batch",
-        "2",
-        "--seq-len",
-        "16",
-        "--eval-every",
-        "2",
-        "--eval-batches",
-        "2",
-        "--log",
-        s(&log),
-    ]);
+    let o = tiny_train(
+        &d.join("train.txt"),
+        &d.join("config.json"),
+        &d.join("ckpt"),
+        &[
+            "--eval-data",
+            s(&d.join("valid.txt")),
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--eval-batches",
+            "2",
+            "--log",
+            s(&log),
+        ],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     // Every byte of the validation file is a token; none of the training file is held out.
@@ -197,7 +207,7 @@ fn held_out_files_and_the_step_log() {
 }
 
 /// The largest |A| over the layers of a checkpoint's model.
-fn largest_a(model: &std::path::Path) -> f32 {
+fn largest_a(model: &Path) -> f32 {
     let tensors =
         candle_core::safetensors::load(model.join("model.safetensors"), &candle_core::Device::Cpu)
             .unwrap();
@@ -215,30 +225,22 @@ fn a_std_draws_a_fresh_models_a_and_bad_values_are_errors() {
     let d = dir("train-a-std");
     std::fs::write(d.join("config.json"), CONFIG).unwrap();
     std::fs::write(d.join("corpus.txt"), "abcdefgh ".repeat(40)).unwrap();
-    let train = |out: &str, a_std: &str, init: &std::path::Path| {
-        dma(&[
-            "train",
-            "--data",
-            s(&d.join("corpus.txt")),
-            "--init",
-            s(init),
-            "--out",
-            s(&d.join(out)),
-            "--steps",
-            "1",
-            "--batch",
-            "2",
-            "--seq-len",
-            "16",
-            "--warmup",
-            "1",
-            "--save-every",
-            "1",
-            "--lr",
-            "1e-6",
-            "--a-std",
-            a_std,
-        ])
+    let train = |out: &str, a_std: &str, init: &Path| {
+        tiny_train(
+            &d.join("corpus.txt"),
+            init,
+            &d.join(out),
+            &[
+                "--steps",
+                "1",
+                "--save-every",
+                "1",
+                "--lr",
+                "1e-6",
+                "--a-std",
+                a_std,
+            ],
+        )
     };
     // One step at lr 1e-6 leaves A where it started: 0 for Doge's init, ~N(0, 1) drawn.
     let config = d.join("config.json");
