@@ -2,7 +2,7 @@
 //! and its loss on the answer positions only.
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use doge::{AttentionKind, DogeConfig, DogeForCausalLM, ModelOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -47,6 +47,29 @@ pub fn build(spec: &ModelSpec, seed: u64, device: &Device) -> Result<DogeForCaus
 /// residual scales) keep their constant initial values.
 fn reseed(model: &DogeForCausalLM, seed: u64, a_std: f64) -> Result<()> {
     let std = model.config().initializer_range;
+    redraw(model, seed, |name, var| {
+        match (var.rank(), name.ends_with(".A")) {
+            (2, _) => Some(std),
+            (_, true) if a_std > 0.0 => Some(a_std),
+            _ => None,
+        }
+    })
+}
+
+/// Draws each layer's `A` from N(0, a_std) (from `seed`). Doge starts `A` at 0, where every
+/// key's bias is equal and DMA keeps exactly sliding-window attention's keys; a random `A` makes
+/// the selection start from the values.
+pub fn draw_a(model: &DogeForCausalLM, seed: u64, a_std: f64) -> Result<()> {
+    redraw(model, seed, |name, _| name.ends_with(".A").then_some(a_std))
+}
+
+/// Sets each variable for which `scale` gives a standard deviation to N(0, that) draws, in the
+/// order of the variables' names, from one generator seeded with `seed`.
+fn redraw(
+    model: &DogeForCausalLM,
+    seed: u64,
+    scale: impl Fn(&str, &Var) -> Option<f64>,
+) -> Result<()> {
     let data = model
         .vars()
         .data()
@@ -57,35 +80,11 @@ fn reseed(model: &DogeForCausalLM, seed: u64, a_std: f64) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     for name in names {
         let var = &data[name];
-        let scale = match (var.rank(), name.ends_with(".A")) {
-            (2, _) => std,
-            (_, true) if a_std > 0.0 => a_std,
-            _ => continue,
+        let Some(std) = scale(name, var) else {
+            continue;
         };
         let values: Vec<f32> = (0..var.elem_count())
-            .map(|_| (normal(&mut rng) * scale) as f32)
-            .collect();
-        var.set(&Tensor::from_vec(values, var.shape(), var.device())?)?;
-    }
-    Ok(())
-}
-
-/// Draws each layer's `A` from N(0, a_std) (from `seed`). Doge starts `A` at 0, where every
-/// key's bias is equal and DMA keeps exactly sliding-window attention's keys; a random `A` makes
-/// the selection start from the values.
-pub fn draw_a(model: &DogeForCausalLM, seed: u64, a_std: f64) -> Result<()> {
-    let data = model
-        .vars()
-        .data()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let mut names: Vec<&String> = data.keys().filter(|n| n.ends_with(".A")).collect();
-    names.sort();
-    let mut rng = StdRng::seed_from_u64(seed);
-    for name in names {
-        let var = &data[name];
-        let values: Vec<f32> = (0..var.elem_count())
-            .map(|_| (normal(&mut rng) * a_std) as f32)
+            .map(|_| (normal(&mut rng) * std) as f32)
             .collect();
         var.set(&Tensor::from_vec(values, var.shape(), var.device())?)?;
     }
