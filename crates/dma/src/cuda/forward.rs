@@ -110,34 +110,86 @@ pub(crate) fn spec<T: CudaElement>(head_dim: usize, causal: bool) -> Result<Kern
     ))
 }
 
-/// Key-tile stages of the Hopper forward (`HOP_STAGES` in kernels/forward_hopper.cu).
-const HOPPER_STAGES: usize = 4;
 /// Threads of a Hopper forward CTA: two consumer warpgroups and a producer.
 const HOPPER_THREADS: u32 = 384;
 
+/// The key tiles of the Hopper forward: keys per tile and tiles in shared memory (`BN` and
+/// `STAGES` of kernels/forward_hopper.cu).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HopperTiles {
+    keys: usize,
+    stages: usize,
+}
+
+impl HopperTiles {
+    /// Tiles of 128 keys: two stages at D = 128 (three do not fit in shared memory), four at
+    /// D = 64.
+    fn wide(head_dim: usize) -> Self {
+        let stages = if head_dim > 64 { 2 } else { 4 };
+        HopperTiles { keys: 128, stages }
+    }
+
+    /// Tiles of 64 keys in four stages.
+    const NARROW: HopperTiles = HopperTiles {
+        keys: 64,
+        stages: 4,
+    };
+
+    /// Both configurations, for the compile check.
+    pub(crate) fn all(head_dim: usize) -> [Self; 2] {
+        [Self::wide(head_dim), Self::NARROW]
+    }
+
+    /// The configuration a launch takes: 128-key tiles, unless `DMA_CUDA_HOPPER_BN64` is set
+    /// (an A/B switch).
+    fn chosen(head_dim: usize) -> Self {
+        match std::env::var_os("DMA_CUDA_HOPPER_BN64") {
+            Some(_) => Self::NARROW,
+            None => Self::wide(head_dim),
+        }
+    }
+
+    fn args(self) -> [TemplateArg; 2] {
+        let keys = match self.keys {
+            128 => ("n128", "128"),
+            _ => ("n64", "64"),
+        };
+        let stages = match self.stages {
+            2 => ("s2", "2"),
+            _ => ("s4", "4"),
+        };
+        [keys, stages]
+    }
+}
+
 /// The Hopper forward (warpgroup MMAs, kernels/forward_hopper.cu) for one element type, head
-/// dim and masking, where it exists: D = 64 and 128.
-pub(crate) fn hopper_spec<T: CudaElement>(head_dim: usize, causal: bool) -> Option<KernelSpec> {
+/// dim, masking and key tiles, where it exists: D = 64 and 128.
+pub(crate) fn hopper_spec<T: CudaElement>(
+    head_dim: usize,
+    causal: bool,
+    tiles: HopperTiles,
+) -> Option<KernelSpec> {
     if !matches!(head_dim, 64 | 128) {
         return None;
     }
     let (d, c) = spec_args(head_dim, causal).ok()?;
+    let [n, s] = tiles.args();
     Some(KernelSpec::new(
         HOPPER_SOURCE,
         "DMA_FORWARD_HOPPER_KERNEL",
         "dma_forward_hopper",
-        &[(T::SHORT, T::C_TYPE), d, c],
+        &[(T::SHORT, T::C_TYPE), d, c, n, s],
     ))
 }
 
 /// Dynamic shared memory of the Hopper forward (`HopSmem::BYTES`): unpadded swizzled tiles,
 /// 2 * stages tiles of ranks, two mbarriers and a bias tile per stage.
-pub(crate) fn hopper_smem_bytes(head_dim: usize) -> usize {
-    let stages = HOPPER_STAGES;
-    (BLOCK_M * head_dim + 2 * stages * BLOCK_N * head_dim) * 2
-        + 2 * stages * BLOCK_N * 8
+pub(crate) fn hopper_smem_bytes(head_dim: usize, tiles: HopperTiles) -> usize {
+    let HopperTiles { keys, stages } = tiles;
+    (BLOCK_M * head_dim + 2 * stages * keys * head_dim) * 2
+        + 2 * stages * keys * 8
         + 2 * stages * 8
-        + stages * BLOCK_N * 4
+        + stages * keys * 4
 }
 
 /// The kernel, shared memory and threads of a forward launch: the Hopper forward on sm_90 where
@@ -149,9 +201,10 @@ fn attend_kernel<T: CudaElement>(
     causal: bool,
     splits: usize,
 ) -> Result<(KernelSpec, usize, u32)> {
-    match hopper_spec::<T>(head_dim, causal) {
+    let tiles = HopperTiles::chosen(head_dim);
+    match hopper_spec::<T>(head_dim, causal, tiles) {
         Some(spec) if hopper_wanted(dev, splits) => {
-            Ok((spec, hopper_smem_bytes(head_dim), HOPPER_THREADS))
+            Ok((spec, hopper_smem_bytes(head_dim, tiles), HOPPER_THREADS))
         }
         _ => Ok((spec::<T>(head_dim, causal)?, smem_bytes(head_dim), THREADS)),
     }
@@ -164,12 +217,12 @@ fn hopper_wanted(dev: &Device, splits: usize) -> bool {
 }
 
 /// Whether the forward skips the keep test on the keys every row of a block keeps (its list's
-/// "sure" keys): only with `DMA_CUDA_SURE_KEYS` set, where the Hopper forward runs. An experiment
-/// written without a GPU at hand, so off by default (docs/cuda-notes.md, "Sure keys").
-fn sure_keys_wanted(dev: &Device, head_dim: usize, causal: bool) -> bool {
-    std::env::var_os("DMA_CUDA_SURE_KEYS").is_some()
+/// "sure" keys, docs/cuda-notes.md): where the Hopper forward runs, unless
+/// `DMA_CUDA_NO_SURE_KEYS` is set (an A/B switch).
+fn sure_keys_wanted(dev: &Device, head_dim: usize) -> bool {
+    std::env::var_os("DMA_CUDA_NO_SURE_KEYS").is_none()
         && hopper_wanted(dev, 1)
-        && hopper_spec::<bf16>(head_dim, causal).is_some()
+        && matches!(head_dim, 64 | 128)
 }
 
 /// Dynamic shared memory of the forward kernel (`FwdSmem::BYTES`).
@@ -278,7 +331,7 @@ pub fn forward_into_with_selection<T: CudaElement>(
     // The sure keys: every key of a non-causal list (all its rows share one threshold), the
     // front of a causal list once partitioned.
     let partitioned;
-    let sure = match sure_keys_wanted(dev, problem.head_dim, params.causal) {
+    let sure = match sure_keys_wanted(dev, problem.head_dim) {
         false => None,
         true if params.causal => {
             partitioned = select::partition(dev, &problem, &plan, &tables, &mut sel)?;
@@ -526,7 +579,7 @@ pub fn select(
 }
 
 /// [`select`], then each list's sure keys (kept by every row of its block that keeps anything)
-/// moved to its front, as the forward does with `DMA_CUDA_SURE_KEYS`, and their number per list
+/// moved to its front, as the Hopper forward does, and their number per list
 /// `[lists, Hb]` (every key of a non-causal list). For tests and inspection.
 pub fn select_partitioned(
     dev: &Device,
