@@ -153,7 +153,9 @@ fn cases(small: bool) -> Vec<Case> {
                     if small {
                         (vec![70, 0, 130, 50], vec![70, 0, 200, 20])
                     } else {
-                        (vec![1500, 0, 300, 1033, 100], vec![1500, 0, 900, 1033, 40])
+                        // The last: 300 queries on 100 keys, whose first block of 128 rows
+                        // precedes every key while the rest of its list does not.
+                        (vec![1500, 0, 300, 1033, 300], vec![1500, 0, 900, 1033, 100])
                     }
                 });
                 let (nq, nk) = if small { (nq / 10, nk / 10) } else { (nq, nk) };
@@ -515,16 +517,17 @@ fn selection_matches_cpu() {
             .and_then(|s| s.to_host(&dev))
             .unwrap_or_else(|e| panic!("{}: {e}", case.label()));
         let hb = problem.heads.bias;
+        // Query rows per causal list (two blocks of the forward by default).
+        let rows = cuda::list_rows().unwrap();
         let mut list_base = 0usize;
         for (si, seq) in problem.sequences.iter().enumerate() {
-            let blocks = seq.nq.div_ceil(cuda::BLOCK_M);
+            let lists = seq.nq.div_ceil(rows);
             for h in 0..hb {
                 let keys = &bias[problem.bias_range(seq, h)];
-                let cpu_sel =
-                    KeySelection::new(keys, seq.nq, case.window, case.causal, cuda::BLOCK_M);
+                let cpu_sel = KeySelection::new(keys, seq.nq, case.window, case.causal, rows);
                 for r in 0..seq.nq {
                     let list = if case.causal {
-                        list_base + r / cuda::BLOCK_M
+                        list_base + r / rows
                     } else {
                         si
                     };
@@ -564,17 +567,17 @@ fn selection_matches_cpu() {
                 }
             }
             if case.causal {
-                list_base += blocks;
+                list_base += lists;
             }
         }
     });
 }
 
 /// The partition behind `DMA_CUDA_SURE_KEYS`: each causal list keeps its keys and the rows their
-/// thresholds, its keys before the block come sure ones first (each part ascending, the block's
-/// own keys last and unmoved), and the sure count is exactly the number of keys before the block
-/// ranked at least the largest threshold of a row that keeps anything, each kept by every such
-/// row. A non-causal list's keys are all sure.
+/// thresholds, its keys before its first row come sure ones first (each part ascending, the
+/// list's own keys last and unmoved), and the sure count is exactly the number of keys before
+/// the list ranked at least the largest threshold of a row that keeps anything, each kept by
+/// every such row. A non-causal list's keys are all sure.
 #[test]
 fn partition_puts_the_sure_keys_first() {
     let Some(dev) = device() else { return };
@@ -596,10 +599,11 @@ fn partition_puts_the_sure_keys_first() {
             return;
         }
         let hb = problem.heads.bias;
+        let rows = cuda::list_rows().unwrap();
         let mut list = 0usize;
         for seq in &problem.sequences {
-            for first in (0..seq.nq).step_by(cuda::BLOCK_M) {
-                let end = (first + cuda::BLOCK_M).min(seq.nq);
+            for first in (0..seq.nq).step_by(rows) {
+                let end = (first + rows).min(seq.nq);
                 let clamp = |r: usize| (seq.query_offset() + r as i64).clamp(0, seq.nk as i64);
                 let (p0, e0) = (clamp(first) as usize, clamp(end) as usize);
                 for h in 0..hb {
@@ -614,7 +618,7 @@ fn partition_puts_the_sure_keys_first() {
                     let t_star = live.clone().max().unwrap_or(0);
                     let want: Vec<u64> = match t_star {
                         0 => {
-                            assert_eq!(sure[slot], 0, "{label}: sure keys of a row-less block");
+                            assert_eq!(sure[slot], 0, "{label}: sure keys of a row-less list");
                             before[..own].to_vec()
                         }
                         t => {
@@ -625,9 +629,12 @@ fn partition_puts_the_sure_keys_first() {
                             yes.into_iter().chain(no).collect()
                         }
                     };
-                    assert_eq!(after[..own], want[..], "{label}: order before the block");
+                    assert_eq!(after[..own], want[..], "{label}: order before the list");
                     for &key in &after[..sure[slot] as usize] {
-                        assert!((key as u32 as usize) < p0, "{label}: sure key in the block");
+                        assert!(
+                            (key as u32 as usize) < p0,
+                            "{label}: sure key among the list's own keys"
+                        );
                         for t in live.clone() {
                             assert!(key >= t, "{label}: a live row drops a sure key");
                         }

@@ -8,8 +8,10 @@
 //! CUDA; a missing driver or device is a typed error.
 //!
 //! A call runs two kernels on the device's stream:
-//! 1. selection (`kernels/select.cu`): for each block of 128 query rows and bias head, the
-//!    candidate keys (at most w + 128) and each row's threshold rank;
+//! 1. selection (`kernels/select.cu`): for each list of [`LIST_M`] = 256 query rows (causal: two
+//!    blocks of 128 rows share one; `DMA_CUDA_LIST_ROWS=128` gives each block its own, see
+//!    [`list_rows`]) and bias head, the candidate keys (at most w + 256) and each row's threshold
+//!    rank;
 //! 2. forward: gathers the candidates' K/V rows into shared memory, runs QK^T and PV on the
 //!    tensor cores with an online softmax that applies each row's keep test. On sm_90 at head
 //!    dims 64 and 128 this is `kernels/forward_hopper.cu` (warpgroup MMAs, a producer warpgroup
@@ -66,7 +68,7 @@ pub use layers::{
 };
 pub use loss::{cross_entropy_backward, cross_entropy_forward};
 pub use optim::{adamw_moment, adamw_update, AdamWMoment, AdamWUpdate};
-pub use plan::BLOCK_M;
+pub use plan::{list_rows, BLOCK_M, LIST_M};
 pub use select::{HostSelection, Selection};
 
 /// Every kernel specialisation the backend may launch, for compiling ahead (tests, CI).
@@ -94,8 +96,7 @@ pub fn all_kernels() -> Vec<compile::KernelSpec> {
                 ]
                 .into_iter()
                 .flatten()
-            }))
-            {
+            })) {
                 specs.push(spec);
             }
         }

@@ -1,5 +1,6 @@
-//! Selection on the GPU: for every list (a causal block of query rows, or a whole sequence) and
-//! bias head, the candidate keys and each query row's threshold rank (kernels/select.cu).
+//! Selection on the GPU: for every list (causal: a run of `plan::list_rows()` query rows, which
+//! one or two blocks of the forward read; or a whole sequence) and bias head, the candidate keys
+//! and each query row's threshold rank (kernels/select.cu).
 
 use super::buffers::{self, alloc_uninit};
 use super::compile::KernelSpec;
@@ -25,11 +26,11 @@ pub(crate) fn spec(causal: bool, from_anchor: bool) -> KernelSpec {
     KernelSpec::new(SOURCE, "DMA_SELECT_KERNEL", "dma_select", &[c, a])
 }
 
-/// Keys before a block's first row that the partition kernel stages in shared memory (its
+/// Keys before a list's first row that the partition kernel stages in shared memory (its
 /// `MAX_KEYS`, 32 KB); a list with more keeps its order and has no sure keys.
 const PARTITION_MAX_KEYS: usize = 4096;
 
-/// The kernel that moves each causal list's sure keys (kept by every row of its block that keeps
+/// The kernel that moves each causal list's sure keys (kept by every row of the list that keeps
 /// anything) to its front, for the Hopper forward (kernels/select.cu, `partition_body`).
 pub(crate) fn partition_spec() -> KernelSpec {
     let max = PARTITION_MAX_KEYS.to_string();
@@ -41,7 +42,7 @@ pub(crate) fn partition_spec() -> KernelSpec {
     )
 }
 
-/// The kept-key structure of one call, on the device. O(N·w / BLOCK_M) memory, no Nq x Nk.
+/// The kept-key structure of one call, on the device. O(N·w / LIST_M) memory, no Nq x Nk.
 #[derive(Debug)]
 pub struct Selection {
     /// `[lists, Hb, cap]` the candidate keys as ranks (`dma::selection::rank`: the key's index
@@ -355,7 +356,8 @@ pub(crate) fn partition(
         .arg(&sel.thr)
         .arg(&mut sure);
     // SAFETY: the arguments match the kernel's signature (kernels/select.cu), the selection was
-    // made for this plan (causal: one list per block), and `sure` has a slot per (list, head).
+    // made for this plan (causal: one list per run of list rows), and `sure` has a slot per
+    // (list, head).
     unsafe { launch.launch(cfg) }.map_err(error::driver)?;
     Ok(sure)
 }

@@ -1,7 +1,8 @@
 // Backward, query-major: one CTA per (block of DMA_BLOCK_M query rows, query head), one warp per
-// 16 rows, over the same candidate lists and row thresholds as the forward (select.cu). Per tile
-// of BN candidate keys (64; 32 at D = 256, for shared memory), gathered like the forward (ranks
-// two tiles ahead, K/V rows one tile ahead, cp.async only):
+// 16 rows, over the same candidate lists and row thresholds as the forward (select.cu; like the
+// forward, a block reads the keys of its list its rows can see: dma_visible_count). Per tile of
+// BN candidate keys (64; 32 at D = 256, for shared memory), gathered like the forward (ranks two
+// tiles ahead, K/V rows one tile ahead, cp.async only):
 //   phase A (each warp, its 16 rows): S = Q K^T and dP = dO V^T on the tensor cores; the keep test;
 //     P = exp(S - lse), dS = P (dP - Delta); dQ += dS K in registers; P and dS (input type) and
 //     dS's column sums go to shared memory;
@@ -74,8 +75,10 @@ __device__ __forceinline__ void backward_body(
     const SeqInfo s = seqs[B.x];
     const i64 slot = (i64)B.w * bias_heads + hb;
     const u64* list = cand + slot * cap;
-    const int count = (int)cand_count[slot];
     const int offset = s.nk - s.nq;
+    // The list's keys this block's rows can see (the first block of a two-block list stops
+    // before the second block's own keys).
+    const int count = dma_visible_count<CAUSAL>(list, (int)cand_count[slot], offset + B.z - 1);
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
     const int tiles = (count + BN - 1) / BN;
 

@@ -9,8 +9,12 @@ typedef unsigned int u32;
 typedef unsigned long long u64;
 typedef long long i64;
 
-// Query rows per block, shared by the selection lists and the forward tiles (cuda/plan.rs: BLOCK_M).
+// Query rows per block, the rows of one CTA of the forward and backward (cuda/plan.rs: BLOCK_M).
 #define DMA_BLOCK_M 128
+// The most query rows of a causal selection list (cuda/plan.rs: LIST_M; two blocks share one).
+// It only sizes shared arrays: the kernels take a list's rows from the lists table, which may
+// give fewer (DMA_CUDA_LIST_ROWS=128, a sequence's last list, decode).
+#define DMA_LIST_M 256
 // Keys per forward tile; candidate lists are padded with DMA_NO_KEY to whole tiles (plan.rs: BLOCK_N).
 #define DMA_TILE_N 64
 
@@ -43,6 +47,24 @@ __device__ __forceinline__ u64 dma_rank(float bias, int j) {
 template <bool CAUSAL>
 __device__ __forceinline__ bool dma_keeps(u64 rank, u64 thr, int pos) {
     return rank >= thr && (!CAUSAL || (int)(u32)rank <= pos);
+}
+
+// How many leading keys of a list of `count` keys a CTA must read, its last row at position
+// last_pos. A causal list ends with its rows' own keys [P, E), contiguous and ascending (select.cu;
+// the partition keeps them last), and its other keys precede P, the position of its first row
+// (clamped to [0, Nk]), so none of them lies past last_pos: the keys past last_pos are the last
+// index(list[count - 1]) - last_pos, or all of them when last_pos < 0 (rows before any key). The
+// first CTA of a list of two blocks skips them: they fail the causal test, so this saves work and
+// changes no result. Ranks are loaded in 16-byte pairs, so the count is rounded up to even (at
+// most `count`): then no pair brings in an uncounted real key, and a counted key past last_pos
+// is the last counted one, so the tile holding it reaches past the block's first row and takes
+// the causal test. Not causal: `count`.
+template <bool CAUSAL>
+__device__ __forceinline__ int dma_visible_count(const u64* list, int count, int last_pos) {
+    if (!CAUSAL || count == 0) return count;
+    const int past = (int)(u32)list[count - 1] - last_pos;
+    const int visible = count - min(max(past, 0), count);
+    return min((visible + 1) & ~1, count);
 }
 
 // The bias a rank was made from (-0.0 comes back as +0.0, the same bias).

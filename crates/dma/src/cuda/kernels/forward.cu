@@ -1,5 +1,6 @@
 // Forward: one CTA per (block of DMA_BLOCK_M query rows, query head), one warp per 16 rows.
-// The block's candidate keys (from select.cu, as ranks: index and bias in one u64) are gathered
+// The candidate keys of the block's list (from select.cu, as ranks: index and bias in one u64; a
+// causal list may serve two blocks, dma_visible_count in common.cu) are gathered
 // BN at a time (64, or 32 for D = 256: registers) into shared memory with cp.async only: the ranks of tile t + 2, and the K/V
 // rows of tile t + 1 (16-byte chunks, two stages) fly while tile t is computed, so the loop has
 // one barrier and no synchronous global load. S = Q K^T and O += P V run on the tensor cores
@@ -53,8 +54,10 @@ __device__ __forceinline__ void forward_body(
     const SeqInfo s = seqs[B.x];
     const i64 slot = (i64)B.w * bias_heads + hb;
     const u64* list = cand + slot * cap;  // cap is a multiple of BN: 16-byte aligned tiles
-    const int count = (int)cand_count[slot];
     const int offset = s.nk - s.nq;
+    // The list's keys this block's rows can see (the first block of a two-block list stops
+    // before the second block's own keys).
+    const int count = dma_visible_count<CAUSAL>(list, (int)cand_count[slot], offset + B.z - 1);
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
     const int tiles = (count + BN - 1) / BN;
     // Split-K (gridDim.z > 1, decode): this CTA runs tiles [t0, t1) and writes a partial result.

@@ -188,8 +188,10 @@ __device__ __forceinline__ void forward_hopper_body(
     const SeqInfo s = seqs[B.x];
     const i64 slot = (i64)B.w * bias_heads + hb;
     const u64* list = cand + slot * cap;
-    const int count = (int)cand_count[slot];
     const int offset = s.nk - s.nq;
+    // The list's keys this block's rows can see (the first block of a two-block list stops
+    // before the second block's own keys).
+    const int count = dma_visible_count<CAUSAL>(list, (int)cand_count[slot], offset + B.z - 1);
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
     const int tiles = (count + BN - 1) / BN;
     // Tiles made only of keys every live row keeps (select.cu's partition): no keep test.
@@ -204,7 +206,9 @@ __device__ __forceinline__ void forward_hopper_body(
 
     if (wg == 2) {
         // Producer.
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 32;\n");
+        // The CTA holds 384 x 168 registers (launch bounds); setmaxnreg only moves them between
+        // warpgroups, so producer + 2 consumers must stay within that: 24 + 2 x 240 = 3 x 168.
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
         const int p = tid - 256;
         auto load_ranks = [&](int t) {
             if (t < tiles && p < BN / 2) {
@@ -229,6 +233,7 @@ __device__ __forceinline__ void forward_hopper_body(
             const u64* ranks = ranks_of(t);
             T* dk = sK + st * L::KV;
             T* dv = sV + st * L::KV;
+#pragma unroll 1  // unrolled, the rows' addresses would not fit in the producer's registers
             for (int c = p; c < BN * CHUNKS; c += 128) {
                 const int r = c / CHUNKS, col = (c % CHUNKS) * 8;
                 const bool valid = t * BN + r < count;

@@ -1,20 +1,21 @@
 // Selection (SPEC.md "Which keys a query keeps") on the GPU, one CTA per (list, bias head).
 //
-// A list is a block of DMA_BLOCK_M query rows (causal) or a whole sequence (not causal). For a
-// causal block whose first row sits at position p0, with P = clamp(p0, 0, Nk) and the block's own
-// keys [P, E):
+// A list is a run of R query rows (causal: R = L.z - L.y <= DMA_LIST_M, the rows of up to two
+// forward blocks; cuda/plan.rs) or a whole sequence (not causal). For a causal list whose first
+// row sits at position p0, with P = clamp(p0, 0, Nk) and the list's own keys [P, E), E - P <= R:
 //   tau   = the w-th best rank among keys [0, P) (radix select; every key when P <= w),
-//   list  = { j < P : rank_j >= tau } (ascending) ++ [P, E)        (at most w + DMA_BLOCK_M keys),
+//   list  = { j < P : rank_j >= tau } (ascending) ++ [P, E)        (at most w + R keys),
 //           stored as the keys' ranks (index in the low word, order-preserving bias bits above),
-//   thr_p = the w-th best rank among { list keys <= p } for each row p of the block,
+//   thr_p = the w-th best rank among { list keys <= p } for each row p of the list,
 // and row p keeps key j iff j <= p and rank_j >= thr_p. Every row's kept set lies in the list
-// because the w-th best rank only rises with p. thr_p is found among the DMA_BLOCK_M + 1 smallest
-// ranks of the list (at most DMA_BLOCK_M keys of the list are added or absent per row).
+// because the w-th best rank only rises with p. thr_p is found among the (E - P) + 1 smallest
+// ranks of the list (derived above the row loop below).
 //
-// Anchors (every DMA_ANCHOR_EVERY-th list of a sequence) radix-select over all P earlier keys:
-// O(N^2 / (BM * DMA_ANCHOR_EVERY)) bias reads per head. The lists between anchors select over
-// their anchor's list plus the keys since it (at most w + DMA_ANCHOR_EVERY * BM keys), launched
-// after the anchors: O(N * (w + ANCHOR * BM) / BM). Memory is O(N * w / BM). docs/cuda-notes.md.
+// Anchors (every ANCHOR_EVERY-th list of a sequence, cuda/plan.rs, which says why 8) radix-select
+// over all P earlier keys: O(N^2 / (R * ANCHOR_EVERY)) bias reads per head. The lists between
+// anchors select over their anchor's list plus the keys since it (at most w + ANCHOR_EVERY * R
+// keys), launched after the anchors: O(N * (w + ANCHOR_EVERY * R) / R). Memory is O(N * w / R).
+// docs/cuda-notes.md.
 //
 // Every bias value of a sequence with queries passes once through the compaction below (the keys
 // [0, P) of an anchor, [E_a, P) of a dependent list, and the own keys [P, E) of each), which is
@@ -28,8 +29,8 @@ struct SelectShared {
     u32 warp_counts[SEL_WARPS];
     u32 digit, need, nz, exact;
     u64 min_key;
-    u64 z[DMA_BLOCK_M + 1];
-    u64 zs[DMA_BLOCK_M + 1];
+    u64 z[DMA_LIST_M + 1];
+    u64 zs[DMA_LIST_M + 1];
 };
 
 // The k-th largest (1-based, 1 <= k <= n) of the distinct keys get(i), i in [0, n). Only the low
@@ -207,11 +208,18 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     }
     __syncthreads();  // the list, written above, is read below by every thread
 
-    // Z: the DMA_BLOCK_M + 1 smallest ranks of the list, ascending.
+    // Row p keeps the w best of M_p = { list keys <= p }: the A = kept_before <= w keys before P
+    // and the own keys [P, p]. When |M_p| > w, thr_p is the m-th smallest of M_p, with
+    // m = |M_p| - w + 1 = A + (p - P + 1) - w + 1. The only keys of the list outside M_p are the
+    // E - 1 - p own keys past p, so thr_p is at most the (m + E - 1 - p)-th smallest of the list,
+    // and m + E - 1 - p = A - w + (E - P) + 1 <= (E - P) + 1. So Z, the (E - P) + 1 smallest ranks
+    // of the list (sorted below), holds every thr_p. (E - P <= the list's rows <= DMA_LIST_M:
+    // plan.rs makes no longer lists; the min only guards the shared arrays.)
+    const int own = min(E - P, DMA_LIST_M);
     auto list_rank = [&](int i) { return list[i]; };
     u64 sigma = DMA_KEEP_NONE;
-    if (count > DMA_BLOCK_M + 1)
-        sigma = radix_select_largest(count, (u32)(count - DMA_BLOCK_M), index_bits, list_rank, sh);
+    if (count > own + 1)
+        sigma = radix_select_largest(count, (u32)(count - own), index_bits, list_rank, sh);
     if (threadIdx.x == 0) sh.nz = 0;
     __syncthreads();
     for (int i = threadIdx.x; i < count; i += SEL_THREADS) {
@@ -228,7 +236,7 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     }
     __syncthreads();
 
-    // Row p keeps the w best of M_p = { list keys <= p }: thr_p is the (|M_p| - w + 1)-th smallest.
+    // thr_p: the m-th smallest of Z's keys <= p (derived above).
     for (int r = L.y + threadIdx.x; r < L.z; r += SEL_THREADS) {
         const int p = offset + r;
         u64 t = DMA_KEEP_NONE;
@@ -263,14 +271,16 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     }
 
 // The Hopper forward skips the keep test on a causal list's "sure" keys, those that every row of
-// the block that keeps anything keeps. A key j < P (before the block's first row) is visible to
+// the list that keeps anything keeps. A key j < P (before the list's first row) is visible to
 // every row, so it is sure iff rank_j >= t*, the largest threshold of a row that keeps anything
-// (thr != DMA_KEEP_NONE): about w - DMA_BLOCK_M of the list's w + DMA_BLOCK_M keys. This kernel,
-// one CTA per (list, bias head) after the selection, moves the sure keys to the front of the
-// list (each part stays ascending, and the own keys [P, E) stay last, which the forward's
-// causal shortcut needs) and writes their number to sure[list * Hb + head]. Lists with more than
-// MAX_KEYS keys before P are left as they are, with 0 sure keys. The keep rule reads a list as a
-// set, so the backward and forward.cu take a partitioned list as well.
+// (thr != DMA_KEEP_NONE). Every threshold lies among the (E - P) + 1 smallest ranks of the list
+// (select_body), so at most E - P <= R (the list's rows) keys before P are not sure: about w - R
+// of the list's w + R keys. This kernel, one CTA per (list, bias head) after the selection, moves
+// the sure keys to the front of the list (each part stays ascending, and the own keys [P, E) stay
+// last, which the forward's causal shortcut and dma_visible_count need) and writes their number
+// to sure[list * Hb + head]. Lists with more than MAX_KEYS keys before P are left as they are,
+// with 0 sure keys. The keep rule reads a list as a set, so the backward and forward.cu take a
+// partitioned list as well.
 template <int MAX_KEYS>
 __device__ __forceinline__ void partition_body(const SeqInfo* __restrict__ seqs,
                                                const int4* __restrict__ lists, int cap,
