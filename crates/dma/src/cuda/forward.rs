@@ -110,86 +110,34 @@ pub(crate) fn spec<T: CudaElement>(head_dim: usize, causal: bool) -> Result<Kern
     ))
 }
 
+/// Key-tile stages of the Hopper forward (`HOP_STAGES` in kernels/forward_hopper.cu).
+const HOPPER_STAGES: usize = 4;
 /// Threads of a Hopper forward CTA: two consumer warpgroups and a producer.
 const HOPPER_THREADS: u32 = 384;
 
-/// The key tiles of the Hopper forward: keys per tile and tiles in shared memory (`BN` and
-/// `STAGES` of kernels/forward_hopper.cu).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct HopperTiles {
-    keys: usize,
-    stages: usize,
-}
-
-impl HopperTiles {
-    /// Tiles of 128 keys: two stages at D = 128 (three do not fit in shared memory), four at
-    /// D = 64.
-    fn wide(head_dim: usize) -> Self {
-        let stages = if head_dim > 64 { 2 } else { 4 };
-        HopperTiles { keys: 128, stages }
-    }
-
-    /// Tiles of 64 keys in four stages.
-    const NARROW: HopperTiles = HopperTiles {
-        keys: 64,
-        stages: 4,
-    };
-
-    /// Both configurations, for the compile check.
-    pub(crate) fn all(head_dim: usize) -> [Self; 2] {
-        [Self::wide(head_dim), Self::NARROW]
-    }
-
-    /// The configuration a launch takes: 128-key tiles, unless `DMA_CUDA_HOPPER_BN64` is set
-    /// (an A/B switch).
-    fn chosen(head_dim: usize) -> Self {
-        match std::env::var_os("DMA_CUDA_HOPPER_BN64") {
-            Some(_) => Self::NARROW,
-            None => Self::wide(head_dim),
-        }
-    }
-
-    fn args(self) -> [TemplateArg; 2] {
-        let keys = match self.keys {
-            128 => ("n128", "128"),
-            _ => ("n64", "64"),
-        };
-        let stages = match self.stages {
-            2 => ("s2", "2"),
-            _ => ("s4", "4"),
-        };
-        [keys, stages]
-    }
-}
-
 /// The Hopper forward (warpgroup MMAs, kernels/forward_hopper.cu) for one element type, head
-/// dim, masking and key tiles, where it exists: D = 64 and 128.
-pub(crate) fn hopper_spec<T: CudaElement>(
-    head_dim: usize,
-    causal: bool,
-    tiles: HopperTiles,
-) -> Option<KernelSpec> {
+/// dim and masking, where it exists: D = 64 and 128.
+pub(crate) fn hopper_spec<T: CudaElement>(head_dim: usize, causal: bool) -> Option<KernelSpec> {
     if !matches!(head_dim, 64 | 128) {
         return None;
     }
     let (d, c) = spec_args(head_dim, causal).ok()?;
-    let [n, s] = tiles.args();
     Some(KernelSpec::new(
         HOPPER_SOURCE,
         "DMA_FORWARD_HOPPER_KERNEL",
         "dma_forward_hopper",
-        &[(T::SHORT, T::C_TYPE), d, c, n, s],
+        &[(T::SHORT, T::C_TYPE), d, c],
     ))
 }
 
 /// Dynamic shared memory of the Hopper forward (`HopSmem::BYTES`): unpadded swizzled tiles,
 /// 2 * stages tiles of ranks, two mbarriers and a bias tile per stage.
-pub(crate) fn hopper_smem_bytes(head_dim: usize, tiles: HopperTiles) -> usize {
-    let HopperTiles { keys, stages } = tiles;
-    (BLOCK_M * head_dim + 2 * stages * keys * head_dim) * 2
-        + 2 * stages * keys * 8
+pub(crate) fn hopper_smem_bytes(head_dim: usize) -> usize {
+    let stages = HOPPER_STAGES;
+    (BLOCK_M * head_dim + 2 * stages * BLOCK_N * head_dim) * 2
+        + 2 * stages * BLOCK_N * 8
         + 2 * stages * 8
-        + stages * keys * 4
+        + stages * BLOCK_N * 4
 }
 
 /// The kernel, shared memory and threads of a forward launch: the Hopper forward on sm_90 where
@@ -201,10 +149,9 @@ fn attend_kernel<T: CudaElement>(
     causal: bool,
     splits: usize,
 ) -> Result<(KernelSpec, usize, u32)> {
-    let tiles = HopperTiles::chosen(head_dim);
-    match hopper_spec::<T>(head_dim, causal, tiles) {
+    match hopper_spec::<T>(head_dim, causal) {
         Some(spec) if hopper_wanted(dev, splits) => {
-            Ok((spec, hopper_smem_bytes(head_dim, tiles), HOPPER_THREADS))
+            Ok((spec, hopper_smem_bytes(head_dim), HOPPER_THREADS))
         }
         _ => Ok((spec::<T>(head_dim, causal)?, smem_bytes(head_dim), THREADS)),
     }

@@ -89,14 +89,9 @@ pub fn all_kernels() -> Vec<compile::KernelSpec> {
             ]
             .into_iter()
             .flatten()
-            .chain(forward::HopperTiles::all(d).into_iter().flat_map(|tiles| {
-                [
-                    forward::hopper_spec::<half::bf16>(d, causal, tiles),
-                    forward::hopper_spec::<half::f16>(d, causal, tiles),
-                ]
-                .into_iter()
-                .flatten()
-            })) {
+            .chain(forward::hopper_spec::<half::bf16>(d, causal))
+            .chain(forward::hopper_spec::<half::f16>(d, causal))
+            {
                 specs.push(spec);
             }
         }
@@ -137,10 +132,8 @@ mod tests {
             assert!(b <= MAX_SMEM, "backward D={d}: {b} bytes");
         }
         for d in [64, 128] {
-            for tiles in forward::HopperTiles::all(d) {
-                let h = forward::hopper_smem_bytes(d, tiles);
-                assert!(h <= MAX_SMEM, "Hopper forward D={d} {tiles:?}: {h} bytes");
-            }
+            let h = forward::hopper_smem_bytes(d);
+            assert!(h <= MAX_SMEM, "Hopper forward D={d}: {h} bytes");
         }
     }
 }

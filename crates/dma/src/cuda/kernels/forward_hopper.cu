@@ -1,6 +1,6 @@
 // Forward on Hopper (sm_90a): the same result as forward.cu (one CTA per block of DMA_BLOCK_M
-// query rows and one query head, the block's candidate list in tiles of BN = 64 or 128 keys),
-// with the work split by warpgroup:
+// query rows and one query head, the block's candidate list in tiles of 64 keys), with the work
+// split by warpgroup:
 // - a producer warpgroup gathers each tile's K/V rows (cp.async, addressed by the list's ranks)
 //   into a ring of STAGES shared-memory stages and marks a stage full on an mbarrier;
 // - two consumer warpgroups, 64 query rows each, run S = Q K^T and O += P V as warpgroup MMAs
@@ -16,6 +16,8 @@
 // every 8 rows), so the descriptors' base offset is 0.
 
 #define HOP_THREADS 384  // two consumer warpgroups of 64 query rows, one producer warpgroup
+#define HOP_BN 64        // keys per tile (DMA_TILE_N: lists are padded to it)
+#define HOP_STAGES 4     // key tiles in shared memory (3, 4 and 5 measured the same)
 
 // wgmma operand lists: 32 or 64 f32 accumulators, held as [N / 8][4] (the m16n8 layout's
 // fragments, as attend.cu takes them).
@@ -35,9 +37,8 @@
     "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "  \
     "%56, %57, %58, %59, %60, %61, %62, %63}"
 
-// The warpgroup MMAs the kernel uses, for one 16-bit input type (PTX name TY):
-//   ss64 / ss128: d (+)= A(64x16, smem, K-major) B(16x64 / 16x128, smem, K-major); accumulate =
-//   false zeroes d;
+// The three warpgroup MMAs the kernel uses, for one 16-bit input type (PTX name TY):
+//   ss64: d (+)= A(64x16, smem, K-major) B(16x64, smem, K-major); accumulate = false zeroes d;
 //   rs64 / rs128: d += A(64x16, registers) B(16x64 / 16x128, smem, MN-major).
 #define DMA_WGMMA_OPS(T, TY)                                                                     \
     template <>                                                                                  \
@@ -48,14 +49,6 @@
                 "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " DMA_D32              \
                 ", %32, %33, p, 1, 1, 0, 0;\n}\n"                                                \
                 : DMA_F32(d)                                                                     \
-                : "l"(a), "l"(b), "r"((int)accumulate));                                         \
-        }                                                                                        \
-        __device__ __forceinline__ static void ss128(float (&d)[16][4], u64 a, u64 b, bool accumulate) { \
-            asm volatile(                                                                        \
-                "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                     \
-                "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " DMA_D64             \
-                ", %64, %65, p, 1, 1, 0, 0;\n}\n"                                                \
-                : DMA_F64(d)                                                                     \
                 : "l"(a), "l"(b), "r"((int)accumulate));                                         \
         }                                                                                        \
         __device__ __forceinline__ static void rs64(float (&d)[8][4], const u32 (&a)[4], u64 b) {  \
@@ -137,25 +130,24 @@ __device__ __forceinline__ int swz(int rows, int row, int col) {
     return (col >> 6) * rows * 64 + row * 64 + ((((col >> 3) & 7) ^ (row & 7)) << 3);
 }
 
-// Shared memory with STAGES tiles of BN keys (cuda/forward.rs: hopper_smem_bytes mirrors BYTES).
-// The producer fetches ranks STAGES tiles ahead of the K/V rows they address, so 2 * STAGES
-// tiles of ranks are alive at once.
-template <int D, int BN, int STAGES>
+// Shared memory with STAGES key tiles (cuda/forward.rs: hopper_smem_bytes mirrors BYTES). The
+// producer fetches ranks STAGES tiles ahead of the K/V rows they address, so 2 * STAGES tiles of
+// ranks are alive at once.
+template <int D, int STAGES>
 struct HopSmem {
     static constexpr int Q = DMA_BLOCK_M * D;  // elements
-    static constexpr int KV = BN * D;
+    static constexpr int KV = HOP_BN * D;
     static constexpr int RANK_SLOTS = 2 * STAGES;
     // Layout: q | k[STAGES] | v[STAGES] (16-bit, each a multiple of 1024 bytes) | ranks (u64) |
     // full[STAGES], empty[STAGES] (mbarriers) | bias * log2 e [STAGES] (f32)
-    static constexpr int BYTES = (Q + 2 * STAGES * KV) * 2 + RANK_SLOTS * BN * 8 +
-                                 2 * STAGES * 8 + STAGES * BN * 4;
+    static constexpr int BYTES = (Q + 2 * STAGES * KV) * 2 + RANK_SLOTS * HOP_BN * 8 +
+                                 2 * STAGES * 8 + STAGES * HOP_BN * 4;
     static_assert(D == 64 || D == 128, "the Hopper forward has D = 64 and 128");
-    static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128 (one wgmma N)");
-    static_assert(STAGES >= 2, "the producer keeps STAGES - 2 tiles in flight");
+    static_assert(STAGES >= 3, "the producer keeps STAGES - 2 tiles in flight");
     static_assert(BYTES <= 227 * 1024, "shared memory above the 227 KiB of a Hopper CTA");
 };
 
-template <typename T, int D, bool CAUSAL, int BN, int STAGES>
+template <typename T, int D, bool CAUSAL, int STAGES>
 __device__ __forceinline__ void forward_hopper_body(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
     const SeqInfo* __restrict__ seqs, const int4* __restrict__ blocks,
@@ -163,12 +155,12 @@ __device__ __forceinline__ void forward_hopper_body(
     const u32* __restrict__ sure, const u64* __restrict__ thr, T* __restrict__ out,
     float* __restrict__ lse, int q_heads,
     int kv_heads, int bias_heads, int lse_head_stride, int total_q, int cap, float scale_log2) {
-    typedef HopSmem<D, BN, STAGES> L;
+    typedef HopSmem<D, STAGES> L;
+    constexpr int BN = HOP_BN;
     constexpr float LOG2E = 1.4426950408889634f;
     constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
     // Tiles the producer has in flight before it waits for the oldest: at most STAGES - 2, so
-    // that the stage it waits to refill is released by a tile the consumers already have (with
-    // 2 stages, none: it waits for each tile before it starts the next).
+    // that the stage it waits to refill is released by a tile the consumers already have.
     constexpr int LAG = STAGES - 2;
 
     extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -207,8 +199,8 @@ __device__ __forceinline__ void forward_hopper_body(
     if (wg == 2) {
         // Producer.
         // The CTA holds 384 x 168 registers (launch bounds); setmaxnreg only moves them between
-        // warpgroups, so producer + 2 consumers must stay within that: 24 + 2 x 240 = 3 x 168.
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
+        // warpgroups, so producer + 2 consumers must stay within that: 40 + 2 x 232 = 3 x 168.
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
         const int p = tid - 256;
         auto load_ranks = [&](int t) {
             if (t < tiles && p < BN / 2) {
@@ -233,7 +225,6 @@ __device__ __forceinline__ void forward_hopper_body(
             const u64* ranks = ranks_of(t);
             T* dk = sK + st * L::KV;
             T* dv = sV + st * L::KV;
-#pragma unroll 1  // unrolled, the rows' addresses would not fit in the producer's registers
             for (int c = p; c < BN * CHUNKS; c += 128) {
                 const int r = c / CHUNKS, col = (c % CHUNKS) * 8;
                 const bool valid = t * BN + r < count;
@@ -259,7 +250,7 @@ __device__ __forceinline__ void forward_hopper_body(
     }
 
     // Consumer c: rows 64 c .. 64 c + 63 of the block.
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n");
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
     const int c = wg;
     const int tq = lane & 3;
     // The wgmma accumulator layout is mma.sync's m16n8 layout repeated over N, warp w of a
@@ -284,10 +275,7 @@ __device__ __forceinline__ void forward_hopper_body(
             const int cb = kk >> 2, in = (kk & 3) * 16;
             const u64 da = smem_desc(q_c + cb * DMA_BLOCK_M * 64 + in, 16, 1024);
             const u64 db = smem_desc(tk + cb * BN * 64 + in, 16, 1024);
-            if constexpr (BN == 128)
-                Wgmma<T>::ss128(sc, da, db, kk > 0);
-            else
-                Wgmma<T>::ss64(sc, da, db, kk > 0);
+            Wgmma<T>::ss64(sc, da, db, kk > 0);
         }
         wgmma_commit();
     };
@@ -382,16 +370,15 @@ __device__ __forceinline__ void forward_hopper_body(
 
 // The same signature as DMA_FORWARD_KERNEL (cuda/forward.rs launches either); the split-K
 // scratch and the bias head stride are unused here (no split-K: decode keeps forward.cu).
-// min blocks 1 caps the registers at entry, which setmaxnreg needs. BN keys per tile, STAGES
-// tiles in shared memory (cuda/forward.rs: HopperTiles).
-#define DMA_FORWARD_HOPPER_KERNEL(NAME, T, D, CAUSAL, BN, STAGES)                         \
+// min blocks 1 caps the registers at entry, which setmaxnreg needs.
+#define DMA_FORWARD_HOPPER_KERNEL(NAME, T, D, CAUSAL)                                     \
     extern "C" __global__ void __launch_bounds__(HOP_THREADS, 1)                                  \
         NAME(const T* q, const T* k, const T* v, const SeqInfo* seqs,                             \
              const int4* blocks, const u64* cand, const u32* cand_count, const u32* sure,         \
              const u64* thr, T* out, float* lse, float* part, int q_heads, int kv_heads,          \
              int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,     \
              float scale_log2) {                                                                  \
-        forward_hopper_body<T, D, CAUSAL, BN, STAGES>(q, k, v, seqs, blocks, cand, cand_count, sure, thr, \
+        forward_hopper_body<T, D, CAUSAL, HOP_STAGES>(q, k, v, seqs, blocks, cand, cand_count, sure, thr, \
                                                   out, lse, q_heads, kv_heads, bias_heads,       \
                                                   lse_head_stride, total_q, cap, scale_log2);    \
     }
