@@ -573,11 +573,11 @@ fn selection_matches_cpu() {
     });
 }
 
-/// The partition behind `DMA_CUDA_SURE_KEYS`: each causal list keeps its keys and the rows their
-/// thresholds, its keys before its first row come sure ones first (each part ascending, the
-/// list's own keys last and unmoved), and the sure count is exactly the number of keys before
-/// the list ranked at least the largest threshold of a row that keeps anything, each kept by
-/// every such row. A non-causal list's keys are all sure.
+/// The sure-keys partition the Hopper forward takes: each causal list keeps its keys and the
+/// rows their thresholds, its keys before its first row come sure ones first (each part
+/// ascending, the list's own keys last and unmoved), and the sure count is exactly the number of
+/// keys before the list ranked at least the largest threshold of a row that keeps anything, each
+/// kept by every such row. A non-causal list's keys are all sure.
 #[test]
 fn partition_puts_the_sure_keys_first() {
     let Some(dev) = device() else { return };

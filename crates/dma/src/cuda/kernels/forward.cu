@@ -1,9 +1,9 @@
 // Forward: one CTA per (block of DMA_BLOCK_M query rows, query head), one warp per 16 rows.
 // The candidate keys of the block's list (from select.cu, as ranks: index and bias in one u64; a
-// causal list may serve two blocks, dma_visible_count in common.cu) are gathered
-// BN at a time (64, or 32 for D = 256: registers) into shared memory with cp.async only: the ranks of tile t + 2, and the K/V
-// rows of tile t + 1 (16-byte chunks, two stages) fly while tile t is computed, so the loop has
-// one barrier and no synchronous global load. S = Q K^T and O += P V run on the tensor cores
+// causal list may serve two blocks, dma_visible_count in common.cu) are gathered BN at a time
+// (64, or 32 for D = 256: registers) into shared memory with cp.async only: the ranks of tile
+// t + 2, and the K/V rows of tile t + 1 (16-byte chunks, two stages) fly while tile t is
+// computed, so the loop has one barrier and no synchronous global load. S = Q K^T and O += P V run on the tensor cores
 // (mma.sync m16n8k16, f32 accumulators), and an online softmax applies each row's keep test:
 // key j is kept by the row at position p iff rank_j >= thr_p (and j <= p when causal).
 
