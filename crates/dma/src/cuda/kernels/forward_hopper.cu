@@ -17,7 +17,7 @@
 
 #define HOP_THREADS 384  // two consumer warpgroups of 64 query rows, one producer warpgroup
 #define HOP_BN 64        // keys per tile (DMA_TILE_N: lists are padded to it)
-#define HOP_STAGES 4     // key tiles in shared memory (3, 4 and 5 measured the same)
+#define HOP_STAGES 4     // key tiles in shared memory (3-5 measured the same, before 4ff7be2)
 
 // wgmma operand lists: 32 or 64 f32 accumulators, held as [N / 8][4] (the m16n8 layout's
 // fragments, as attend.cu takes them).
