@@ -115,10 +115,15 @@ const HOPPER_STAGES: usize = 4;
 /// Threads of a Hopper forward CTA: two consumer warpgroups and a producer.
 const HOPPER_THREADS: u32 = 384;
 
+/// Whether the Hopper forward has a kernel for the head dim: D = 64 and 128.
+fn hopper_has_head_dim(head_dim: usize) -> bool {
+    matches!(head_dim, 64 | 128)
+}
+
 /// The Hopper forward (warpgroup MMAs, kernels/forward_hopper.cu) for one element type, head
-/// dim and masking, where it exists: D = 64 and 128.
+/// dim and masking, where it exists ([`hopper_has_head_dim`]).
 pub(crate) fn hopper_spec<T: CudaElement>(head_dim: usize, causal: bool) -> Option<KernelSpec> {
-    if !matches!(head_dim, 64 | 128) {
+    if !hopper_has_head_dim(head_dim) {
         return None;
     }
     let (d, c) = spec_args(head_dim, causal).ok()?;
@@ -169,7 +174,7 @@ fn hopper_wanted(dev: &Device, splits: usize) -> bool {
 fn sure_keys_wanted(dev: &Device, head_dim: usize) -> bool {
     std::env::var_os("DMA_CUDA_NO_SURE_KEYS").is_none()
         && hopper_wanted(dev, 1)
-        && matches!(head_dim, 64 | 128)
+        && hopper_has_head_dim(head_dim)
 }
 
 /// Dynamic shared memory of the forward kernel (`FwdSmem::BYTES`).
