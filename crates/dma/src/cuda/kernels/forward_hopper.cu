@@ -124,6 +124,11 @@ __device__ __forceinline__ u64 smem_desc(const void* p, u32 lead_bytes, u32 stri
            ((u64)(stride_bytes >> 4) << 32) | (1ull << 62);
 }
 
+// The descriptor of the address `bytes` (a multiple of 16) past the one `desc` describes: the
+// address is the low field, in 16-byte units, and shared memory ends below 256 KB, so the add
+// never carries into the other fields. (Cheaper in the loops than a new smem_desc.)
+__device__ __forceinline__ u64 desc_plus(u64 desc, u32 bytes) { return desc + (bytes >> 4); }
+
 // Element offset of (row, col) in a swizzled tile of `rows` rows (col a multiple of 8: the start
 // of a 16-byte chunk).
 __device__ __forceinline__ int swz(int rows, int row, int col) {
@@ -217,6 +222,15 @@ __device__ __forceinline__ void forward_hopper_body(
         }
         for (int t = 0; t < STAGES; ++t) load_ranks(t);
         cp_async_commit();
+        // The gather: thread p copies the 16-byte chunk p % CHUNKS of rows p / CHUNKS + ROW_STEP i
+        // of each tile. Its chunk's column, and so its source offset within a row and its place
+        // in the tile's swizzle, are the same for every row it copies.
+        constexpr int ROW_STEP = 128 / CHUNKS;
+        static_assert(ROW_STEP % 8 == 0 && BN % ROW_STEP == 0, "rows ROW_STEP apart must share the swizzle");
+        const int gather_row = p / CHUNKS, gather_col = (p % CHUNKS) * 8;
+        const int gather_dst = swz(BN, gather_row, gather_col);
+        const T* k_src = k + (i64)s.k_start * kv_row + hkv * D + gather_col;
+        const T* v_src = v + (i64)s.k_start * kv_row + hkv * D + gather_col;
         cp_async_wait<0>();
         producer_sync();
         for (int t = 0; t < tiles; ++t) {
@@ -233,15 +247,16 @@ __device__ __forceinline__ void forward_hopper_body(
             producer_sync();  // the ranks of tile t, copied by other threads
             if (t >= STAGES) mbar_wait(empty + st, ((t / STAGES) + 1) & 1);
             const u64* ranks = ranks_of(t);
-            T* dk = sK + st * L::KV;
-            T* dv = sV + st * L::KV;
-            for (int c = p; c < BN * CHUNKS; c += 128) {
-                const int r = c / CHUNKS, col = (c % CHUNKS) * 8;
+            T* dk = sK + st * L::KV + gather_dst;
+            T* dv = sV + st * L::KV + gather_dst;
+#pragma unroll
+            for (int i = 0; i < BN / ROW_STEP; ++i) {
+                const int r = gather_row + i * ROW_STEP;
                 const bool valid = t * BN + r < count;
-                const i64 row =
-                    valid ? (i64)(s.k_start + (int)(u32)ranks[r]) * kv_row + hkv * D + col : 0;
-                cp_async16(dk + swz(BN, r, col), k + row, valid);
-                cp_async16(dv + swz(BN, r, col), v + row, valid);
+                const i64 at = valid ? (i64)(u32)ranks[r] * kv_row : 0;
+                // Rows ROW_STEP (a multiple of 8) apart share the swizzle: a constant offset.
+                cp_async16(dk + i * ROW_STEP * 64, k_src + at, valid);
+                cp_async16(dv + i * ROW_STEP * 64, v_src + at, valid);
             }
             if (p < BN) sB[st * BN + p] = rank_bias(ranks[p]) * LOG2E;
             load_ranks(t + STAGES);
@@ -271,14 +286,19 @@ __device__ __forceinline__ void forward_hopper_body(
 
     // S_t = Q K_t: Q (A, K-major) is this consumer's 64 rows, a step of 16 columns 32 bytes
     // inside a 128-byte row, a step of 64 columns the next column block.
-    const T* q_c = sQ + c * 64 * 64;
+    // The descriptors of this consumer's Q rows and of stage 0's K and V tiles; the others are
+    // these plus a byte offset (desc_plus).
+    const u64 q_desc = smem_desc(sQ + c * 64 * 64, 16, 1024);
+    const u64 k_desc = smem_desc(sK, 16, 1024);
+    const u64 v_desc = smem_desc(sV, BN * 128, 1024);
+    constexpr u32 KV_BYTES = L::KV * sizeof(T);
     auto issue_s = [&](int t) {
-        const T* tk = sK + (t % STAGES) * L::KV;
+        const u32 stage = (t % STAGES) * KV_BYTES;
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
             const int cb = kk >> 2, in = (kk & 3) * 16;
-            const u64 da = smem_desc(q_c + cb * DMA_BLOCK_M * 64 + in, 16, 1024);
-            const u64 db = smem_desc(tk + cb * BN * 64 + in, 16, 1024);
+            const u64 da = desc_plus(q_desc, (cb * DMA_BLOCK_M * 64 + in) * sizeof(T));
+            const u64 db = desc_plus(k_desc, stage + (cb * BN * 64 + in) * sizeof(T));
             Wgmma<T>::ss64(sc, da, db, kk > 0);
         }
         wgmma_commit();
@@ -286,10 +306,10 @@ __device__ __forceinline__ void forward_hopper_body(
     // O += P_t V_t: V is the B operand MN-major (D contiguous); 16 keys are 2 KB, the column
     // blocks of 64 lie BN * 128 bytes apart.
     auto issue_pv = [&](int t) {
-        const T* tv = sV + (t % STAGES) * L::KV;
+        const u32 stage = (t % STAGES) * KV_BYTES;
 #pragma unroll
         for (int kc = 0; kc < BN / 16; ++kc) {
-            const u64 db = smem_desc(tv + kc * 16 * 64, BN * 128, 1024);
+            const u64 db = desc_plus(v_desc, stage + kc * 16 * 64 * sizeof(T));
             if constexpr (D == 128)
                 Wgmma<T>::rs128(o, pa[kc], db);
             else
