@@ -26,41 +26,55 @@ __device__ __forceinline__ void thread_rows(const int4& B, int warp, int lane, i
 #define KEEP_LIVE_ROWS 2
 
 // The keep test of one tile of BN scores: kept scores become scale * s + bias (log2 domain), the
-// others -inf; mx gets each row's max.
+// others -inf; mx gets each row's max. A thread's columns come in adjacent pairs (2 tq, 2 tq + 1),
+// so each pair's biases and ranks are one vector load from shared memory (ranks and biases
+// 16- and 8-byte aligned), shared by both rows; the score is computed unconditionally and then
+// replaced, so the compiler does not move the loads under the keep test.
 template <int TEST, int BN>
 __device__ __forceinline__ void mask_scores(float (&sc)[BN / 8][4], const u64* ranks,
                                             const float* biases, const u64 (&rthr)[2],
                                             const int (&pos)[2], int tq, float scale_log2,
                                             float (&mx)[2]) {
+    const bool live[2] = {rthr[0] != DMA_KEEP_NONE, rthr[1] != DMA_KEEP_NONE};
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt) {
+        const int c = nt * 8 + 2 * tq;
+        const float2 b = *reinterpret_cast<const float2*>(biases + c);
+        // ranks: DMA_NO_KEY past the list's end (never in a tile of sure keys)
+        ulonglong2 rk = make_ulonglong2(0, 0);
+        if (TEST != KEEP_LIVE_ROWS) rk = *reinterpret_cast<const ulonglong2*>(ranks + c);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            const int c = nt * 8 + 2 * tq + (e & 1);
             const int r = e >> 1;
-            // ranks: DMA_NO_KEY past the list's end (never in a tile of sure keys)
-            const bool keep = TEST == KEEP_LIVE_ROWS
-                                  ? rthr[r] != DMA_KEEP_NONE
-                                  : dma_keeps<TEST == KEEP_BY_RANK_AND_POS>(ranks[c], rthr[r], pos[r]);
-            const float x = keep ? sc[nt][e] * scale_log2 + biases[c] : -DMA_INF;
-            sc[nt][e] = x;
-            mx[r] = fmaxf(mx[r], x);
+            const bool keep =
+                TEST == KEEP_LIVE_ROWS
+                    ? live[r]
+                    : dma_keeps<TEST == KEEP_BY_RANK_AND_POS>((e & 1) ? rk.y : rk.x, rthr[r], pos[r]);
+            const float x = fmaf(sc[nt][e], scale_log2, (e & 1) ? b.y : b.x);
+            sc[nt][e] = keep ? x : -DMA_INF;
+            mx[r] = fmaxf(mx[r], sc[nt][e]);
         }
     }
 }
 
+// How far (log2 domain) a row's max may pass its running max before the running max moves.
+// Until then the exponentials are at most 2^8 (exact enough in f32 and in the 16-bit P), and O
+// and l need no rescaling: most tiles after the first few leave every row's running max alone.
+#define DMA_MAX_SLACK 8.f
+
 // The online softmax's max step: mx (this thread's) becomes the row's max over its 4 threads,
-// m the new running max, use the offset the exponentials take (0 while a row has kept nothing)
-// and alpha the factor that takes O and l from the old max to the new one.
+// m the new running max (it moves only past DMA_MAX_SLACK), use the offset the exponentials take
+// (0 while a row has kept nothing) and alpha the factor that takes O and l from the old max to
+// the new one (1 when it did not move).
 __device__ __forceinline__ void update_max(float (&mx)[2], float (&m)[2], float (&use)[2],
                                            float (&alpha)[2]) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-        const float mn = fmaxf(m[r], mx[r]);
+        const float mn = mx[r] > m[r] + DMA_MAX_SLACK ? mx[r] : m[r];
         use[r] = mn == -DMA_INF ? 0.f : mn;
-        alpha[r] = fast_exp2(m[r] - use[r]);
+        alpha[r] = mn == m[r] ? 1.f : fast_exp2(m[r] - use[r]);
         m[r] = mn;
     }
 }
