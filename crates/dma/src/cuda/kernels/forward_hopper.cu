@@ -8,7 +8,8 @@
 //   registers, and mark a stage empty once its V has been used.
 // Each consumer overlaps its own MMAs with its softmax: the products of tile t (S_t = Q K_t and
 // O += P_{t-1} V_{t-1}) are issued together, and the softmax of S_t waits only for the first.
-// (FA3's ping-pong, the two consumers taking turns on the tensor cores, measured no faster.)
+// The two consumers take turns issuing their MMAs (FA3's ping-pong), so that one's softmax runs
+// while the tensor cores work for the other.
 //
 // Shared-memory tiles use the 128-byte swizzle that wgmma reads: a tile of R rows x D columns is
 // stored as D/64 column blocks of R rows x 128 bytes, and the 16-byte chunk c of row r sits at
@@ -116,6 +117,21 @@ __device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
 }
 // The producer warpgroup's own barrier (0 is __syncthreads).
 __device__ __forceinline__ void producer_sync() { asm volatile("bar.sync 1, 128;\n" ::: "memory"); }
+// The consumers' turns at the tensor cores: consumer c waits on barrier 2 + c, which completes
+// when the other consumer has arrived on it (256 threads: 128 waiting, 128 arriving).
+// (Immediate barrier numbers: with a register one, ptxas reserves all 16.)
+__device__ __forceinline__ void turn_wait(int c) {
+    if (c == 0)
+        asm volatile("bar.sync 2, 256;\n" ::: "memory");
+    else
+        asm volatile("bar.sync 3, 256;\n" ::: "memory");
+}
+__device__ __forceinline__ void turn_pass(int c) {
+    if (c == 0)
+        asm volatile("bar.arrive 3, 256;\n" ::: "memory");
+    else
+        asm volatile("bar.arrive 2, 256;\n" ::: "memory");
+}
 
 // A shared-memory matrix descriptor for the 128-byte swizzle: start address, leading and stride
 // byte offsets (in 16-byte units), layout type 1 (128B swizzle) in bits 62-63.
@@ -350,20 +366,29 @@ __device__ __forceinline__ void forward_hopper_body(
             pa[nt >> 1][(nt & 1) * 2 + 1] = Elem<T>::pack(pr[2], pr[3]);
         }
     };
+    // The consumers take turns issuing their MMAs (consumer 0 first), so that the tensor cores
+    // run one consumer's products while the other does its softmax. Each consumer waits for its
+    // turn tiles + 1 times and passes it as often (the first pass is consumer 1's before its
+    // loop, so consumer 1 skips its last).
     if (tiles > 0) {
         float alpha[2], use[2];
+        if (c == 1) turn_pass(c);
         mbar_wait(full, 0);
+        turn_wait(c);
         wgmma_fence();
         issue_s(0);
+        turn_pass(c);
         wgmma_wait<0>();
         wgmma_settle(sc);
         mask_and_max(0, alpha, use);
         exponentiate(use);
         for (int t = 1; t < tiles; ++t) {
             mbar_wait(full + t % STAGES, (t / STAGES) & 1);
+            turn_wait(c);
             wgmma_fence();
             issue_s(t);
             issue_pv(t - 1);
+            turn_pass(c);
             wgmma_wait<1>();  // S_t
             wgmma_settle(sc);
             mask_and_max(t, alpha, use);
@@ -384,8 +409,10 @@ __device__ __forceinline__ void forward_hopper_body(
             }
             exponentiate(use);
         }
+        turn_wait(c);
         wgmma_fence();
         issue_pv(tiles - 1);
+        if (c == 0) turn_pass(c);
         wgmma_wait<0>();
         wgmma_settle(o);
         mbar_arrive(empty + (tiles - 1) % STAGES);
