@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool): the correctness suite of the CUDA backend and of the candle
-# path. Kernel tests (every head dim, dtype, layout), memcheck + racecheck on small shapes,
+# path. Kernel tests (every head dim, dtype, layout), memcheck + racecheck on small shapes
+# (synccheck too for the forward),
 # `dma selftest --device cuda` (kernels, the dma-candle op with backward, a Doge on the GPU).
 # The forward test runs four times: as by default on sm_90 (the Hopper forward, sure keys, lists
 # of 256 rows), without the Hopper forward (DMA_CUDA_NO_WGMMA=1), without sure keys
@@ -44,6 +45,11 @@ if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
       echo "$tool $t rc=$? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool-$t.log")" >>"$S"
     done
   done
+  # The Hopper forward's mbarriers and named barriers. With synccheck's default number of tracked
+  # barriers it reports an overflow and the launch fails; 8192 is enough (100000: out of memory).
+  DMA_CUDA_SMALL=1 DMA_CUDA_EVERY=${SAN_EVERY:-4} timeout ${SAN_TIMEOUT:-150} compute-sanitizer --tool synccheck \
+    --num-cuda-barriers 8192 --print-limit 20 $B --exact forward_matches_cpu >"$OUT/synccheck-forward_matches_cpu.log" 2>&1
+  echo "synccheck forward_matches_cpu rc=$? $(grep -h 'ERROR SUMMARY' "$OUT/synccheck-forward_matches_cpu.log")" >>"$S"
 fi
 timeout 200 .devbin/dma selftest --device cuda >"$OUT/selftest.log" 2>&1; echo "selftest rc=$?" >>"$S"
 grep -E "candle|doge|FAIL|error" "$OUT/selftest.log" | head -20 >>"$S"
