@@ -229,14 +229,17 @@ __device__ __forceinline__ void forward_hopper_body(
                 cp_async16(ranks_of(t) + 2 * p, at < count ? list + at : list, at < count);
             }
         };
-        // Q, and the ranks of tiles 0 .. STAGES - 1 (waited for: they address the first rows).
+        // The ranks of tiles 0 .. STAGES - 1 (waited for below: they address the first rows),
+        // then Q, whose copy group completes before tile 0's and is handed over with it (by the
+        // first hand-over's cp_async_wait): Q's load overlaps the first gathers.
+        for (int t = 0; t < STAGES; ++t) load_ranks(t);
+        cp_async_commit();
         for (int c = p; c < DMA_BLOCK_M * CHUNKS; c += 128) {
             const int r = c / CHUNKS, col = (c % CHUNKS) * 8;
             const bool valid = B.y + r < B.z;
             const T* src = valid ? q + (s.q_start + B.y + r) * q_row + h * D + col : q;
             cp_async16(sQ + swz(DMA_BLOCK_M, r, col), src, valid);
         }
-        for (int t = 0; t < STAGES; ++t) load_ranks(t);
         cp_async_commit();
         // The gather: thread p copies the 16-byte chunk p % CHUNKS of rows p / CHUNKS + ROW_STEP i
         // of each tile. Its chunk's column, and so its source offset within a row and its place
@@ -247,7 +250,7 @@ __device__ __forceinline__ void forward_hopper_body(
         const int gather_dst = swz(BN, gather_row, gather_col);
         const T* k_src = k + (i64)s.k_start * kv_row + hkv * D + gather_col;
         const T* v_src = v + (i64)s.k_start * kv_row + hkv * D + gather_col;
-        cp_async_wait<0>();
+        cp_async_wait<1>();  // the ranks
         producer_sync();
         for (int t = 0; t < tiles; ++t) {
             const int st = t % STAGES;
