@@ -18,7 +18,7 @@
 
 #define HOP_THREADS 384  // two consumer warpgroups of 64 query rows, one producer warpgroup
 #define HOP_BN 64        // keys per tile (DMA_TILE_N: lists are padded to it)
-#define HOP_STAGES 4     // key tiles in shared memory (3-5 measured the same, before 4ff7be2)
+#define HOP_STAGES 4     // key tiles in shared memory (5 measured no faster, stop 14)
 
 // wgmma operand lists: 32 or 64 f32 accumulators, held as [N / 8][4] (the m16n8 layout's
 // fragments, as attend.cu takes them).
@@ -181,7 +181,8 @@ __device__ __forceinline__ void forward_hopper_body(
     constexpr float LOG2E = 1.4426950408889634f;
     constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
     // The producer hands tile t - LAG over before it waits for tile t's stage: LAG < STAGES, so
-    // that the stage it waits for is released by a tile the consumers already have.
+    // that the stage it waits for is released by a tile the consumers already have. The
+    // consumers' slack is STAGES - LAG tiles (LAG 3 with 4 or 5 stages measured slower).
     constexpr int LAG = 2;
 
     extern __shared__ __align__(1024) unsigned char smem_raw[];
