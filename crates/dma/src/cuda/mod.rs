@@ -7,12 +7,15 @@
 //! NVRTC. libcuda and libnvrtc are loaded at run time, so the crate builds on machines without
 //! CUDA; a missing driver or device is a typed error.
 //!
-//! A call runs two kernels on the device's stream:
+//! A call runs these kernels on the device's stream:
 //! 1. selection (`kernels/select.cu`): for each list of [`LIST_M`] = 256 query rows (causal: two
 //!    blocks of 128 rows share one; `DMA_CUDA_LIST_ROWS=128` gives each block its own, see
 //!    [`list_rows`]) and bias head, the candidate keys (at most w + 256) and each row's threshold
-//!    rank;
-//! 2. forward: gathers the candidates' K/V rows into shared memory, runs QK^T and PV on the
+//!    rank (two launches when causal: the anchor lists, then the lists that start from them);
+//! 2. where the Hopper forward runs and the mask is causal, the partition (also in select.cu):
+//!    each list's "sure" keys, kept by every row of the list that keeps anything, moved to its
+//!    front, so that the forward skips their keep test (`DMA_CUDA_NO_SURE_KEYS` turns this off);
+//! 3. forward: gathers the candidates' K/V rows into shared memory, runs QK^T and PV on the
 //!    tensor cores with an online softmax that applies each row's keep test. On sm_90 at head
 //!    dims 64 and 128 this is `kernels/forward_hopper.cu` (warpgroup MMAs, a producer warpgroup
 //!    gathering for two consumer warpgroups); elsewhere `kernels/forward.cu` (mma.sync). The

@@ -79,6 +79,23 @@ __device__ __forceinline__ void update_max(float (&mx)[2], float (&m)[2], float 
     }
 }
 
+// O and l of this thread's rows from the old running max to the new one (update_max's alpha).
+// Most tiles move no row's running max (DMA_MAX_SLACK): a warp where none moved skips the work.
+template <int D>
+__device__ __forceinline__ void rescale_rows(float (&o)[D / 8][4], float (&l)[2],
+                                             const float (&alpha)[2]) {
+    if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+        o[i][0] *= alpha[0];
+        o[i][1] *= alpha[0];
+        o[i][2] *= alpha[1];
+        o[i][3] *= alpha[1];
+    }
+    l[0] *= alpha[0];
+    l[1] *= alpha[1];
+}
+
 // Each row's sum l over its 4 threads.
 __device__ __forceinline__ void sum_rows(float (&l)[2]) {
 #pragma unroll

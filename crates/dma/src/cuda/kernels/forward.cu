@@ -3,8 +3,9 @@
 // causal list may serve two blocks, dma_visible_count in common.cu) are gathered BN at a time
 // (64, or 32 for D = 256: registers) into shared memory with cp.async only: the ranks of tile
 // t + 2, and the K/V rows of tile t + 1 (16-byte chunks, two stages) fly while tile t is
-// computed, so the loop has one barrier and no synchronous global load. S = Q K^T and O += P V run on the tensor cores
-// (mma.sync m16n8k16, f32 accumulators), and an online softmax applies each row's keep test:
+// computed, so the loop has one barrier and no synchronous global load. S = Q K^T and O += P V
+// run on the tensor cores (mma.sync m16n8k16, f32 accumulators), and an online softmax applies
+// each row's keep test:
 // key j is kept by the row at position p iff rank_j >= thr_p (and j <= p when causal).
 
 #define FWD_THREADS (DMA_BLOCK_M * 2)  // one warp per 16 query rows
@@ -168,8 +169,7 @@ __device__ __forceinline__ void forward_body(
         mask_scores<CAUSAL ? KEEP_BY_RANK_AND_POS : KEEP_BY_RANK, BN>(sc, ranks, biases, rthr, pos,
                                                                     tq, scale_log2, mx);
         update_max(mx, m, use, alpha);
-        l[0] *= alpha[0];
-        l[1] *= alpha[1];
+        rescale_rows<D>(o, l, alpha);
 #pragma unroll
         for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
@@ -178,13 +178,6 @@ __device__ __forceinline__ void forward_body(
                 sc[nt][e] = p;
                 l[e >> 1] += p;
             }
-        }
-#pragma unroll
-        for (int i = 0; i < D / 8; ++i) {
-            o[i][0] *= alpha[0];
-            o[i][1] *= alpha[0];
-            o[i][2] *= alpha[1];
-            o[i][3] *= alpha[1];
         }
 
         // O += P V: P from the score registers (A operand), V through ldmatrix.trans.

@@ -399,18 +399,7 @@ __device__ __forceinline__ void forward_hopper_body(
             wgmma_wait<0>();  // O += P_{t-1} V_{t-1}
             wgmma_settle(o);
             mbar_arrive(empty + (t - 1) % STAGES);
-            // Most tiles move no row's running max (DMA_MAX_SLACK): then the warp skips this.
-            if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
-#pragma unroll
-                for (int i = 0; i < D / 8; ++i) {
-                    o[i][0] *= alpha[0];
-                    o[i][1] *= alpha[0];
-                    o[i][2] *= alpha[1];
-                    o[i][3] *= alpha[1];
-                }
-                l[0] *= alpha[0];
-                l[1] *= alpha[1];
-            }
+            rescale_rows<D>(o, l, alpha);
             exponentiate(use);
         }
         turn_wait(c);
