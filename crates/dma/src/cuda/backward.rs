@@ -1,4 +1,4 @@
-//! The backward on device buffers (kernels/backward.cu): dq, dk, dv in the input type and dbias
+//! The backward on device buffers (kernels/backward.cu; backward_hopper.cu on sm_90): dq, dk, dv in the input type and dbias
 //! in f32, from q, k, v, bias, out, lse and dout, over the forward's selection (passed in, or
 //! recomputed: the selection alone, never the forward).
 
@@ -13,6 +13,11 @@ use crate::{cpu, Params, Problem, Result, Shape};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 const SOURCE: &str = include_str!("kernels/backward.cu");
+const HOPPER_SOURCE: &str = concat!(
+    include_str!("kernels/attend.cu"),
+    include_str!("kernels/hopper.cu"),
+    include_str!("kernels/backward_hopper.cu")
+);
 
 /// The backward kernel for one element type, head dim and masking.
 pub(crate) fn spec<T: CudaElement>(head_dim: usize, causal: bool) -> Result<KernelSpec> {
@@ -28,6 +33,63 @@ pub(crate) fn spec<T: CudaElement>(head_dim: usize, causal: bool) -> Result<Kern
             forward::tile_arg(tile_n(head_dim)),
         ],
     ))
+}
+
+/// The Hopper backward (warpgroup MMAs, kernels/backward_hopper.cu) for one element type, head
+/// dim and masking, where it exists (D = 64 and 128, like the Hopper forward).
+pub(crate) fn hopper_spec<T: CudaElement>(head_dim: usize, causal: bool) -> Option<KernelSpec> {
+    if !forward::hopper_has_head_dim(head_dim) {
+        return None;
+    }
+    let (d, c) = forward::spec_args(head_dim, causal).ok()?;
+    Some(KernelSpec::new(
+        HOPPER_SOURCE,
+        "DMA_BACKWARD_HOPPER_KERNEL",
+        "dma_backward_hopper",
+        &[(T::SHORT, T::C_TYPE), d, c],
+    ))
+}
+
+/// Key-tile stages of the Hopper backward (`HOPB_STAGES` in kernels/backward_hopper.cu): 2 at
+/// D = 128, where the double-buffered P and dS tiles take the room of a third; 4 at D = 64.
+fn hopper_stages(head_dim: usize) -> usize {
+    if head_dim == 128 {
+        2
+    } else {
+        4
+    }
+}
+
+/// Dynamic shared memory of the Hopper backward (`HopBwdSmem::BYTES`): Q and dO tiles, the K/V
+/// stages, two P and two dS tiles, the ranks' ring, two mbarriers and a bias tile per stage,
+/// and two buffers of the 8 consumer warps' dS column sums.
+fn hopper_smem_bytes(head_dim: usize) -> usize {
+    let stages = hopper_stages(head_dim);
+    (2 * BLOCK_M * head_dim + 2 * stages * BLOCK_N * head_dim + 4 * BLOCK_M * BLOCK_N) * 2
+        + 2 * stages * BLOCK_N * 8
+        + 2 * stages * 8
+        + stages * BLOCK_N * 4
+        + 2 * 8 * BLOCK_N * 4
+}
+
+/// The kernel, shared memory and threads of a backward launch: the Hopper backward where the
+/// Hopper forward would run (sm_90, the head dim, `DMA_CUDA_NO_WGMMA` unset), backward.cu
+/// otherwise.
+fn backward_kernel<T: CudaElement>(
+    dev: &Device,
+    head_dim: usize,
+    causal: bool,
+) -> Result<(KernelSpec, usize, u32)> {
+    match hopper_spec::<T>(head_dim, causal) {
+        Some(spec) if forward::hopper_wanted(dev, 1) => {
+            Ok((spec, hopper_smem_bytes(head_dim), forward::HOPPER_THREADS))
+        }
+        _ => Ok((
+            spec::<T>(head_dim, causal)?,
+            smem_bytes(head_dim),
+            forward::THREADS,
+        )),
+    }
 }
 
 /// The f32 -> T conversion of the dk and dv scratch buffers.
@@ -136,7 +198,7 @@ pub fn backward_into<T: CudaElement>(
     problem.check_rows("dk", "k", grads.dk.len())?;
     problem.check_rows("dv", "k", grads.dv.len())?;
     problem.check_len("dbias", problem.bias_len(), grads.dbias.len())?;
-    let spec = spec::<T>(problem.head_dim, params.causal)?;
+    let (spec, smem, threads) = backward_kernel::<T>(dev, problem.head_dim, params.causal)?;
     let plan = Plan::new(params, &problem)?;
     let s = dev.stream();
     // dq rows of empty blocks do not exist; dk, dv and dbias of keys no query keeps are zero.
@@ -172,7 +234,7 @@ pub fn backward_into<T: CudaElement>(
             &plan,
             &tables,
             sel,
-            &spec,
+            (&spec, smem, threads),
             inputs,
             grads,
             (&mut dk_acc, &mut dv_acc),
@@ -196,14 +258,12 @@ fn launch<T: CudaElement>(
     plan: &Plan,
     tables: &DevicePlan,
     sel: &Selection,
-    spec: &KernelSpec,
+    (spec, smem, threads): (&KernelSpec, usize, u32),
     x: &BackwardInputs<'_, T>,
     grads: &mut DeviceGradients<T>,
     (dk_acc, dv_acc): (&mut CudaSlice<f32>, &mut CudaSlice<f32>),
 ) -> Result<()> {
-    let smem = smem_bytes(problem.head_dim);
-    let (f, cfg, ints) =
-        forward::block_launch(dev, spec, smem, forward::THREADS, problem, plan, 1)?;
+    let (f, cfg, ints) = forward::block_launch(dev, spec, smem, threads, problem, plan, 1)?;
     let scale = params.scale_for(problem.head_dim);
     let scale_log2 = scale * std::f32::consts::LOG2_E;
     let (seqs, blocks) = (tables.seqs(), tables.blocks());
@@ -227,8 +287,9 @@ fn launch<T: CudaElement>(
         l.arg(x);
     }
     l.arg(&scale).arg(&scale_log2);
-    // SAFETY: the arguments match the kernel's signature (kernels/backward.cu), the buffers were
-    // checked against the geometry, and the selection was made for this plan.
+    // SAFETY: the arguments match the kernel's signature (kernels/backward.cu and
+    // backward_hopper.cu), the buffers were checked against the geometry, and the selection was
+    // made for this plan.
     unsafe { l.launch(cfg) }.map_err(error::driver)?;
     Ok(())
 }

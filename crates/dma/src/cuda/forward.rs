@@ -21,6 +21,7 @@ const SOURCE: &str = concat!(
 );
 const HOPPER_SOURCE: &str = concat!(
     include_str!("kernels/attend.cu"),
+    include_str!("kernels/hopper.cu"),
     include_str!("kernels/forward_hopper.cu")
 );
 /// Threads of a forward.cu or backward CTA (8 warps x 16 rows).
@@ -112,11 +113,11 @@ pub(crate) fn spec<T: CudaElement>(head_dim: usize, causal: bool) -> Result<Kern
 
 /// Key-tile stages of the Hopper forward (`HOP_STAGES` in kernels/forward_hopper.cu).
 const HOPPER_STAGES: usize = 4;
-/// Threads of a Hopper forward CTA: two consumer warpgroups and a producer.
-const HOPPER_THREADS: u32 = 384;
+/// Threads of a Hopper forward or backward CTA: two consumer warpgroups and a producer.
+pub(crate) const HOPPER_THREADS: u32 = 384;
 
 /// Whether the Hopper forward has a kernel for the head dim: D = 64 and 128.
-fn hopper_has_head_dim(head_dim: usize) -> bool {
+pub(crate) fn hopper_has_head_dim(head_dim: usize) -> bool {
     matches!(head_dim, 64 | 128)
 }
 
@@ -162,9 +163,9 @@ fn attend_kernel<T: CudaElement>(
     }
 }
 
-/// Whether a launch of `splits` CTAs per block may take the Hopper forward (if it has the head
-/// dim): sm_90, no split-K, and `DMA_CUDA_NO_WGMMA` unset.
-fn hopper_wanted(dev: &Device, splits: usize) -> bool {
+/// Whether a launch of `splits` CTAs per block may take the Hopper forward or backward (if it has
+/// the head dim): sm_90, no split-K, and `DMA_CUDA_NO_WGMMA` unset.
+pub(crate) fn hopper_wanted(dev: &Device, splits: usize) -> bool {
     splits == 1 && dev.arch() == Arch::SM90 && std::env::var_os("DMA_CUDA_NO_WGMMA").is_none()
 }
 

@@ -94,6 +94,8 @@ pub fn all_kernels() -> Vec<compile::KernelSpec> {
             .flatten()
             .chain(forward::hopper_spec::<half::bf16>(d, causal))
             .chain(forward::hopper_spec::<half::f16>(d, causal))
+            .chain(backward::hopper_spec::<half::bf16>(d, causal))
+            .chain(backward::hopper_spec::<half::f16>(d, causal))
             {
                 specs.push(spec);
             }

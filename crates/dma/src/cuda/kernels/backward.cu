@@ -31,16 +31,6 @@ struct BwdSmem {
     static_assert(DMA_TILE_N % BN == 0 && BN % 16 == 0, "lists are padded to DMA_TILE_N keys");
 };
 
-// dst[0] += x, dst[1] += y (f32, global memory; dst 8-byte aligned), one vector reduction on sm_90.
-__device__ __forceinline__ void red_add2(float* dst, float x, float y) {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst), "f"(x), "f"(y) : "memory");
-#else
-    atomicAdd(dst, x);
-    atomicAdd(dst + 1, y);
-#endif
-}
-
 template <typename T, int D, bool CAUSAL, int BN>
 __device__ __forceinline__ void backward_body(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,

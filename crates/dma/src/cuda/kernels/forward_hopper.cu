@@ -11,149 +11,12 @@
 // The two consumers take turns issuing their MMAs (FA3's ping-pong), so that one's softmax runs
 // while the tensor cores work for the other.
 //
-// Shared-memory tiles use the 128-byte swizzle that wgmma reads: a tile of R rows x D columns is
-// stored as D/64 column blocks of R rows x 128 bytes, and the 16-byte chunk c of row r sits at
-// chunk c ^ (r & 7) of its row. Every tile starts on a 1024-byte boundary (the swizzle repeats
-// every 8 rows), so the descriptors' base offset is 0.
+// hopper.cu (compiled before this file) has the MMAs, barriers, swizzle and the producer.
 
-#define HOP_THREADS 384  // two consumer warpgroups of 64 query rows, one producer warpgroup
-#define HOP_BN 64        // keys per tile (DMA_TILE_N: lists are padded to it)
-#define HOP_STAGES 4     // key tiles in shared memory (5 measured no faster, stop 14)
+#define HOP_STAGES 4  // key tiles in shared memory (5 measured no faster, stop 14)
 
-// wgmma operand lists: 32 or 64 f32 accumulators, held as [N / 8][4] (the m16n8 layout's
-// fragments, as attend.cu takes them).
-#define DMA_F4(d, j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
-#define DMA_F32(d) \
-    DMA_F4(d, 0), DMA_F4(d, 1), DMA_F4(d, 2), DMA_F4(d, 3), DMA_F4(d, 4), DMA_F4(d, 5), \
-        DMA_F4(d, 6), DMA_F4(d, 7)
-#define DMA_F64(d) \
-    DMA_F32(d), DMA_F4(d, 8), DMA_F4(d, 9), DMA_F4(d, 10), DMA_F4(d, 11), DMA_F4(d, 12), \
-        DMA_F4(d, 13), DMA_F4(d, 14), DMA_F4(d, 15)
-#define DMA_D32                                                                                 \
-    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
-    "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
-#define DMA_D64                                                                                 \
-    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
-    "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "  \
-    "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "  \
-    "%56, %57, %58, %59, %60, %61, %62, %63}"
-
-// The three warpgroup MMAs the kernel uses, for one 16-bit input type (PTX name TY):
-//   ss64: d (+)= A(64x16, smem, K-major) B(16x64, smem, K-major); accumulate = false zeroes d;
-//   rs64 / rs128: d += A(64x16, registers) B(16x64 / 16x128, smem, MN-major).
-#define DMA_WGMMA_OPS(T, TY)                                                                     \
-    template <>                                                                                  \
-    struct Wgmma<T> {                                                                            \
-        __device__ __forceinline__ static void ss64(float (&d)[8][4], u64 a, u64 b, bool accumulate) { \
-            asm volatile(                                                                        \
-                "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                     \
-                "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " DMA_D32              \
-                ", %32, %33, p, 1, 1, 0, 0;\n}\n"                                                \
-                : DMA_F32(d)                                                                     \
-                : "l"(a), "l"(b), "r"((int)accumulate));                                         \
-        }                                                                                        \
-        __device__ __forceinline__ static void rs64(float (&d)[8][4], const u32 (&a)[4], u64 b) {  \
-            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                          \
-                         "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " DMA_D32     \
-                         ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"                        \
-                         : DMA_F32(d)                                                            \
-                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));          \
-        }                                                                                        \
-        __device__ __forceinline__ static void rs128(float (&d)[16][4], const u32 (&a)[4], u64 b) { \
-            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                          \
-                         "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " DMA_D64    \
-                         ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"                        \
-                         : DMA_F64(d)                                                            \
-                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));          \
-        }                                                                                        \
-    };
-
-template <typename T>
-struct Wgmma;
-DMA_WGMMA_OPS(__nv_bfloat16, "bf16")
-DMA_WGMMA_OPS(__half, "f16")
-
-__device__ __forceinline__ void wgmma_fence() {
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_commit() {
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-// Waits until at most N of this warpgroup's committed MMA groups are pending.
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// After wgmma_wait: ties every accumulator to this point, so that no read of them is scheduled
-// before the wait (the compiler sees the MMA's asm as having written them already).
-template <int N>
-__device__ __forceinline__ void wgmma_settle(float (&d)[N][4]) {
-#pragma unroll
-    for (int i = 0; i < N; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e])::"memory");
-}
-// Orders this thread's generic-proxy shared-memory writes (cp.async's, once waited for) before
-// the async proxy's reads (wgmma) that a later synchronisation lets other threads make.
-__device__ __forceinline__ void fence_proxy_async() {
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-
-// mbarriers in shared memory: init (one thread), arrive (release), wait on a phase's parity
-// (acquire).
-__device__ __forceinline__ void mbar_init(u64* bar, u32 count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count));
-}
-__device__ __forceinline__ void mbar_arrive(u64* bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
-    asm volatile(
-        "{\n.reg .pred done;\nwait_%=:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-        "@!done bra wait_%=;\n}\n" ::"r"(smem_addr(bar)),
-        "r"(parity)
-        : "memory");
-}
-// The producer warpgroup's own barrier (0 is __syncthreads).
-__device__ __forceinline__ void producer_sync() { asm volatile("bar.sync 1, 128;\n" ::: "memory"); }
-// The consumers' turns at the tensor cores: consumer c waits on barrier 2 + c, which completes
-// when the other consumer has arrived on it (256 threads: 128 waiting, 128 arriving).
-// (Immediate barrier numbers: with a register one, ptxas reserves all 16.)
-__device__ __forceinline__ void turn_wait(int c) {
-    if (c == 0)
-        asm volatile("bar.sync 2, 256;\n" ::: "memory");
-    else
-        asm volatile("bar.sync 3, 256;\n" ::: "memory");
-}
-__device__ __forceinline__ void turn_pass(int c) {
-    if (c == 0)
-        asm volatile("bar.arrive 3, 256;\n" ::: "memory");
-    else
-        asm volatile("bar.arrive 2, 256;\n" ::: "memory");
-}
-
-// A shared-memory matrix descriptor for the 128-byte swizzle: start address, leading and stride
-// byte offsets (in 16-byte units), layout type 1 (128B swizzle) in bits 62-63.
-__device__ __forceinline__ u64 smem_desc(const void* p, u32 lead_bytes, u32 stride_bytes) {
-    return (u64)((smem_addr(p) & 0x3FFFF) >> 4) | ((u64)(lead_bytes >> 4) << 16) |
-           ((u64)(stride_bytes >> 4) << 32) | (1ull << 62);
-}
-
-// The descriptor of the address `bytes` (a multiple of 16) past the one `desc` describes: the
-// address is the low field, in 16-byte units, and shared memory ends below 256 KB, so the add
-// never carries into the other fields. (Cheaper in the loops than a new smem_desc.)
-__device__ __forceinline__ u64 desc_plus(u64 desc, u32 bytes) { return desc + (bytes >> 4); }
-
-// Element offset of (row, col) in a swizzled tile of `rows` rows (col a multiple of 8: the start
-// of a 16-byte chunk).
-__device__ __forceinline__ int swz(int rows, int row, int col) {
-    return (col >> 6) * rows * 64 + row * 64 + ((((col >> 3) & 7) ^ (row & 7)) << 3);
-}
-
-// Shared memory with STAGES key tiles (cuda/forward.rs: hopper_smem_bytes mirrors BYTES). The
-// producer fetches ranks STAGES tiles ahead of the K/V rows they address, so 2 * STAGES tiles of
-// ranks are alive at once.
+// Shared memory with STAGES key tiles (cuda/forward.rs: hopper_smem_bytes mirrors BYTES) and
+// the producer's ring of 2 * STAGES tiles of ranks.
 template <int D, int STAGES>
 struct HopSmem {
     static constexpr int Q = DMA_BLOCK_M * D;  // elements
@@ -178,11 +41,8 @@ __device__ __forceinline__ void forward_hopper_body(
     int kv_heads, int bias_heads, int lse_head_stride, int total_q, int cap, float scale_log2) {
     typedef HopSmem<D, STAGES> L;
     constexpr int BN = HOP_BN;
-    constexpr float LOG2E = 1.4426950408889634f;
-    constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
-    // The producer hands tile t - LAG over before it waits for tile t's stage: LAG < STAGES, so
-    // that the stage it waits for is released by a tile the consumers already have. The
-    // consumers' slack is STAGES - LAG tiles (LAG 3 with 4 or 5 stages measured slower).
+    // The producer hands tile t - LAG over before it waits for tile t's stage (produce_key_tiles):
+    // the consumers' slack is STAGES - LAG tiles (LAG 3 with 4 or 5 stages measured slower).
     constexpr int LAG = 2;
 
     extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -195,22 +55,13 @@ __device__ __forceinline__ void forward_hopper_body(
     float* sB = reinterpret_cast<float*>(empty + STAGES);  // biases * log2 e, per stage
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
-    const int4 B = blocks[blockIdx.x];  // (sequence, first row, end row, list)
-    const int h = blockIdx.y;
-    const int hkv = h / (q_heads / kv_heads);
-    const int hb = h / (q_heads / bias_heads);
-    const SeqInfo s = seqs[B.x];
-    const i64 slot = (i64)B.w * bias_heads + hb;
-    const u64* list = cand + slot * cap;
-    const int offset = s.nk - s.nq;
-    // The list's keys this block's rows can see (the first block of a two-block list stops
-    // before the second block's own keys).
-    const int count = dma_visible_count<CAUSAL>(list, (int)cand_count[slot], offset + B.z - 1);
+    const BlockWork w =
+        block_work<CAUSAL>(blocks, seqs, cand, cand_count, q_heads, kv_heads, bias_heads, cap);
+    const int4 B = w.B;
+    const int count = w.count, tiles = w.tiles;
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
-    const int tiles = (count + BN - 1) / BN;
     // Tiles made only of keys every live row keeps (select.cu's partition): no keep test.
-    const int sure_tiles = sure ? (int)sure[slot] / BN : 0;
-    auto ranks_of = [&](int t) { return sC + (t % L::RANK_SLOTS) * BN; };
+    const int sure_tiles = sure ? (int)sure[w.slot] / BN : 0;
 
     if (tid < STAGES) {
         mbar_init(full + tid, 128);   // the producer's threads
@@ -223,68 +74,10 @@ __device__ __forceinline__ void forward_hopper_body(
         // The CTA holds 384 x 168 registers (launch bounds); setmaxnreg only moves them between
         // warpgroups, so producer + 2 consumers must stay within that: 40 + 2 x 232 = 3 x 168.
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-        const int p = tid - 256;
-        auto load_ranks = [&](int t) {
-            if (t < tiles && p < BN / 2) {
-                const int at = t * BN + 2 * p;
-                cp_async16(ranks_of(t) + 2 * p, at < count ? list + at : list, at < count);
-            }
-        };
-        // The ranks of tiles 0 .. STAGES - 1 (waited for below: they address the first rows),
-        // then Q, whose copy group completes before tile 0's and is handed over with it (by the
-        // first hand-over's cp_async_wait): Q's load overlaps the first gathers.
-        for (int t = 0; t < STAGES; ++t) load_ranks(t);
-        cp_async_commit();
-        for (int c = p; c < DMA_BLOCK_M * CHUNKS; c += 128) {
-            const int r = c / CHUNKS, col = (c % CHUNKS) * 8;
-            const bool valid = B.y + r < B.z;
-            const T* src = valid ? q + (s.q_start + B.y + r) * q_row + h * D + col : q;
-            cp_async16(sQ + swz(DMA_BLOCK_M, r, col), src, valid);
-        }
-        cp_async_commit();
-        // The gather: thread p copies the 16-byte chunk p % CHUNKS of rows p / CHUNKS + ROW_STEP i
-        // of each tile. Its chunk's column, and so its source offset within a row and its place
-        // in the tile's swizzle, are the same for every row it copies.
-        constexpr int ROW_STEP = 128 / CHUNKS;
-        static_assert(ROW_STEP % 8 == 0 && BN % ROW_STEP == 0, "rows ROW_STEP apart must share the swizzle");
-        const int gather_row = p / CHUNKS, gather_col = (p % CHUNKS) * 8;
-        const int gather_dst = swz(BN, gather_row, gather_col);
-        const T* k_src = k + (i64)s.k_start * kv_row + hkv * D + gather_col;
-        const T* v_src = v + (i64)s.k_start * kv_row + hkv * D + gather_col;
-        cp_async_wait<1>();  // the ranks
-        producer_sync();
-        for (int t = 0; t < tiles; ++t) {
-            const int st = t % STAGES;
-            if (t >= LAG) {
-                // Tile t - LAG has landed, and with it the ranks of tile t (fetched STAGES tiles
-                // ahead): hand it over before waiting for a free stage, so that the consumers
-                // never wait for this warpgroup to issue a gather (ncu: they did, for ~1/4 of
-                // their time, when the hand-over came after the next tile's issue).
-                cp_async_wait<LAG - 1>();
-                fence_proxy_async();
-                mbar_arrive(full + (t - LAG) % STAGES);
-            }
-            producer_sync();  // the ranks of tile t, copied by other threads
-            if (t >= STAGES) mbar_wait(empty + st, ((t / STAGES) + 1) & 1);
-            const u64* ranks = ranks_of(t);
-            T* dk = sK + st * L::KV + gather_dst;
-            T* dv = sV + st * L::KV + gather_dst;
-#pragma unroll
-            for (int i = 0; i < BN / ROW_STEP; ++i) {
-                const int r = gather_row + i * ROW_STEP;
-                const bool valid = t * BN + r < count;
-                const i64 at = valid ? (i64)(u32)ranks[r] * kv_row : 0;
-                // Rows ROW_STEP (a multiple of 8) apart share the swizzle: a constant offset.
-                cp_async16(dk + i * ROW_STEP * 64, k_src + at, valid);
-                cp_async16(dv + i * ROW_STEP * 64, v_src + at, valid);
-            }
-            if (p < BN) sB[st * BN + p] = rank_bias(ranks[p]) * LOG2E;
-            load_ranks(t + STAGES);
-            cp_async_commit();
-        }
-        cp_async_wait<0>();
-        fence_proxy_async();
-        for (int t = max(tiles - LAG, 0); t < tiles; ++t) mbar_arrive(full + t % STAGES);
+        const i64 first_key = (i64)w.s.k_start * kv_row + w.hkv * D;
+        produce_key_tiles<T, D, STAGES, LAG>(
+            tid - 256, w.list, count, k + first_key, v + first_key, kv_row, sK, sV, sC, sB, full,
+            empty, [&](int p) { load_block_rows<T, D>(p, q, B, w.s, q_row, w.h, sQ); });
         return;
     }
 
@@ -296,7 +89,7 @@ __device__ __forceinline__ void forward_hopper_body(
     // warpgroup holding its rows 16w .. 16w + 15.
     int row[2], pos[2];
     u64 rthr[2];
-    thread_rows(B, warp, lane, offset, thr, hb, total_q, s.q_start, row, pos, rthr);
+    thread_rows(B, warp, lane, w.offset, thr, w.hb, total_q, w.s.q_start, row, pos, rthr);
     float o[D / 8][4];
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
@@ -340,7 +133,7 @@ __device__ __forceinline__ void forward_hopper_body(
     // Keep test, scale and bias (log2 domain) of S_t, and the new running max; alpha takes O and
     // l from the old max to the new one.
     auto mask_and_max = [&](int t, float (&alpha)[2], float (&use)[2]) {
-        const u64* ranks = ranks_of(t);
+        const u64* ranks = rank_tile<STAGES>(sC, t);
         const float* biases = sB + (t % STAGES) * BN;
         float mx[2] = {-DMA_INF, -DMA_INF};
         // The block's own keys come last, ascending, after the keys before it (ascending, or
@@ -350,7 +143,7 @@ __device__ __forceinline__ void forward_hopper_body(
         const int last = min(count - t * BN, BN) - 1;
         if (t < sure_tiles)
             mask_scores<KEEP_LIVE_ROWS, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
-        else if (CAUSAL && (int)(u32)ranks[last] > offset + B.y)
+        else if (CAUSAL && (int)(u32)ranks[last] > w.offset + B.y)
             mask_scores<KEEP_BY_RANK_AND_POS, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
         else
             mask_scores<KEEP_BY_RANK, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
@@ -412,7 +205,7 @@ __device__ __forceinline__ void forward_hopper_body(
     }
 
     sum_rows(l);
-    write_rows<T, D>(o, l, m, row, B.z, s, h, q_heads, tq, lse_head_stride, out, lse);
+    write_rows<T, D>(o, l, m, row, B.z, w.s, w.h, q_heads, tq, lse_head_stride, out, lse);
 }
 
 // The same signature as DMA_FORWARD_KERNEL (cuda/forward.rs launches either); the split-K

@@ -1,0 +1,293 @@
+// The pieces both Hopper kernels (sm_90a: forward_hopper.cu, backward_hopper.cu) share: the
+// warpgroup MMAs (wgmma) and their shared-memory descriptors, mbarriers and named barriers, the
+// 128-byte swizzle of the shared-memory tiles, and the producer warpgroup that gathers a block's
+// key tiles. cuda/forward.rs and cuda/backward.rs compile it after attend.cu.
+//
+// Shared-memory tiles use the 128-byte swizzle that wgmma reads: a tile of R rows x C columns is
+// stored as C/64 column blocks of R rows x 128 bytes, and the 16-byte chunk c of row r sits at
+// chunk c ^ (r & 7) of its row. Every tile starts on a 1024-byte boundary (the swizzle repeats
+// every 8 rows), so the descriptors' base offset is 0.
+//
+// Named barriers: 0 is __syncthreads, 1 the producer's, 2 and 3 the forward consumers' turns, 4
+// the backward consumers'. (Immediate numbers: with a register one, ptxas reserves all 16.)
+
+#define HOP_THREADS 384  // two consumer warpgroups of 64 query rows, one producer warpgroup
+#define HOP_BN 64        // keys per tile (DMA_TILE_N: lists are padded to it)
+
+// wgmma operand lists: 32 or 64 f32 accumulators, held as [N / 8][4] (the m16n8 layout's
+// fragments, as attend.cu takes them).
+#define DMA_F4(d, j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
+#define DMA_F32(d) \
+    DMA_F4(d, 0), DMA_F4(d, 1), DMA_F4(d, 2), DMA_F4(d, 3), DMA_F4(d, 4), DMA_F4(d, 5), \
+        DMA_F4(d, 6), DMA_F4(d, 7)
+#define DMA_F64(d) \
+    DMA_F32(d), DMA_F4(d, 8), DMA_F4(d, 9), DMA_F4(d, 10), DMA_F4(d, 11), DMA_F4(d, 12), \
+        DMA_F4(d, 13), DMA_F4(d, 14), DMA_F4(d, 15)
+#define DMA_D32                                                                                 \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+    "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define DMA_D64                                                                                 \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+    "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "  \
+    "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "  \
+    "%56, %57, %58, %59, %60, %61, %62, %63}"
+
+// The warpgroup MMAs of the Hopper kernels, for one 16-bit input type (PTX name TY):
+//   ss64: d (+)= A(64x16, smem, K-major) B(16x64, smem, K-major); accumulate = false zeroes d;
+//   rs64 / rs128: d += A(64x16, registers) B(16x64 / 16x128, smem, MN-major);
+//   tt64 / tt128: d (+)= A(64x16, smem, MN-major) B(16x64 / 16x128, smem, MN-major) (the
+//     backward's transposed products, dV = P^T dO and dK = dS^T Q).
+#define DMA_WGMMA_OPS(T, TY)                                                                     \
+    template <>                                                                                  \
+    struct Wgmma<T> {                                                                            \
+        __device__ __forceinline__ static void ss64(float (&d)[8][4], u64 a, u64 b, bool accumulate) { \
+            asm volatile(                                                                        \
+                "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                     \
+                "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " DMA_D32              \
+                ", %32, %33, p, 1, 1, 0, 0;\n}\n"                                                \
+                : DMA_F32(d)                                                                     \
+                : "l"(a), "l"(b), "r"((int)accumulate));                                         \
+        }                                                                                        \
+        __device__ __forceinline__ static void rs64(float (&d)[8][4], const u32 (&a)[4], u64 b) {  \
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                          \
+                         "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " DMA_D32     \
+                         ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"                        \
+                         : DMA_F32(d)                                                            \
+                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));          \
+        }                                                                                        \
+        __device__ __forceinline__ static void rs128(float (&d)[16][4], const u32 (&a)[4], u64 b) { \
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                          \
+                         "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " DMA_D64    \
+                         ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"                        \
+                         : DMA_F64(d)                                                            \
+                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));          \
+        }                                                                                        \
+        __device__ __forceinline__ static void tt64(float (&d)[8][4], u64 a, u64 b, bool accumulate) { \
+            asm volatile(                                                                        \
+                "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                     \
+                "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " DMA_D32              \
+                ", %32, %33, p, 1, 1, 1, 1;\n}\n"                                                \
+                : DMA_F32(d)                                                                     \
+                : "l"(a), "l"(b), "r"((int)accumulate));                                         \
+        }                                                                                        \
+        __device__ __forceinline__ static void tt128(float (&d)[16][4], u64 a, u64 b, bool accumulate) { \
+            asm volatile(                                                                        \
+                "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                     \
+                "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " DMA_D64             \
+                ", %64, %65, p, 1, 1, 1, 1;\n}\n"                                                \
+                : DMA_F64(d)                                                                     \
+                : "l"(a), "l"(b), "r"((int)accumulate));                                         \
+        }                                                                                        \
+    };
+
+template <typename T>
+struct Wgmma;
+DMA_WGMMA_OPS(__nv_bfloat16, "bf16")
+DMA_WGMMA_OPS(__half, "f16")
+
+__device__ __forceinline__ void wgmma_fence() {
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+// Waits until at most N of this warpgroup's committed MMA groups are pending.
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// After wgmma_wait: ties every accumulator to this point, so that no read of them is scheduled
+// before the wait (the compiler sees the MMA's asm as having written them already).
+template <int N>
+__device__ __forceinline__ void wgmma_settle(float (&d)[N][4]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e])::"memory");
+}
+// Orders this thread's generic-proxy shared-memory writes (cp.async's, once waited for) before
+// the async proxy's reads (wgmma) that a later synchronisation lets other threads make.
+__device__ __forceinline__ void fence_proxy_async() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// mbarriers in shared memory: init (one thread), arrive (release), wait on a phase's parity
+// (acquire).
+__device__ __forceinline__ void mbar_init(u64* bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count));
+}
+__device__ __forceinline__ void mbar_arrive(u64* bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
+    asm volatile(
+        "{\n.reg .pred done;\nwait_%=:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra wait_%=;\n}\n" ::"r"(smem_addr(bar)),
+        "r"(parity)
+        : "memory");
+}
+// The producer warpgroup's own barrier (0 is __syncthreads).
+__device__ __forceinline__ void producer_sync() { asm volatile("bar.sync 1, 128;\n" ::: "memory"); }
+// The forward consumers' turns at the tensor cores: consumer c waits on barrier 2 + c, which
+// completes when the other consumer has arrived on it (256 threads: 128 waiting, 128 arriving).
+__device__ __forceinline__ void turn_wait(int c) {
+    if (c == 0)
+        asm volatile("bar.sync 2, 256;\n" ::: "memory");
+    else
+        asm volatile("bar.sync 3, 256;\n" ::: "memory");
+}
+__device__ __forceinline__ void turn_pass(int c) {
+    if (c == 0)
+        asm volatile("bar.arrive 3, 256;\n" ::: "memory");
+    else
+        asm volatile("bar.arrive 2, 256;\n" ::: "memory");
+}
+
+// Both consumer warpgroups of the Hopper backward at one point (256 threads), after each has
+// stored its part of a tile that the other's MMAs read.
+__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 4, 256;\n" ::: "memory"); }
+
+// A shared-memory matrix descriptor for the 128-byte swizzle: start address, leading and stride
+// byte offsets (in 16-byte units), layout type 1 (128B swizzle) in bits 62-63.
+__device__ __forceinline__ u64 smem_desc(const void* p, u32 lead_bytes, u32 stride_bytes) {
+    return (u64)((smem_addr(p) & 0x3FFFF) >> 4) | ((u64)(lead_bytes >> 4) << 16) |
+           ((u64)(stride_bytes >> 4) << 32) | (1ull << 62);
+}
+
+// The descriptor of the address `bytes` (a multiple of 16) past the one `desc` describes: the
+// address is the low field, in 16-byte units, and shared memory ends below 256 KB, so the add
+// never carries into the other fields. (Cheaper in the loops than a new smem_desc.)
+__device__ __forceinline__ u64 desc_plus(u64 desc, u32 bytes) { return desc + (bytes >> 4); }
+
+// Element offset of (row, col) in a swizzled tile of `rows` rows (col a multiple of 8: the start
+// of a 16-byte chunk).
+__device__ __forceinline__ int swz(int rows, int row, int col) {
+    return (col >> 6) * rows * 64 + row * 64 + ((((col >> 3) & 7) ^ (row & 7)) << 3);
+}
+
+// The ranks of tile t in the producer's ring of 2 * STAGES tiles (it fetches ranks STAGES tiles
+// ahead of the K/V rows they address, so 2 * STAGES tiles of ranks are alive at once).
+template <int STAGES>
+__device__ __forceinline__ u64* rank_tile(u64* ring, int t) {
+    return ring + (t % (2 * STAGES)) * HOP_BN;
+}
+
+// The producer warpgroup (thread p of 128) of a Hopper kernel, over the `count` keys of `list`:
+// - the ranks of the first STAGES tiles, then load_rows(p)'s copies of the block's query-row
+//   tiles (Q; Q and dO), one copy group that completes before tile 0's and is handed over with it
+//   (so those loads overlap the first gathers);
+// - per tile t: waits until the consumers release stage t % STAGES (mbarrier empty, 256
+//   arrivals), gathers the K and V rows its ranks address into that stage, the keys' biases
+//   (times log2 e) into sB's stage, and fetches the ranks of tile t + STAGES;
+// - hands tile t - LAG over (mbarrier full, 128 arrivals) before it waits for tile t's stage:
+//   LAG < STAGES, so that the stage it waits for is released by a tile the consumers already
+//   have, and the consumers never wait for this warpgroup to issue a gather (ncu, stop 14: they
+//   did, for ~1/4 of their time, when the hand-over came after the next tile's issue).
+// k_rows, v_rows: the sequence's first key row, this KV head.
+template <typename T, int D, int STAGES, int LAG, typename LoadRows>
+__device__ __forceinline__ void produce_key_tiles(int p, const u64* __restrict__ list, int count,
+                                                  const T* __restrict__ k_rows,
+                                                  const T* __restrict__ v_rows, i64 kv_row, T* sK,
+                                                  T* sV, u64* ring, float* sB, u64* full,
+                                                  u64* empty, LoadRows load_rows) {
+    constexpr int BN = HOP_BN, CHUNKS = D / 8;  // 16-byte chunks per row
+    constexpr float LOG2E = 1.4426950408889634f;
+    static_assert(LAG >= 1 && LAG < STAGES, "hand a tile over before waiting for a free stage");
+    const int tiles = (count + BN - 1) / BN;
+    auto load_ranks = [&](int t) {
+        if (t < tiles && p < BN / 2) {
+            const int at = t * BN + 2 * p;
+            cp_async16(rank_tile<STAGES>(ring, t) + 2 * p, at < count ? list + at : list, at < count);
+        }
+    };
+    for (int t = 0; t < STAGES; ++t) load_ranks(t);
+    cp_async_commit();
+    load_rows(p);
+    cp_async_commit();
+    // The gather: thread p copies the 16-byte chunk p % CHUNKS of rows p / CHUNKS + ROW_STEP i
+    // of each tile. Its chunk's column, and so its source offset within a row and its place in
+    // the tile's swizzle, are the same for every row it copies.
+    constexpr int ROW_STEP = 128 / CHUNKS;
+    static_assert(ROW_STEP % 8 == 0 && BN % ROW_STEP == 0, "rows ROW_STEP apart must share the swizzle");
+    const int gather_row = p / CHUNKS, gather_col = (p % CHUNKS) * 8;
+    const int gather_dst = swz(BN, gather_row, gather_col);
+    const T* k_src = k_rows + gather_col;
+    const T* v_src = v_rows + gather_col;
+    cp_async_wait<1>();  // the ranks
+    producer_sync();
+    for (int t = 0; t < tiles; ++t) {
+        const int st = t % STAGES;
+        if (t >= LAG) {
+            // Tile t - LAG has landed, and with it the ranks of tile t.
+            cp_async_wait<LAG - 1>();
+            fence_proxy_async();
+            mbar_arrive(full + (t - LAG) % STAGES);
+        }
+        producer_sync();  // the ranks of tile t, copied by other threads
+        if (t >= STAGES) mbar_wait(empty + st, ((t / STAGES) + 1) & 1);
+        const u64* ranks = rank_tile<STAGES>(ring, t);
+        T* dk = sK + st * BN * D + gather_dst;
+        T* dv = sV + st * BN * D + gather_dst;
+#pragma unroll
+        for (int i = 0; i < BN / ROW_STEP; ++i) {
+            const int r = gather_row + i * ROW_STEP;
+            const bool valid = t * BN + r < count;
+            const i64 at = valid ? (i64)(u32)ranks[r] * kv_row : 0;
+            // Rows ROW_STEP (a multiple of 8) apart share the swizzle: a constant offset.
+            cp_async16(dk + i * ROW_STEP * 64, k_src + at, valid);
+            cp_async16(dv + i * ROW_STEP * 64, v_src + at, valid);
+        }
+        if (p < BN) sB[st * BN + p] = rank_bias(ranks[p]) * LOG2E;
+        load_ranks(t + STAGES);
+        cp_async_commit();
+    }
+    cp_async_wait<0>();
+    fence_proxy_async();
+    for (int t = max(tiles - LAG, 0); t < tiles; ++t) mbar_arrive(full + t % STAGES);
+}
+
+// Copies the block's rows of one query-row tensor x (Q or dO; rows past the block's end zero)
+// into a swizzled tile of DMA_BLOCK_M rows (producer thread p of 128).
+template <typename T, int D>
+__device__ __forceinline__ void load_block_rows(int p, const T* __restrict__ x, const int4& B,
+                                                const SeqInfo& s, i64 q_row, int h, T* dst) {
+    constexpr int CHUNKS = D / 8;
+    for (int c = p; c < DMA_BLOCK_M * CHUNKS; c += 128) {
+        const int r = c / CHUNKS, col = (c % CHUNKS) * 8;
+        const bool valid = B.y + r < B.z;
+        const T* src = valid ? x + (s.q_start + B.y + r) * q_row + h * D + col : x;
+        cp_async16(dst + swz(DMA_BLOCK_M, r, col), src, valid);
+    }
+}
+
+// What a CTA of a Hopper kernel works on: query block blocks[blockIdx.x] (sequence, first row,
+// end row, list) of query head blockIdx.y, its KV and bias heads, and the keys of its list that
+// its rows can see (the first block of a two-block list stops before the second block's own keys).
+struct BlockWork {
+    int4 B;
+    SeqInfo s;
+    int h, hkv, hb, offset, count, tiles;
+    i64 slot;  // the list's index among [lists, Hb]
+    const u64* list;
+};
+
+template <bool CAUSAL>
+__device__ __forceinline__ BlockWork block_work(const int4* __restrict__ blocks,
+                                                const SeqInfo* __restrict__ seqs,
+                                                const u64* __restrict__ cand,
+                                                const u32* __restrict__ cand_count, int q_heads,
+                                                int kv_heads, int bias_heads, int cap) {
+    BlockWork w;
+    w.B = blocks[blockIdx.x];
+    w.h = blockIdx.y;
+    w.hkv = w.h / (q_heads / kv_heads);
+    w.hb = w.h / (q_heads / bias_heads);
+    w.s = seqs[w.B.x];
+    w.slot = (i64)w.B.w * bias_heads + w.hb;
+    w.list = cand + w.slot * cap;
+    w.offset = w.s.nk - w.s.nq;
+    w.count = dma_visible_count<CAUSAL>(w.list, (int)cand_count[w.slot], w.offset + w.B.z - 1);
+    w.tiles = (w.count + HOP_BN - 1) / HOP_BN;
+    return w;
+}
