@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool): where the Hopper forward's time goes, per instruction. One
 # launch of the forward kernel in bench_forward (N, Hq, Hkv as DMA_BENCH_N, DMA_BENCH_HQ,
-# DMA_BENCH_HKV; default 32K, 16, 16) under ncu's full set, then three text views of the report:
+# DMA_BENCH_HKV; default 32K, 16, 16; KERNEL=<name regex> and BENCH=<test> profile another
+# kernel, e.g. KERNEL=dma_backward_hopper BENCH=bench_backward) under ncu's full set, then three text views of the report:
 # $OUT/details.txt (throughputs, occupancy, warp states), $OUT/sass-top.txt (the SASS
 # instructions with the most stall samples, and the stall reasons summed over the kernel) and
 # $OUT/sass.csv.gz (every SASS instruction with its samples). The report itself is left out:
@@ -13,13 +14,14 @@ set -u
 B=.devbin/dma-cuda-tests
 OUT=${OUT:-/tmp/dma-out}
 KERNEL=${KERNEL:-dma_forward_hopper}
+BENCH=${BENCH:-bench_forward}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export DMA_BENCH_N=${DMA_BENCH_N:-32768}
 rep=/tmp/dma-forward-profile
 # Skip the warm-up launches: the profiled one is a steady-state call.
 timeout 400 ncu --kernel-name "regex:$KERNEL" --launch-skip 3 --launch-count 1 --set full \
-  --import-source yes -f -o "$rep" "$B" --ignored --exact bench_forward --nocapture \
+  --import-source yes -f -o "$rep" "$B" --ignored --exact "$BENCH" --nocapture \
   >"$OUT/ncu.log" 2>&1
 echo "ncu rc=$?"
 ncu -i "$rep.ncu-rep" --page details >"$OUT/details.txt" 2>&1

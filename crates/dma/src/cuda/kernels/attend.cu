@@ -57,6 +57,20 @@ __device__ __forceinline__ void mask_scores(float (&sc)[BN / 8][4], const u64* r
     }
 }
 
+// Whether tile t of the list's first `count` keys (BN ranks at `ranks`) needs the causal test. A
+// causal list's own keys come last, ascending, after the keys before its block (ascending, or
+// sure ones first: select.cu's partition), so a tile whose last key precedes the block's first
+// row (position first_pos) is visible to every row; only the last tiles need the test. The
+// Hopper kernels read this before they wait for the tile's scores: the wait is a memory barrier
+// to the compiler, so a shared-memory load placed after it would only start then.
+template <bool CAUSAL, int BN>
+__device__ __forceinline__ bool needs_causal_test(const u64* ranks, int count, int t,
+                                                  int first_pos) {
+    if (!CAUSAL) return false;
+    const int last = min(count - t * BN, BN) - 1;
+    return (int)(u32)ranks[last] > first_pos;
+}
+
 // How far (log2 domain) a row's max may pass its running max before the running max moves.
 // Until then the exponentials are at most 2^8 (exact enough in f32 and in the 16-bit P), and O
 // and l need no rescaling: most tiles after the first few leave every row's running max alone.

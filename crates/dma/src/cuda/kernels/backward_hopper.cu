@@ -91,6 +91,10 @@ __device__ __forceinline__ void backward_hopper_body(
     const int4 B = w.B;
     const int count = w.count, tiles = w.tiles;
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
+    // The CTA's first tile. The two blocks of a list, and neighbouring lists, hold mostly the
+    // same keys, in the same order; CTAs running side by side that walked them in step would
+    // add into the same dk and dv rows at the same time.
+    const int first = tiles > 0 ? (int)((blockIdx.x * 5u) % (u32)tiles) : 0;
 
     if (tid < STAGES) {
         mbar_init(full + tid, 128);   // the producer's threads
@@ -103,7 +107,7 @@ __device__ __forceinline__ void backward_hopper_body(
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
         const i64 first_key = (i64)w.s.k_start * kv_row + w.hkv * D;
         produce_key_tiles<T, D, STAGES, LAG>(
-            tid - 256, w.list, count, k + first_key, v + first_key, kv_row, sK, sV, sC, sB, full,
+            tid - 256, w.list, count, first, k + first_key, v + first_key, kv_row, sK, sV, sC, sB, full,
             empty, [&](int p) {
                 load_block_rows<T, D>(p, q, B, w.s, q_row, w.h, sQ);
                 load_block_rows<T, D>(p, dout, B, w.s, q_row, w.h, sO);
@@ -155,6 +159,7 @@ __device__ __forceinline__ void backward_hopper_body(
     const float acc_mul = c == 0 ? 1.f : scale;
 
     for (int t = 0; t < tiles; ++t) {
+        const int kt = tile_at(t, first, tiles);  // the list's tile
         const int st = t % STAGES, buf = t & 1;
         const u32 stage = st * KV_BYTES;
         const u64* ranks = rank_tile<STAGES>(sC, t);
@@ -177,13 +182,13 @@ __device__ __forceinline__ void backward_hopper_body(
             Wgmma<T>::ss64(dp, desc_plus(do_desc, a), desc_plus(v_desc, b), kk > 0);
         }
         wgmma_commit();
+        // The keep test: kept scores become scale * s + bias (log2 domain), the others -inf, so P
+        // is 0 there.
+        const bool causal_tile = needs_causal_test<CAUSAL, BN>(ranks, count, kt, w.offset + B.y);
         wgmma_wait<1>();
         wgmma_settle(sc);
-        // The keep test (only tiles that reach past the block's first row need the causal one):
-        // kept scores become scale * s + bias (log2 domain), the others -inf, so P is 0 there.
         float unused[2] = {-DMA_INF, -DMA_INF};
-        const int last = min(count - t * BN, BN) - 1;
-        if (CAUSAL && (int)(u32)ranks[last] > w.offset + B.y)
+        if (causal_tile)
             mask_scores<KEEP_BY_RANK_AND_POS, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, unused);
         else
             mask_scores<KEEP_BY_RANK, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, unused);
@@ -246,7 +251,7 @@ __device__ __forceinline__ void backward_hopper_body(
         wgmma_commit();
         // While they run: the tile's dbias, the 8 warps' column sums (consumer 0's first 64
         // threads).
-        if (tid < BN && t * BN + tid < count) {
+        if (tid < BN && kt * BN + tid < count) {
             const float* sums = sDb + buf * L::WARPS * BN + tid;
             float x = 0.f;
 #pragma unroll
@@ -259,7 +264,7 @@ __device__ __forceinline__ void backward_hopper_body(
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
             const int kr = (warp & 3) * 16 + g + 8 * e;
-            key[e] = t * BN + kr < count ? (int)(u32)ranks[kr] : -1;
+            key[e] = kt * BN + kr < count ? (int)(u32)ranks[kr] : -1;
         }
         wgmma_wait<0>();
         wgmma_settle(dqa);

@@ -76,7 +76,7 @@ __device__ __forceinline__ void forward_hopper_body(
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
         const i64 first_key = (i64)w.s.k_start * kv_row + w.hkv * D;
         produce_key_tiles<T, D, STAGES, LAG>(
-            tid - 256, w.list, count, k + first_key, v + first_key, kv_row, sK, sV, sC, sB, full,
+            tid - 256, w.list, count, 0, k + first_key, v + first_key, kv_row, sK, sV, sC, sB, full,
             empty, [&](int p) { load_block_rows<T, D>(p, q, B, w.s, q_row, w.h, sQ); });
         return;
     }
@@ -132,18 +132,17 @@ __device__ __forceinline__ void forward_hopper_body(
     };
     // Keep test, scale and bias (log2 domain) of S_t, and the new running max; alpha takes O and
     // l from the old max to the new one.
-    auto mask_and_max = [&](int t, float (&alpha)[2], float (&use)[2]) {
+    // causal_tile: needs_causal_test, read before the wait for S_t.
+    auto causal_test = [&](int t) {
+        return needs_causal_test<CAUSAL, BN>(rank_tile<STAGES>(sC, t), count, t, w.offset + B.y);
+    };
+    auto mask_and_max = [&](int t, bool causal_tile, float (&alpha)[2], float (&use)[2]) {
         const u64* ranks = rank_tile<STAGES>(sC, t);
         const float* biases = sB + (t % STAGES) * BN;
         float mx[2] = {-DMA_INF, -DMA_INF};
-        // The block's own keys come last, ascending, after the keys before it (ascending, or
-        // sure ones first: select.cu's partition), so a tile whose last key precedes the
-        // block's first row is visible to every row: no causal test there (only the last tiles
-        // need one).
-        const int last = min(count - t * BN, BN) - 1;
         if (t < sure_tiles)
             mask_scores<KEEP_LIVE_ROWS, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
-        else if (CAUSAL && (int)(u32)ranks[last] > w.offset + B.y)
+        else if (causal_tile)
             mask_scores<KEEP_BY_RANK_AND_POS, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
         else
             mask_scores<KEEP_BY_RANK, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
@@ -175,9 +174,10 @@ __device__ __forceinline__ void forward_hopper_body(
         wgmma_fence();
         issue_s(0);
         turn_pass(c);
+        bool causal_tile = causal_test(0);
         wgmma_wait<0>();
         wgmma_settle(sc);
-        mask_and_max(0, alpha, use);
+        mask_and_max(0, causal_tile, alpha, use);
         exponentiate(use);
         for (int t = 1; t < tiles; ++t) {
             mbar_wait(full + t % STAGES, (t / STAGES) & 1);
@@ -186,9 +186,10 @@ __device__ __forceinline__ void forward_hopper_body(
             issue_s(t);
             issue_pv(t - 1);
             turn_pass(c);
+            causal_tile = causal_test(t);
             wgmma_wait<1>();  // S_t
             wgmma_settle(sc);
-            mask_and_max(t, alpha, use);
+            mask_and_max(t, causal_tile, alpha, use);
             wgmma_wait<0>();  // O += P_{t-1} V_{t-1}
             wgmma_settle(o);
             mbar_arrive(empty + (t - 1) % STAGES);

@@ -173,7 +173,14 @@ __device__ __forceinline__ u64* rank_tile(u64* ring, int t) {
     return ring + (t % (2 * STAGES)) * HOP_BN;
 }
 
-// The producer warpgroup (thread p of 128) of a Hopper kernel, over the `count` keys of `list`:
+// The list's tile that a CTA starting at tile `first` takes t-th (of `tiles`).
+__device__ __forceinline__ int tile_at(int t, int first, int tiles) {
+    const int kt = t + first;
+    return kt < tiles ? kt : kt - tiles;
+}
+
+// The producer warpgroup (thread p of 128) of a Hopper kernel, over the `count` keys of `list`,
+// in tiles from tile `first` on, wrapping around (tile_at); t below counts the tiles taken:
 // - the ranks of the first STAGES tiles, then load_rows(p)'s copies of the block's query-row
 //   tiles (Q; Q and dO), one copy group that completes before tile 0's and is handed over with it
 //   (so those loads overlap the first gathers);
@@ -187,6 +194,7 @@ __device__ __forceinline__ u64* rank_tile(u64* ring, int t) {
 // k_rows, v_rows: the sequence's first key row, this KV head.
 template <typename T, int D, int STAGES, int LAG, typename LoadRows>
 __device__ __forceinline__ void produce_key_tiles(int p, const u64* __restrict__ list, int count,
+                                                  int first,
                                                   const T* __restrict__ k_rows,
                                                   const T* __restrict__ v_rows, i64 kv_row, T* sK,
                                                   T* sV, u64* ring, float* sB, u64* full,
@@ -197,7 +205,7 @@ __device__ __forceinline__ void produce_key_tiles(int p, const u64* __restrict__
     const int tiles = (count + BN - 1) / BN;
     auto load_ranks = [&](int t) {
         if (t < tiles && p < BN / 2) {
-            const int at = t * BN + 2 * p;
+            const int at = tile_at(t, first, tiles) * BN + 2 * p;
             cp_async16(rank_tile<STAGES>(ring, t) + 2 * p, at < count ? list + at : list, at < count);
         }
     };
@@ -227,12 +235,13 @@ __device__ __forceinline__ void produce_key_tiles(int p, const u64* __restrict__
         producer_sync();  // the ranks of tile t, copied by other threads
         if (t >= STAGES) mbar_wait(empty + st, ((t / STAGES) + 1) & 1);
         const u64* ranks = rank_tile<STAGES>(ring, t);
+        const int keys = count - tile_at(t, first, tiles) * BN;  // from the tile's first on
         T* dk = sK + st * BN * D + gather_dst;
         T* dv = sV + st * BN * D + gather_dst;
 #pragma unroll
         for (int i = 0; i < BN / ROW_STEP; ++i) {
             const int r = gather_row + i * ROW_STEP;
-            const bool valid = t * BN + r < count;
+            const bool valid = r < keys;
             const i64 at = valid ? (i64)(u32)ranks[r] * kv_row : 0;
             // Rows ROW_STEP (a multiple of 8) apart share the swizzle: a constant offset.
             cp_async16(dk + i * ROW_STEP * 64, k_src + at, valid);
