@@ -327,15 +327,27 @@ __device__ __forceinline__ void backward_body(
                                         cap, scale, scale_log2);                                  \
     }
 
-// f32 -> T, elementwise (dk and dv from their scratch buffers).
+// dk and dv (T) from their f32 scratch buffers, n elements each, in one launch: four elements
+// per thread and step (n is a multiple of 4: every head dim is).
 template <typename T>
-__device__ __forceinline__ void convert_body(const float* __restrict__ src, T* __restrict__ dst,
-                                             i64 n) {
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
-        dst[i] = (T)src[i];
+__device__ __forceinline__ void convert_body(const float* __restrict__ dk_acc,
+                                             const float* __restrict__ dv_acc, T* __restrict__ dk,
+                                             T* __restrict__ dv, i64 n) {
+    const i64 quads = n / 4;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < 2 * quads;
+         i += (i64)gridDim.x * blockDim.x) {
+        const bool is_v = i >= quads;
+        const i64 at = (is_v ? i - quads : i) * 4;
+        const float4 x = *reinterpret_cast<const float4*>((is_v ? dv_acc : dk_acc) + at);
+        uint2 packed;
+        packed.x = Elem<T>::pack(x.x, x.y);
+        packed.y = Elem<T>::pack(x.z, x.w);
+        *reinterpret_cast<uint2*>((is_v ? dv : dk) + at) = packed;
+    }
 }
 
-#define DMA_CONVERT_KERNEL(NAME, T)                                                       \
-    extern "C" __global__ void NAME(const float* src, T* dst, long long n) {             \
-        convert_body<T>(src, dst, n);                                                     \
+#define DMA_CONVERT_KERNEL(NAME, T)                                                            \
+    extern "C" __global__ void NAME(const float* dk_acc, const float* dv_acc, T* dk, T* dv,   \
+                                    long long n) {                                             \
+        convert_body<T>(dk_acc, dv_acc, dk, dv, n);                                            \
     }
