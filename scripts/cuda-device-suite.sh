@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool): the correctness suite of the CUDA backend and of the candle
 # path. Kernel tests (every head dim, dtype, layout), memcheck + racecheck on small shapes
-# (synccheck too for the forward),
+# (synccheck too for the forward and backward),
 # `dma selftest --device cuda` (kernels, the dma-candle op with backward, a Doge on the GPU).
-# The forward test runs four times: as by default on sm_90 (the Hopper forward, sure keys, lists
-# of 256 rows), without the Hopper forward (DMA_CUDA_NO_WGMMA=1), without sure keys
-# (DMA_CUDA_NO_SURE_KEYS=1) and with 128-row lists (DMA_CUDA_LIST_ROWS=128); the backward test,
-# which takes the forward's lists, also runs with the last two.
+# The forward and backward tests run four times: as by default on sm_90 (the Hopper kernels, sure
+# keys, lists of 256 rows), without the Hopper kernels (DMA_CUDA_NO_WGMMA=1), without sure keys
+# (DMA_CUDA_NO_SURE_KEYS=1) and with 128-row lists (DMA_CUDA_LIST_ROWS=128).
 # Logs in $OUT, a summary last. Knobs: SKIP_TESTS=1, SKIP_SANITIZER=1, SAN_EVERY, SAN_TIMEOUT.
 #
 # Here first:  scripts/cuda-build-devbin.sh
@@ -25,10 +24,13 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=cs
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   timeout 300 $B --test-threads=1 --nocapture >"$OUT/tests.log" 2>&1; echo "tests rc=$?" >>"$S"
   grep -E "worst|panicked|FAILED|test result" "$OUT/tests.log" >>"$S"
-  # On sm_90 the forward at D = 64 and 128 runs kernels/forward_hopper.cu; check forward.cu there too.
-  DMA_CUDA_NO_WGMMA=1 timeout 200 $B --exact forward_matches_cpu --nocapture >"$OUT/tests-no-wgmma.log" 2>&1
-  echo "forward_matches_cpu with DMA_CUDA_NO_WGMMA=1 rc=$?" >>"$S"
-  grep -E "worst|panicked|test result" "$OUT/tests-no-wgmma.log" >>"$S"
+  # On sm_90 the forward and backward at D = 64 and 128 run kernels/forward_hopper.cu and
+  # backward_hopper.cu; check forward.cu and backward.cu there too.
+  for t in forward_matches_cpu backward_matches_cpu; do
+    DMA_CUDA_NO_WGMMA=1 timeout 200 $B --exact $t --nocapture >"$OUT/tests-no-wgmma-$t.log" 2>&1
+    echo "$t with DMA_CUDA_NO_WGMMA=1 rc=$?" >>"$S"
+    grep -E "worst|panicked|test result" "$OUT/tests-no-wgmma-$t.log" >>"$S"
+  done
   for switch in DMA_CUDA_NO_SURE_KEYS=1 DMA_CUDA_LIST_ROWS=128; do
     for t in forward_matches_cpu backward_matches_cpu; do
       env $switch timeout 200 $B --exact $t --nocapture >"$OUT/tests-${switch%=*}-$t.log" 2>&1
@@ -45,11 +47,13 @@ if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
       echo "$tool $t rc=$? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool-$t.log")" >>"$S"
     done
   done
-  # The Hopper forward's mbarriers and named barriers. With synccheck's default number of tracked
+  # The Hopper kernels' mbarriers and named barriers. With synccheck's default number of tracked
   # barriers it reports an overflow and the launch fails; 8192 is enough (100000: out of memory).
-  DMA_CUDA_SMALL=1 DMA_CUDA_EVERY=${SAN_EVERY:-4} timeout ${SAN_TIMEOUT:-150} compute-sanitizer --tool synccheck \
-    --num-cuda-barriers 8192 --print-limit 20 $B --exact forward_matches_cpu >"$OUT/synccheck-forward_matches_cpu.log" 2>&1
-  echo "synccheck forward_matches_cpu rc=$? $(grep -h 'ERROR SUMMARY' "$OUT/synccheck-forward_matches_cpu.log")" >>"$S"
+  for t in forward_matches_cpu backward_matches_cpu; do
+    DMA_CUDA_SMALL=1 DMA_CUDA_EVERY=${SAN_EVERY:-4} timeout ${SAN_TIMEOUT:-150} compute-sanitizer --tool synccheck \
+      --num-cuda-barriers 8192 --print-limit 20 $B --exact $t >"$OUT/synccheck-$t.log" 2>&1
+    echo "synccheck $t rc=$? $(grep -h 'ERROR SUMMARY' "$OUT/synccheck-$t.log")" >>"$S"
+  done
 fi
 timeout 200 .devbin/dma selftest --device cuda >"$OUT/selftest.log" 2>&1; echo "selftest rc=$?" >>"$S"
 grep -E "candle|doge|FAIL|error" "$OUT/selftest.log" | head -20 >>"$S"
