@@ -21,6 +21,11 @@
 //!    gathering for two consumer warpgroups); elsewhere `kernels/forward.cu` (mma.sync). The
 //!    environment variable `DMA_CUDA_NO_WGMMA` forces the second (for A/B comparisons).
 //!
+//! The backward ([`backward`]) runs over the forward's selection: dq, dk, dv and dbias, dk and
+//! dv through f32 scratch buffers (many blocks add into one key). On sm_90 at head dims 64 and
+//! 128 it is `kernels/backward_hopper.cu` (the Hopper forward's structure, with dV = P^T dO and
+//! dK = dS^T Q as warpgroup MMAs); elsewhere, and with `DMA_CUDA_NO_WGMMA`, `kernels/backward.cu`.
+//!
 //! Besides the attention, a few f32 kernels serve the layers around it in a model trained with
 //! the op (dma-candle's `gather_rows`, `RmsNorm`, RoPE, `silu_mul` and `scale_add`):
 //! [`scatter_add_rows`] (the backward of an embedding lookup), [`rms_norm_forward`] and
