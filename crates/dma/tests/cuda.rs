@@ -1055,6 +1055,32 @@ fn adamw_matches_f64() {
 }
 
 /// Typed errors for what the backend cannot do.
+/// Device::new leaves the default memory pool keeping freed memory (release threshold at the
+/// maximum), and trim_pool gives it back without error.
+#[test]
+fn device_pool_keeps_freed_memory() {
+    use cudarc::driver::sys;
+    let Some(dev) = device() else { return };
+    if !dev.context().has_async_alloc() {
+        return;
+    }
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold: u64 = 0;
+    // SAFETY: plain driver calls on the current context's device; the attribute is a u64.
+    unsafe {
+        assert_eq!(
+            sys::cuDeviceGetDefaultMemPool(&mut pool, dev.context().cu_device()),
+            sys::CUresult::CUDA_SUCCESS
+        );
+        let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
+        sys::cuMemPoolGetAttribute(pool, attr, (&mut threshold as *mut u64).cast());
+    }
+    assert_eq!(threshold, u64::MAX);
+    let buf = dev.stream().alloc_zeros::<f32>(1 << 20).unwrap();
+    drop(buf);
+    dev.trim_pool(0).unwrap();
+}
+
 #[test]
 fn errors_are_typed() {
     let Some(dev) = device() else { return };

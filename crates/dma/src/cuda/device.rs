@@ -4,7 +4,8 @@
 use super::compile::{self, KernelSpec};
 use super::{error, libs};
 use crate::{DmaError, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
+use cudarc::driver::result::{device, mem_pool};
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaStream};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -46,6 +47,12 @@ pub struct Device {
 
 impl Device {
     /// Opens device `ordinal` and uses its default stream.
+    ///
+    /// The device's default memory pool, where the operator's buffers come from, then keeps the
+    /// memory freed in it for later allocations instead of giving it back to the driver at each
+    /// synchronisation ([`Device::keep_freed_memory`]; PyTorch's caching allocator does the
+    /// same). A backward at 32K allocates 0.5 GB of scratch per call, and mapping it again each
+    /// call cost ~0.5 ms of its ~6 ms on an H100. [`Device::trim_pool`] gives the memory back.
     pub fn new(ordinal: usize) -> Result<Device> {
         libs::driver()?;
         let ctx = libs::guarded(
@@ -60,10 +67,13 @@ impl Device {
             },
             DmaError::CudaDriverNotFound,
         )?;
-        Device::from_stream(ctx.default_stream())
+        let dev = Device::from_stream(ctx.default_stream())?;
+        dev.keep_freed_memory()?;
+        Ok(dev)
     }
 
-    /// Uses an existing stream (for example a framework's).
+    /// Uses an existing stream (for example a framework's). The device's memory pool is left as
+    /// the framework set it; [`Device::keep_freed_memory`] changes it.
     pub fn from_stream(stream: Arc<CudaStream>) -> Result<Device> {
         let (major, minor) = stream
             .context()
@@ -96,6 +106,46 @@ impl Device {
 
     pub fn arch(&self) -> Arch {
         self.arch
+    }
+
+    /// Makes the device's default memory pool keep the memory freed in it for later
+    /// allocations (its release threshold set to the maximum) instead of giving it back to the
+    /// driver at each synchronisation. The pool is the device's, shared by every user of it on
+    /// this process. Nothing to do where the device has no memory pools.
+    pub fn keep_freed_memory(&self) -> Result<()> {
+        let Some(pool) = self.default_pool()? else {
+            return Ok(());
+        };
+        let mut keep = u64::MAX;
+        let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
+        // SAFETY: the pool is the device's default pool; the attribute is a u64.
+        unsafe { mem_pool::set_attribute(pool, attr, (&mut keep as *mut u64).cast()) }
+            .map_err(error::driver)
+    }
+
+    /// Gives the memory that the device's default memory pool holds unused back to the driver,
+    /// down to `keep_bytes` (memory in use is never released). Nothing to do where the device
+    /// has no memory pools.
+    pub fn trim_pool(&self, keep_bytes: usize) -> Result<()> {
+        let Some(pool) = self.default_pool()? else {
+            return Ok(());
+        };
+        self.stream.synchronize().map_err(error::driver)?;
+        // SAFETY: the pool is the device's default pool.
+        unsafe { mem_pool::trim_to(pool, keep_bytes) }.map_err(error::driver)
+    }
+
+    /// The device's default memory pool, where it has memory pools.
+    fn default_pool(&self) -> Result<Option<sys::CUmemoryPool>> {
+        let ctx = self.context();
+        if !ctx.has_async_alloc() {
+            return Ok(None);
+        }
+        ctx.bind_to_thread().map_err(error::driver)?;
+        // SAFETY: the device is the context's.
+        unsafe { device::get_default_mem_pool(ctx.cu_device()) }
+            .map(Some)
+            .map_err(error::driver)
     }
 
     /// The kernel `spec`, compiled (once per process) and loaded (once per device).
