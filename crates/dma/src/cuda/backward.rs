@@ -62,7 +62,8 @@ fn hopper_stages(head_dim: usize) -> usize {
 
 /// Dynamic shared memory of the Hopper backward (`HopBwdSmem::BYTES`): Q and dO tiles, the K/V
 /// stages, two P and two dS tiles, the ranks' ring, two mbarriers and a bias tile per stage,
-/// and two buffers of the 8 consumer warps' dS column sums.
+/// two buffers of the 8 consumer warps' dS column sums, and each consumer warp's staging buffer
+/// for its reductions (16 rows of 36 f32).
 fn hopper_smem_bytes(head_dim: usize) -> usize {
     let stages = hopper_stages(head_dim);
     (2 * BLOCK_M * head_dim + 2 * stages * BLOCK_N * head_dim + 4 * BLOCK_M * BLOCK_N) * 2
@@ -70,6 +71,7 @@ fn hopper_smem_bytes(head_dim: usize) -> usize {
         + 2 * stages * 8
         + stages * BLOCK_N * 4
         + 2 * 8 * BLOCK_N * 4
+        + 8 * 16 * 36 * 4
 }
 
 /// The kernel, shared memory and threads of a backward launch: the Hopper backward where the

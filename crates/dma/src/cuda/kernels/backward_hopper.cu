@@ -10,8 +10,10 @@
 //   2. P and dS (input type) to shared memory, then a barrier of both consumers;
 //   3. dQ += dS K (dS from registers, K from the stage); consumer 0 computes the tile's
 //      dV = P^T dO and consumer 1 its dK = dS^T Q over all 128 rows (both operands transposed
-//      from shared memory), added with f32 reductions into [total_k, Hkv, D] scratch buffers like
-//      backward.cu's; 64 threads sum the 8 warps' dS column sums into dbias (f32 atomics).
+//      from shared memory); 64 threads sum the 8 warps' dS column sums into dbias (f32 atomics);
+//   4. the tile's dV or dK is added with f32 reductions into [total_k, Hkv, D] scratch buffers
+//      like backward.cu's, each warp's rows through a small staging buffer so that every
+//      reduction covers a whole 128-byte line of a row.
 // P, dS and the column sums are double-buffered by tile parity: a consumer stores tile t's after
 // the barrier of tile t - 1, which the other consumer reaches only once its products of tile
 // t - 2 (the last readers of that buffer) are done.
@@ -30,11 +32,15 @@ struct HopBwdSmem {
     static constexpr int KV = HOP_BN * D;           // a K or V stage
     static constexpr int P = DMA_BLOCK_M * HOP_BN;  // a P or dS buffer
     static constexpr int WARPS = 8;                 // consumer warps (dbias column sums)
+    // A consumer warp's staging buffer for its reductions: 16 rows of 32 f32, padded to 36 so
+    // that the accumulator layout's 8-byte stores hit distinct banks.
+    static constexpr int RED_ROWS = 16, RED_STRIDE = 36;
     // Layout: q | do | k[STAGES] | v[STAGES] | p[2] | ds[2] (16-bit, each a multiple of 1024
     // bytes) | ranks (u64, 2 * STAGES tiles) | full[STAGES], empty[STAGES] (mbarriers) |
-    // bias * log2 e [STAGES] | dS column sums [2][WARPS][HOP_BN] (f32)
+    // bias * log2 e [STAGES] | dS column sums [2][WARPS][HOP_BN] | staging [WARPS] (f32)
     static constexpr int BYTES = (2 * Q + 2 * STAGES * KV + 4 * P) * 2 + 2 * STAGES * HOP_BN * 8 +
-                                 2 * STAGES * 8 + STAGES * HOP_BN * 4 + 2 * WARPS * HOP_BN * 4;
+                                 2 * STAGES * 8 + STAGES * HOP_BN * 4 + 2 * WARPS * HOP_BN * 4 +
+                                 WARPS * RED_ROWS * RED_STRIDE * 4;
     static_assert(D == 64 || D == 128, "the Hopper backward has D = 64 and 128");
     static_assert(BYTES <= 227 * 1024, "shared memory above the 227 KiB of a Hopper CTA");
 };
@@ -84,6 +90,7 @@ __device__ __forceinline__ void backward_hopper_body(
     u64* empty = full + STAGES;
     float* sB = reinterpret_cast<float*>(empty + STAGES);  // biases * log2 e, per stage
     float* sDb = sB + STAGES * BN;                         // dS column sums, per warp
+    float* sRed = sDb + 2 * L::WARPS * BN;                 // reduction staging, per warp
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
     const BlockWork w =
@@ -258,25 +265,44 @@ __device__ __forceinline__ void backward_hopper_body(
             for (int i = 0; i < L::WARPS; ++i) x += sums[i * BN];
             atomicAdd(dbias + w.s.bias_offset + (i64)w.hb * bias_head_stride + (int)(u32)ranks[tid], x);
         }
-        // This thread's keys of the tile (16 (warp % 4) + g (+ 8)), read before the stage (and
-        // with it the ranks' slot) is released.
-        int key[2];
+        // The keys whose rows this lane adds into (read before the stage, and with it the ranks'
+        // slot, is released): rows lane / 8 + 4 j of the warp's 16 (16 (warp % 4) ..).
+        int key[4];
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int kr = (warp & 3) * 16 + g + 8 * e;
-            key[e] = kt * BN + kr < count ? (int)(u32)ranks[kr] : -1;
+        for (int j = 0; j < 4; ++j) {
+            const int kr = (warp & 3) * 16 + (lane >> 3) + 4 * j;
+            key[j] = kt * BN + kr < count ? (int)(u32)ranks[kr] : -1;
         }
         wgmma_wait<0>();
         wgmma_settle(dqa);
         wgmma_settle(acc);
         mbar_arrive(empty + st);
+        // 4. The warp's 16 rows of dV or dK into global memory, 32 columns at a time through its
+        // staging buffer, so that each reduction request is a whole 128-byte line (8 lanes of 16
+        // bytes per row) rather than a 32-byte sector (4 lanes of 8 bytes, the accumulator's
+        // layout): the reductions are bound by the L2's requests, not by instructions.
+        float* staged = sRed + warp * L::RED_ROWS * L::RED_STRIDE;
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            if (key[e] < 0) continue;
-            float* dst = acc_out + (i64)(w.s.k_start + key[e]) * kv_row + w.hkv * D + 2 * tq;
+        for (int q4 = 0; q4 < D / 32; ++q4) {
 #pragma unroll
-            for (int i = 0; i < D / 8; ++i)
-                red_add2(dst + i * 8, acc[i][2 * e] * acc_mul, acc[i][2 * e + 1] * acc_mul);
+            for (int j = 0; j < 4; ++j) {
+                const float(&a)[4] = acc[4 * q4 + j];
+                float* at = staged + g * L::RED_STRIDE + 8 * j + 2 * tq;
+                *reinterpret_cast<float2*>(at) = make_float2(a[0] * acc_mul, a[1] * acc_mul);
+                *reinterpret_cast<float2*>(at + 8 * L::RED_STRIDE) =
+                    make_float2(a[2] * acc_mul, a[3] * acc_mul);
+            }
+            __syncwarp();
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const float4 x = *reinterpret_cast<const float4*>(
+                    staged + ((lane >> 3) + 4 * j) * L::RED_STRIDE + 4 * (lane & 7));
+                if (key[j] >= 0)
+                    red_add4(acc_out + (i64)(w.s.k_start + key[j]) * kv_row + w.hkv * D + 32 * q4 +
+                                 4 * (lane & 7),
+                             x.x, x.y, x.z, x.w);
+            }
+            __syncwarp();  // read before the next columns overwrite the buffer
         }
     }
 

@@ -108,6 +108,19 @@ __device__ __forceinline__ void red_add2(float* dst, float x, float y) {
 #endif
 }
 
+// dst[0..4] += (x, y, z, u) (f32, global memory; dst 16-byte aligned), one vector reduction on
+// sm_90.
+__device__ __forceinline__ void red_add4(float* dst, float x, float y, float z, float u) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(x), "f"(y),
+                 "f"(z), "f"(u)
+                 : "memory");
+#else
+    red_add2(dst, x, y);
+    red_add2(dst + 2, z, u);
+#endif
+}
+
 __device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
