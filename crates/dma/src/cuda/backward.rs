@@ -278,8 +278,18 @@ fn launch<T: CudaElement>(
         .arg(&seqs)
         .arg(&blocks)
         .arg(&sel.cand)
-        .arg(&sel.count)
-        .arg(&sel.thr)
+        .arg(&sel.count);
+    // The Hopper backward skips the keep test of each list's sure keys, like the forward
+    // (backward.cu ignores them).
+    let null = 0u64;
+    match sel
+        .sure_counts(params.causal)
+        .filter(|_| forward::sure_keys_wanted(dev, problem.head_dim))
+    {
+        Some(sure) => l.arg(sure),
+        None => l.arg(&null),
+    };
+    l.arg(&sel.thr)
         .arg(&mut grads.dq)
         .arg(dk_acc)
         .arg(dv_acc)
@@ -290,7 +300,7 @@ fn launch<T: CudaElement>(
     l.arg(&scale).arg(&scale_log2);
     // SAFETY: the arguments match the kernel's signature (kernels/backward.cu and
     // backward_hopper.cu), the buffers were checked against the geometry, and the selection was
-    // made for this plan.
+    // made for this plan; a null `sure` is read as no sure keys.
     unsafe { l.launch(cfg) }.map_err(error::driver)?;
     Ok(())
 }

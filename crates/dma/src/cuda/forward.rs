@@ -172,7 +172,7 @@ pub(crate) fn hopper_wanted(dev: &Device, splits: usize) -> bool {
 /// Whether the forward skips the keep test on the keys every row of a block keeps (its list's
 /// "sure" keys, docs/cuda-notes.md): where the Hopper forward runs, unless
 /// `DMA_CUDA_NO_SURE_KEYS` is set (an A/B switch).
-fn sure_keys_wanted(dev: &Device, head_dim: usize) -> bool {
+pub(crate) fn sure_keys_wanted(dev: &Device, head_dim: usize) -> bool {
     std::env::var_os("DMA_CUDA_NO_SURE_KEYS").is_none()
         && hopper_wanted(dev, 1)
         && hopper_has_head_dim(head_dim)
@@ -282,16 +282,12 @@ pub fn forward_into_with_selection<T: CudaElement>(
         return Ok(sel);
     }
     // The sure keys: every key of a non-causal list (all its rows share one threshold), the
-    // front of a causal list once partitioned.
-    let partitioned;
-    let sure = match sure_keys_wanted(dev, problem.head_dim) {
-        false => None,
-        true if params.causal => {
-            partitioned = select::partition(dev, &problem, &plan, &tables, &mut sel)?;
-            Some(&partitioned)
-        }
-        true => Some(&sel.count),
-    };
+    // front of a causal list once partitioned (kept with the selection for the backward).
+    let sure_keys = sure_keys_wanted(dev, problem.head_dim);
+    if sure_keys && params.causal {
+        sel.sure = Some(select::partition(dev, &problem, &plan, &tables, &mut sel)?);
+    }
+    let sure = sel.sure_counts(params.causal).filter(|_| sure_keys);
     attend(
         dev,
         params,

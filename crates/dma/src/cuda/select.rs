@@ -57,6 +57,9 @@ pub struct Selection {
     /// of `(sequence * Hb + bias head) << 32 | key` of the first one in the CPU backend's order
     /// (`dma_check_bias` in kernels/common.cu).
     pub(crate) bad_bias: CudaSlice<u64>,
+    /// `[lists, Hb]` how many keys at the front of each causal list every row of its block that
+    /// keeps anything keeps (its "sure" keys), once [`partition`] has moved them there.
+    pub(crate) sure: Option<CudaSlice<u32>>,
     pub(crate) cap: usize,
     /// What it was made for: (window, causal, lists, Hb, total_q), checked on reuse.
     made_for: (usize, bool, usize, usize, usize),
@@ -85,6 +88,16 @@ impl Selection {
                 "made for (window, causal, lists, bias heads, total_q) = {:?}, this call needs {:?}",
                 self.made_for, want
             )))
+        }
+    }
+
+    /// The sure-key counts of each list (see [`Selection::sure`]'s field): the partition's for a
+    /// causal selection (`None` before it), every key for a non-causal one (one threshold for all
+    /// the rows of a list).
+    pub(crate) fn sure_counts(&self, causal: bool) -> Option<&CudaSlice<u32>> {
+        match causal {
+            true => self.sure.as_ref(),
+            false => Some(&self.count),
         }
     }
 
@@ -243,6 +256,7 @@ pub(crate) fn alloc_selection(
             .alloc_zeros::<u64>(1)
             .map_err(error::alloc("bias check flag", 8))?,
         cap: plan.cap,
+        sure: None,
         made_for: made_for(params, problem, plan),
     })
 }

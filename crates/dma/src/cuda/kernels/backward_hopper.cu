@@ -4,7 +4,8 @@
 // - the producer warpgroup (hopper.cu: produce_key_tiles) loads the block's Q and dO tiles and
 //   gathers each tile's K/V rows into a ring of STAGES stages;
 // - two consumer warpgroups, 64 query rows each, per tile of 64 keys:
-//   1. S = Q K^T and dP = dO V^T (wgmma, operands in shared memory); the keep test,
+//   1. S = Q K^T and dP = dO V^T (wgmma, operands in shared memory); the keep test (none on a
+//      list's sure keys, as in the forward),
 //      P = exp2(S * scale * log2 e + bias * log2 e - lse * log2 e) and dS = P (dP - Delta) in
 //      registers; dS's column sums over the warp's rows (dbias) to shared memory;
 //   2. P and dS (input type) to shared memory, then a barrier of both consumers;
@@ -68,7 +69,7 @@ __device__ __forceinline__ void backward_hopper_body(
     const T* __restrict__ out, const T* __restrict__ dout, const float* __restrict__ lse,
     const SeqInfo* __restrict__ seqs, const int4* __restrict__ blocks,
     const u64* __restrict__ cand, const u32* __restrict__ cand_count,
-    const u64* __restrict__ thr, T* __restrict__ dq, float* __restrict__ dk_acc,
+    const u32* __restrict__ sure, const u64* __restrict__ thr, T* __restrict__ dq, float* __restrict__ dk_acc,
     float* __restrict__ dv_acc, float* __restrict__ dbias, int q_heads, int kv_heads,
     int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,
     float scale, float scale_log2) {
@@ -98,6 +99,8 @@ __device__ __forceinline__ void backward_hopper_body(
     const int4 B = w.B;
     const int count = w.count, tiles = w.tiles;
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
+    // Tiles made only of keys every live row keeps (select.cu's partition): no keep test.
+    const int sure_tiles = sure ? (int)sure[w.slot] / BN : 0;
     // The CTA's first tile. The two blocks of a list, and neighbouring lists, hold mostly the
     // same keys, in the same order; CTAs running side by side that walked them in step would
     // add into the same dk and dv rows at the same time.
@@ -195,7 +198,9 @@ __device__ __forceinline__ void backward_hopper_body(
         wgmma_wait<1>();
         wgmma_settle(sc);
         float unused[2] = {-DMA_INF, -DMA_INF};
-        if (causal_tile)
+        if (kt < sure_tiles)
+            mask_scores<KEEP_LIVE_ROWS, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, unused);
+        else if (causal_tile)
             mask_scores<KEEP_BY_RANK_AND_POS, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, unused);
         else
             mask_scores<KEEP_BY_RANK, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, unused);
@@ -324,11 +329,11 @@ __device__ __forceinline__ void backward_hopper_body(
     extern "C" __global__ void __launch_bounds__(HOP_THREADS, 1)                                  \
         NAME(const T* q, const T* k, const T* v, const T* out, const T* dout, const float* lse,   \
              const SeqInfo* seqs, const int4* blocks, const u64* cand, const u32* cand_count,     \
-             const u64* thr, T* dq, float* dk_acc, float* dv_acc, float* dbias, int q_heads,      \
-             int kv_heads, int bias_heads, int bias_head_stride, int lse_head_stride,             \
-             int total_q, int cap, float scale, float scale_log2) {                               \
+             const u32* sure, const u64* thr, T* dq, float* dk_acc, float* dv_acc, float* dbias,  \
+             int q_heads, int kv_heads, int bias_heads, int bias_head_stride,                     \
+             int lse_head_stride, int total_q, int cap, float scale, float scale_log2) {          \
         backward_hopper_body<T, D, CAUSAL, HOPB_STAGES(D)>(                                       \
-            q, k, v, out, dout, lse, seqs, blocks, cand, cand_count, thr, dq, dk_acc, dv_acc,     \
-            dbias, q_heads, kv_heads, bias_heads, bias_head_stride, lse_head_stride, total_q,     \
-            cap, scale, scale_log2);                                                              \
+            q, k, v, out, dout, lse, seqs, blocks, cand, cand_count, sure, thr, dq, dk_acc,       \
+            dv_acc, dbias, q_heads, kv_heads, bias_heads, bias_head_stride, lse_head_stride,      \
+            total_q, cap, scale, scale_log2);                                                     \
     }
