@@ -63,6 +63,28 @@ __device__ __forceinline__ float row_dot_quarter(const T* __restrict__ out,
     return acc;
 }
 
+// One step of sum_columns_over_rows: partners (lane ^ lane_mask) swap halves of v[0 .. 2 HALF),
+// each keeping the half `upper` selects, added, in v[0 .. HALF).
+template <int HALF>
+__device__ __forceinline__ void swap_halves_and_add(float (&v)[16], bool upper, int lane_mask) {
+#pragma unroll
+    for (int i = 0; i < HALF; ++i) {
+        const float give = upper ? v[i] : v[HALF + i];
+        const float keep = upper ? v[HALF + i] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, give, lane_mask);
+    }
+}
+
+// Sums 16 values per lane (v[2 nt + b]: column 8 nt + 2 tq + b of the warp's two 8-row halves)
+// over the 8 lanes of equal tq (g = lane / 4), with 8 + 4 + 2 shuffles instead of 16 x 3: at
+// each step partners (g ^ 1, g ^ 2, g ^ 4) swap halves, each keeping the half its bit selects.
+// v[0], v[1] end with the sums of v[2 nt], v[2 nt + 1], nt = 4 (g & 1) + 2 (g >> 1 & 1) + (g >> 2 & 1).
+__device__ __forceinline__ void sum_columns_over_rows(float (&v)[16], int g) {
+    swap_halves_and_add<8>(v, g & 1, 4);
+    swap_halves_and_add<4>(v, (g >> 1) & 1, 8);
+    swap_halves_and_add<2>(v, (g >> 2) & 1, 16);
+}
+
 template <typename T, int D, bool CAUSAL, int STAGES>
 __device__ __forceinline__ void backward_hopper_body(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
@@ -209,6 +231,7 @@ __device__ __forceinline__ void backward_hopper_body(
         T* tp = sP + buf * L::P;
         T* ts = sS + buf * L::P;
         float* db = sDb + buf * L::WARPS * BN + warp * BN;
+        float colsum[BN / 4];
 #pragma unroll
         for (int nt = 0; nt < BN / 8; ++nt) {
             float p[4], ds[4];
@@ -226,15 +249,16 @@ __device__ __forceinline__ void backward_hopper_body(
             *reinterpret_cast<u32*>(tp + at + 8 * 64) = p1;
             *reinterpret_cast<u32*>(ts + at) = da[nt >> 1][(nt & 1) * 2];
             *reinterpret_cast<u32*>(ts + at + 8 * 64) = da[nt >> 1][(nt & 1) * 2 + 1];
-            // dS's column sums over the warp's 16 rows (f32).
-#pragma unroll
-            for (int b = 0; b < 2; ++b) {
-                float x = ds[b] + ds[2 + b];
-                x += __shfl_xor_sync(0xffffffffu, x, 4);
-                x += __shfl_xor_sync(0xffffffffu, x, 8);
-                x += __shfl_xor_sync(0xffffffffu, x, 16);
-                if (g == 0) db[nt * 8 + 2 * tq + b] = x;
-            }
+            // This thread's part of dS's column sums: its two rows, columns 8 nt + 2 tq (+ 1).
+            colsum[2 * nt] = ds[0] + ds[2];
+            colsum[2 * nt + 1] = ds[1] + ds[3];
+        }
+        // The column sums over the warp's 16 rows (f32): halving exchanges over g, so that lane
+        // (g, tq) ends with the sums of columns 8 nt + 2 tq (+ 1) for nt = g's bits reversed.
+        sum_columns_over_rows(colsum, g);
+        {
+            const int nt = 4 * (g & 1) + 2 * ((g >> 1) & 1) + ((g >> 2) & 1);
+            *reinterpret_cast<float2*>(db + nt * 8 + 2 * tq) = make_float2(colsum[0], colsum[1]);
         }
         fence_proxy_async();
         consumers_sync();
