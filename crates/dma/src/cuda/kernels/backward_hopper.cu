@@ -128,22 +128,14 @@ __device__ __forceinline__ void backward_hopper_body(
     // add into the same dk and dv rows at the same time.
     const int first = tiles > 0 ? (int)((blockIdx.x * 5u) % (u32)tiles) : 0;
 
-    if (tid < STAGES) {
-        mbar_init(full + tid, 128);   // the producer's threads
-        mbar_init(empty + tid, 256);  // the consumers' threads
-    }
-    __syncthreads();
+    init_stage_barriers<STAGES>(full, empty);
 
     if (wg == 2) {
-        // Producer (registers: see forward_hopper.cu).
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-        const i64 first_key = (i64)w.s.k_start * kv_row + w.hkv * D;
-        produce_key_tiles<T, D, STAGES, LAG>(
-            tid - 256, w.list, count, first, k + first_key, v + first_key, kv_row, sK, sV, sC, sB, full,
-            empty, [&](int p) {
-                load_block_rows<T, D>(p, q, B, w.s, q_row, w.h, sQ);
-                load_block_rows<T, D>(p, dout, B, w.s, q_row, w.h, sO);
-            });
+        produce_key_tiles<T, D, STAGES, LAG>(w, first, k, v, kv_row, sK, sV, sC, sB, full, empty,
+                                             [&](int p) {
+                                                 load_block_rows<T, D>(p, q, B, w.s, q_row, w.h, sQ);
+                                                 load_block_rows<T, D>(p, dout, B, w.s, q_row, w.h, sO);
+                                             });
         return;
     }
 
@@ -200,20 +192,8 @@ __device__ __forceinline__ void backward_hopper_body(
 
         // 1. S and dP.
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            const int cb = kk >> 2, in = (kk & 3) * 16;
-            const u32 a = (cb * DMA_BLOCK_M * 64 + in) * sizeof(T), b = stage + (cb * BN * 64 + in) * sizeof(T);
-            Wgmma<T>::ss64(sc, desc_plus(q_desc, a), desc_plus(k_desc, b), kk > 0);
-        }
-        wgmma_commit();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            const int cb = kk >> 2, in = (kk & 3) * 16;
-            const u32 a = (cb * DMA_BLOCK_M * 64 + in) * sizeof(T), b = stage + (cb * BN * 64 + in) * sizeof(T);
-            Wgmma<T>::ss64(dp, desc_plus(do_desc, a), desc_plus(v_desc, b), kk > 0);
-        }
-        wgmma_commit();
+        issue_rows_by_keys<T, D>(sc, q_desc, desc_plus(k_desc, stage));
+        issue_rows_by_keys<T, D>(dp, do_desc, desc_plus(v_desc, stage));
         // The keep test: kept scores become scale * s + bias (log2 domain), the others -inf, so P
         // is 0 there.
         const bool causal_tile = needs_causal_test<CAUSAL, BN>(ranks, count, kt, w.offset + B.y);

@@ -63,21 +63,12 @@ __device__ __forceinline__ void forward_hopper_body(
     // Tiles made only of keys every live row keeps (select.cu's partition): no keep test.
     const int sure_tiles = sure ? (int)sure[w.slot] / BN : 0;
 
-    if (tid < STAGES) {
-        mbar_init(full + tid, 128);   // the producer's threads
-        mbar_init(empty + tid, 256);  // the consumers' threads
-    }
-    __syncthreads();
+    init_stage_barriers<STAGES>(full, empty);
 
     if (wg == 2) {
-        // Producer.
-        // The CTA holds 384 x 168 registers (launch bounds); setmaxnreg only moves them between
-        // warpgroups, so producer + 2 consumers must stay within that: 40 + 2 x 232 = 3 x 168.
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-        const i64 first_key = (i64)w.s.k_start * kv_row + w.hkv * D;
         produce_key_tiles<T, D, STAGES, LAG>(
-            tid - 256, w.list, count, 0, k + first_key, v + first_key, kv_row, sK, sV, sC, sB, full,
-            empty, [&](int p) { load_block_rows<T, D>(p, q, B, w.s, q_row, w.h, sQ); });
+            w, 0, k, v, kv_row, sK, sV, sC, sB, full, empty,
+            [&](int p) { load_block_rows<T, D>(p, q, B, w.s, q_row, w.h, sQ); });
         return;
     }
 
@@ -106,15 +97,7 @@ __device__ __forceinline__ void forward_hopper_body(
     const u64 v_desc = smem_desc(sV, BN * 128, 1024);
     constexpr u32 KV_BYTES = L::KV * sizeof(T);
     auto issue_s = [&](int t) {
-        const u32 stage = (t % STAGES) * KV_BYTES;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            const int cb = kk >> 2, in = (kk & 3) * 16;
-            const u64 da = desc_plus(q_desc, (cb * DMA_BLOCK_M * 64 + in) * sizeof(T));
-            const u64 db = desc_plus(k_desc, stage + (cb * BN * 64 + in) * sizeof(T));
-            Wgmma<T>::ss64(sc, da, db, kk > 0);
-        }
-        wgmma_commit();
+        issue_rows_by_keys<T, D>(sc, q_desc, desc_plus(k_desc, (t % STAGES) * KV_BYTES));
     };
     // O += P_t V_t: V is the B operand MN-major (D contiguous); 16 keys are 2 KB, the column
     // blocks of 64 lie BN * 128 bytes apart.

@@ -166,6 +166,37 @@ __device__ __forceinline__ int swz(int rows, int row, int col) {
     return (col >> 6) * rows * 64 + row * 64 + ((((col >> 3) & 7) ^ (row & 7)) << 3);
 }
 
+// What a CTA of a Hopper kernel works on: query block blocks[blockIdx.x] (sequence, first row,
+// end row, list) of query head blockIdx.y, its KV and bias heads, and the keys of its list that
+// its rows can see (the first block of a two-block list stops before the second block's own keys).
+struct BlockWork {
+    int4 B;
+    SeqInfo s;
+    int h, hkv, hb, offset, count, tiles;
+    i64 slot;  // the list's index among [lists, Hb]
+    const u64* list;
+};
+
+template <bool CAUSAL>
+__device__ __forceinline__ BlockWork block_work(const int4* __restrict__ blocks,
+                                                const SeqInfo* __restrict__ seqs,
+                                                const u64* __restrict__ cand,
+                                                const u32* __restrict__ cand_count, int q_heads,
+                                                int kv_heads, int bias_heads, int cap) {
+    BlockWork w;
+    w.B = blocks[blockIdx.x];
+    w.h = blockIdx.y;
+    w.hkv = w.h / (q_heads / kv_heads);
+    w.hb = w.h / (q_heads / bias_heads);
+    w.s = seqs[w.B.x];
+    w.slot = (i64)w.B.w * bias_heads + w.hb;
+    w.list = cand + w.slot * cap;
+    w.offset = w.s.nk - w.s.nq;
+    w.count = dma_visible_count<CAUSAL>(w.list, (int)cand_count[w.slot], w.offset + w.B.z - 1);
+    w.tiles = (w.count + HOP_BN - 1) / HOP_BN;
+    return w;
+}
+
 // The ranks of tile t in the producer's ring of 2 * STAGES tiles (it fetches ranks STAGES tiles
 // ahead of the K/V rows they address, so 2 * STAGES tiles of ranks are alive at once).
 template <int STAGES>
@@ -179,7 +210,7 @@ __device__ __forceinline__ int tile_at(int t, int first, int tiles) {
     return kt < tiles ? kt : kt - tiles;
 }
 
-// The producer warpgroup (thread p of 128) of a Hopper kernel, over the `count` keys of `list`,
+// The producer warpgroup (thread p of 128) of a Hopper kernel, over the keys of block w's list,
 // in tiles from tile `first` on, wrapping around (tile_at); t below counts the tiles taken:
 // - the ranks of the first STAGES tiles, then load_rows(p)'s copies of the block's query-row
 //   tiles (Q; Q and dO), one copy group that completes before tile 0's and is handed over with it
@@ -191,14 +222,19 @@ __device__ __forceinline__ int tile_at(int t, int first, int tiles) {
 //   LAG < STAGES, so that the stage it waits for is released by a tile the consumers already
 //   have, and the consumers never wait for this warpgroup to issue a gather (ncu, stop 14: they
 //   did, for ~1/4 of their time, when the hand-over came after the next tile's issue).
-// k_rows, v_rows: the sequence's first key row, this KV head.
+// Runs on the producer warpgroup (threads 256 .. 383) of block w's CTA; k and v are the tensors.
 template <typename T, int D, int STAGES, int LAG, typename LoadRows>
-__device__ __forceinline__ void produce_key_tiles(int p, const u64* __restrict__ list, int count,
-                                                  int first,
-                                                  const T* __restrict__ k_rows,
-                                                  const T* __restrict__ v_rows, i64 kv_row, T* sK,
+__device__ __forceinline__ void produce_key_tiles(const BlockWork& w, int first,
+                                                  const T* __restrict__ k,
+                                                  const T* __restrict__ v, i64 kv_row, T* sK,
                                                   T* sV, u64* ring, float* sB, u64* full,
                                                   u64* empty, LoadRows load_rows) {
+    // The CTA holds 384 x 168 registers (launch bounds); setmaxnreg only moves them between
+    // warpgroups, so producer + 2 consumers must stay within that: 40 + 2 x 232 = 3 x 168.
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    const int p = threadIdx.x - 256, count = w.count;
+    const u64* __restrict__ list = w.list;
+    const i64 first_key = (i64)w.s.k_start * kv_row + w.hkv * D;
     constexpr int BN = HOP_BN, CHUNKS = D / 8;  // 16-byte chunks per row
     constexpr float LOG2E = 1.4426950408889634f;
     static_assert(LAG >= 1 && LAG < STAGES, "hand a tile over before waiting for a free stage");
@@ -220,8 +256,8 @@ __device__ __forceinline__ void produce_key_tiles(int p, const u64* __restrict__
     static_assert(ROW_STEP % 8 == 0 && BN % ROW_STEP == 0, "rows ROW_STEP apart must share the swizzle");
     const int gather_row = p / CHUNKS, gather_col = (p % CHUNKS) * 8;
     const int gather_dst = swz(BN, gather_row, gather_col);
-    const T* k_src = k_rows + gather_col;
-    const T* v_src = v_rows + gather_col;
+    const T* k_src = k + first_key + gather_col;
+    const T* v_src = v + first_key + gather_col;
     cp_async_wait<1>();  // the ranks
     producer_sync();
     for (int t = 0; t < tiles; ++t) {
@@ -270,33 +306,26 @@ __device__ __forceinline__ void load_block_rows(int p, const T* __restrict__ x, 
     }
 }
 
-// What a CTA of a Hopper kernel works on: query block blocks[blockIdx.x] (sequence, first row,
-// end row, list) of query head blockIdx.y, its KV and bias heads, and the keys of its list that
-// its rows can see (the first block of a two-block list stops before the second block's own keys).
-struct BlockWork {
-    int4 B;
-    SeqInfo s;
-    int h, hkv, hb, offset, count, tiles;
-    i64 slot;  // the list's index among [lists, Hb]
-    const u64* list;
-};
+// The CTA's stage mbarriers: full (the producer's 128 threads arrive), empty (the consumers' 256).
+template <int STAGES>
+__device__ __forceinline__ void init_stage_barriers(u64* full, u64* empty) {
+    if (threadIdx.x < STAGES) {
+        mbar_init(full + threadIdx.x, 128);
+        mbar_init(empty + threadIdx.x, 256);
+    }
+    __syncthreads();
+}
 
-template <bool CAUSAL>
-__device__ __forceinline__ BlockWork block_work(const int4* __restrict__ blocks,
-                                                const SeqInfo* __restrict__ seqs,
-                                                const u64* __restrict__ cand,
-                                                const u32* __restrict__ cand_count, int q_heads,
-                                                int kv_heads, int bias_heads, int cap) {
-    BlockWork w;
-    w.B = blocks[blockIdx.x];
-    w.h = blockIdx.y;
-    w.hkv = w.h / (q_heads / kv_heads);
-    w.hb = w.h / (q_heads / bias_heads);
-    w.s = seqs[w.B.x];
-    w.slot = (i64)w.B.w * bias_heads + w.hb;
-    w.list = cand + w.slot * cap;
-    w.offset = w.s.nk - w.s.nq;
-    w.count = dma_visible_count<CAUSAL>(w.list, (int)cand_count[w.slot], w.offset + w.B.z - 1);
-    w.tiles = (w.count + HOP_BN - 1) / HOP_BN;
-    return w;
+// d = A B^T over D columns, one commit group: A a consumer's 64 rows of a query-row tile (Q or
+// dO, column blocks DMA_BLOCK_M * 128 bytes apart), B a key tile (K or V, column blocks
+// HOP_BN * 128 bytes apart), both K-major; a 16-column step is 32 bytes within a 128-byte row.
+template <typename T, int D>
+__device__ __forceinline__ void issue_rows_by_keys(float (&d)[8][4], u64 a_desc, u64 b_desc) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const int cb = kk >> 2, in = (kk & 3) * 16;
+        Wgmma<T>::ss64(d, desc_plus(a_desc, (cb * DMA_BLOCK_M * 64 + in) * sizeof(T)),
+                       desc_plus(b_desc, (cb * HOP_BN * 64 + in) * sizeof(T)), kk > 0);
+    }
+    wgmma_commit();
 }
