@@ -245,15 +245,7 @@ __device__ __forceinline__ void backward_hopper_body(
 
         // 3. dQ += dS K, and dV (consumer 0) or dK (consumer 1) of the tile.
         wgmma_fence();
-#pragma unroll
-        for (int kc = 0; kc < BN / 16; ++kc) {
-            const u64 b = desc_plus(kt_desc, stage + kc * 16 * 64 * sizeof(T));
-            if constexpr (D == 128)
-                Wgmma<T>::rs128(dqa, da[kc], b);
-            else
-                Wgmma<T>::rs64(dqa, da[kc], b);
-        }
-        wgmma_commit();
+        issue_weights_by_keys<T, D>(dqa, da, desc_plus(kt_desc, stage));
         float acc[D / 8][4];
 #pragma unroll
         for (int kk = 0; kk < DMA_BLOCK_M / 16; ++kk) {

@@ -99,19 +99,9 @@ __device__ __forceinline__ void forward_hopper_body(
     auto issue_s = [&](int t) {
         issue_rows_by_keys<T, D>(sc, q_desc, desc_plus(k_desc, (t % STAGES) * KV_BYTES));
     };
-    // O += P_t V_t: V is the B operand MN-major (D contiguous); 16 keys are 2 KB, the column
-    // blocks of 64 lie BN * 128 bytes apart.
+    // O += P_t V_t (V the MN-major operand).
     auto issue_pv = [&](int t) {
-        const u32 stage = (t % STAGES) * KV_BYTES;
-#pragma unroll
-        for (int kc = 0; kc < BN / 16; ++kc) {
-            const u64 db = desc_plus(v_desc, stage + kc * 16 * 64 * sizeof(T));
-            if constexpr (D == 128)
-                Wgmma<T>::rs128(o, pa[kc], db);
-            else
-                Wgmma<T>::rs64(o, pa[kc], db);
-        }
-        wgmma_commit();
+        issue_weights_by_keys<T, D>(o, pa, desc_plus(v_desc, (t % STAGES) * KV_BYTES));
     };
     // Keep test, scale and bias (log2 domain) of S_t, and the new running max; alpha takes O and
     // l from the old max to the new one.

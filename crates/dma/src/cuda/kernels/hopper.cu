@@ -329,3 +329,20 @@ __device__ __forceinline__ void issue_rows_by_keys(float (&d)[8][4], u64 a_desc,
     }
     wgmma_commit();
 }
+
+// d += A B over a key tile's 64 keys, one commit group: A from registers (a consumer's 64 rows of
+// per-key weights, P or dS, as 4 fragments of 16 keys), B the tile (V or K) as the MN-major
+// operand (D contiguous; 16 keys are 2 KB, column blocks HOP_BN * 128 bytes apart).
+template <typename T, int D>
+__device__ __forceinline__ void issue_weights_by_keys(float (&d)[D / 8][4],
+                                                      const u32 (&a)[HOP_BN / 16][4], u64 b_desc) {
+#pragma unroll
+    for (int kc = 0; kc < HOP_BN / 16; ++kc) {
+        const u64 b = desc_plus(b_desc, kc * 16 * 64 * sizeof(T));
+        if constexpr (D == 128)
+            Wgmma<T>::rs128(d, a[kc], b);
+        else
+            Wgmma<T>::rs64(d, a[kc], b);
+    }
+    wgmma_commit();
+}
