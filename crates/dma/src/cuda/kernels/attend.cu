@@ -71,6 +71,23 @@ __device__ __forceinline__ bool needs_causal_test(const u64* ranks, int count, i
     return (int)(u32)ranks[last] > first_pos;
 }
 
+// The keep test of one tile (mask_scores): only whether a row keeps anything on a tile of sure
+// keys, the rank and the position where the tile needs the causal test (needs_causal_test), the
+// rank alone otherwise.
+template <int BN>
+__device__ __forceinline__ void mask_tile(bool sure_tile, bool causal_tile,
+                                          float (&sc)[BN / 8][4], const u64* ranks,
+                                          const float* biases, const u64 (&rthr)[2],
+                                          const int (&pos)[2], int tq, float scale_log2,
+                                          float (&mx)[2]) {
+    if (sure_tile)
+        mask_scores<KEEP_LIVE_ROWS, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
+    else if (causal_tile)
+        mask_scores<KEEP_BY_RANK_AND_POS, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
+    else
+        mask_scores<KEEP_BY_RANK, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
+}
+
 // How far (log2 domain) a row's max may pass its running max before the running max moves.
 // Until then the exponentials are at most 2^8 (exact enough in f32 and in the 16-bit P), and O
 // and l need no rescaling: most tiles after the first few leave every row's running max alone.

@@ -117,12 +117,10 @@ __device__ __forceinline__ void backward_hopper_body(
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
     const BlockWork w =
-        block_work<CAUSAL>(blocks, seqs, cand, cand_count, q_heads, kv_heads, bias_heads, cap);
+        block_work<CAUSAL>(blocks, seqs, cand, cand_count, sure, q_heads, kv_heads, bias_heads, cap);
     const int4 B = w.B;
     const int count = w.count, tiles = w.tiles;
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
-    // Tiles made only of keys every live row keeps (select.cu's partition): no keep test.
-    const int sure_tiles = sure ? (int)sure[w.slot] / BN : 0;
     // The CTA's first tile. The two blocks of a list, and neighbouring lists, hold mostly the
     // same keys, in the same order; CTAs running side by side that walked them in step would
     // add into the same dk and dv rows at the same time.
@@ -200,12 +198,8 @@ __device__ __forceinline__ void backward_hopper_body(
         wgmma_wait<1>();
         wgmma_settle(sc);
         float unused[2] = {-DMA_INF, -DMA_INF};
-        if (kt < sure_tiles)
-            mask_scores<KEEP_LIVE_ROWS, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, unused);
-        else if (causal_tile)
-            mask_scores<KEEP_BY_RANK_AND_POS, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, unused);
-        else
-            mask_scores<KEEP_BY_RANK, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, unused);
+        mask_tile<BN>(kt < w.sure_tiles, causal_tile, sc, ranks, biases, rthr, pos, tq, scale_log2,
+                      unused);
         wgmma_wait<0>();
         wgmma_settle(dp);
         T* tp = sP + buf * L::P;

@@ -56,12 +56,10 @@ __device__ __forceinline__ void forward_hopper_body(
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
     const BlockWork w =
-        block_work<CAUSAL>(blocks, seqs, cand, cand_count, q_heads, kv_heads, bias_heads, cap);
+        block_work<CAUSAL>(blocks, seqs, cand, cand_count, sure, q_heads, kv_heads, bias_heads, cap);
     const int4 B = w.B;
     const int count = w.count, tiles = w.tiles;
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
-    // Tiles made only of keys every live row keeps (select.cu's partition): no keep test.
-    const int sure_tiles = sure ? (int)sure[w.slot] / BN : 0;
 
     init_stage_barriers<STAGES>(full, empty);
 
@@ -113,12 +111,7 @@ __device__ __forceinline__ void forward_hopper_body(
         const u64* ranks = rank_tile<STAGES>(sC, t);
         const float* biases = sB + (t % STAGES) * BN;
         float mx[2] = {-DMA_INF, -DMA_INF};
-        if (t < sure_tiles)
-            mask_scores<KEEP_LIVE_ROWS, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
-        else if (causal_tile)
-            mask_scores<KEEP_BY_RANK_AND_POS, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
-        else
-            mask_scores<KEEP_BY_RANK, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
+        mask_tile<BN>(t < w.sure_tiles, causal_tile, sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
         update_max(mx, m, use, alpha);
     };
     // P_t = exp2(S_t - max) into the A fragments (rows g, g + 8; keys 16 kc + 2 tq (+ 8)).

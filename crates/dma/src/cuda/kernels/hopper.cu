@@ -173,6 +173,8 @@ struct BlockWork {
     int4 B;
     SeqInfo s;
     int h, hkv, hb, offset, count, tiles;
+    // Its first tiles made only of keys every live row keeps (select.cu's partition): no keep test.
+    int sure_tiles;
     i64 slot;  // the list's index among [lists, Hb]
     const u64* list;
 };
@@ -181,7 +183,8 @@ template <bool CAUSAL>
 __device__ __forceinline__ BlockWork block_work(const int4* __restrict__ blocks,
                                                 const SeqInfo* __restrict__ seqs,
                                                 const u64* __restrict__ cand,
-                                                const u32* __restrict__ cand_count, int q_heads,
+                                                const u32* __restrict__ cand_count,
+                                                const u32* __restrict__ sure, int q_heads,
                                                 int kv_heads, int bias_heads, int cap) {
     BlockWork w;
     w.B = blocks[blockIdx.x];
@@ -194,6 +197,7 @@ __device__ __forceinline__ BlockWork block_work(const int4* __restrict__ blocks,
     w.offset = w.s.nk - w.s.nq;
     w.count = dma_visible_count<CAUSAL>(w.list, (int)cand_count[w.slot], w.offset + w.B.z - 1);
     w.tiles = (w.count + HOP_BN - 1) / HOP_BN;
+    w.sure_tiles = sure ? (int)sure[w.slot] / HOP_BN : 0;
     return w;
 }
 
