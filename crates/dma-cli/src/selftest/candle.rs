@@ -245,9 +245,10 @@ pub fn layers(_: &dma::cuda::Device, _: &Case, seed: u64) -> Result<Errors> {
         .collect())
 }
 
-/// Logits of a small random Doge (GQA, A randomised so the bias decides the selection,
-/// keep_window_size below the length) on CUDA against the CPU, f32 weights and bf16 attention
-/// on both: a full forward, and the last tokens decoded one at a time with the KV cache.
+/// Logits of a small random Doge (weights drawn from the seed, GQA, A randomised so the bias
+/// decides the selection, keep_window_size below the length) on CUDA against the CPU, f32
+/// weights and bf16 attention on both: a full forward, and the last tokens decoded one at a time
+/// with the KV cache.
 pub fn doge(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
     let n = match case.shape.layout {
         Layout::Dense { seqlen_q, .. } => seqlen_q,
@@ -258,18 +259,8 @@ pub fn doge(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
     config.max_position_embeddings = n.max(2048);
     let dir = std::env::temp_dir().join(format!("dma-selftest-doge-{}-{seed}", std::process::id()));
     let model = DogeForCausalLM::new(config, ModelOptions::default(), &Device::Cpu)?;
-    {
-        let data = model
-            .vars()
-            .data()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        for (name, var) in data.iter() {
-            if name.ends_with(".A") {
-                var.set(&Tensor::randn(0f32, 1.0, var.shape(), &Device::Cpu)?)?;
-            }
-        }
-    }
+    // Every matrix, and each A ~ N(0, 1), drawn from the seed: `--seed` reproduces the check.
+    crate::mqar::model::reseed(&model, seed, 1.0)?;
     model.save(&dir)?;
     // The GPU attends in bf16: so does the CPU model it is compared with, so that the check
     // measures the GPU path, not bf16 rounding.
