@@ -150,7 +150,14 @@ mod tests {
         let (va, vb, vc) = (values(&a), values(&b), values(&c));
         assert_eq!(va, vb);
         let differ = va.iter().zip(&vc).filter(|(x, y)| x.1 != y.1).count();
-        let matrices = va.iter().filter(|(name, _)| name.ends_with("proj.weight")).count();
-        assert!(differ >= matrices && matrices > 0, "{differ} of {} differ", va.len());
+        let matrices = va
+            .iter()
+            .filter(|(name, _)| name.ends_with("proj.weight"))
+            .count();
+        assert!(
+            differ >= matrices && matrices > 0,
+            "{differ} of {} differ",
+            va.len()
+        );
     }
 }
