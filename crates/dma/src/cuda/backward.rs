@@ -1,6 +1,6 @@
-//! The backward on device buffers (kernels/backward.cu; backward_hopper.cu on sm_90): dq, dk, dv in the input type and dbias
-//! in f32, from q, k, v, bias, out, lse and dout, over the forward's selection (passed in, or
-//! recomputed: the selection alone, never the forward).
+//! The backward on device buffers (kernels/backward.cu; backward_hopper.cu on sm_90): dq, dk, dv
+//! in the input type and dbias in f32, from q, k, v, bias, out, lse and dout, over the forward's
+//! selection (passed in, or recomputed: the selection alone, never the forward).
 
 use super::buffers::{self, alloc_uninit};
 use super::compile::KernelSpec;
@@ -12,7 +12,11 @@ use super::select::{self, DevicePlan, Selection};
 use crate::{cpu, Params, Problem, Result, Shape};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-const SOURCE: &str = include_str!("kernels/backward.cu");
+// backward.cu takes attend.cu's row store.
+const SOURCE: &str = concat!(
+    include_str!("kernels/attend.cu"),
+    include_str!("kernels/backward.cu")
+);
 const HOPPER_SOURCE: &str = concat!(
     include_str!("kernels/attend.cu"),
     include_str!("kernels/hopper.cu"),
@@ -282,10 +286,7 @@ fn launch<T: CudaElement>(
     // The Hopper backward skips the keep test of each list's sure keys, like the forward
     // (backward.cu ignores them).
     let null = 0u64;
-    match sel
-        .sure_counts(params.causal)
-        .filter(|_| forward::sure_keys_wanted(dev, problem.head_dim))
-    {
+    match forward::launch_sure_counts(dev, params, problem.head_dim, sel) {
         Some(sure) => l.arg(sure),
         None => l.arg(&null),
     };

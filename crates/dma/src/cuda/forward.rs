@@ -172,10 +172,22 @@ pub(crate) fn hopper_wanted(dev: &Device, splits: usize) -> bool {
 /// Whether the forward skips the keep test on the keys every row of a block keeps (its list's
 /// "sure" keys, docs/cuda-notes.md): where the Hopper forward runs, unless
 /// `DMA_CUDA_NO_SURE_KEYS` is set (an A/B switch).
-pub(crate) fn sure_keys_wanted(dev: &Device, head_dim: usize) -> bool {
+fn sure_keys_wanted(dev: &Device, head_dim: usize) -> bool {
     std::env::var_os("DMA_CUDA_NO_SURE_KEYS").is_none()
         && hopper_wanted(dev, 1)
         && hopper_has_head_dim(head_dim)
+}
+
+/// The sure-key counts a launch (forward or backward) takes from `sel`: `None` where the sure keys
+/// are off ([`sure_keys_wanted`]) or, for a causal selection, not yet partitioned.
+pub(crate) fn launch_sure_counts<'a>(
+    dev: &Device,
+    params: &Params,
+    head_dim: usize,
+    sel: &'a Selection,
+) -> Option<&'a CudaSlice<u32>> {
+    sel.sure_counts(params.causal)
+        .filter(|_| sure_keys_wanted(dev, head_dim))
 }
 
 /// Dynamic shared memory of the forward kernel (`FwdSmem::BYTES`).
@@ -283,11 +295,10 @@ pub fn forward_into_with_selection<T: CudaElement>(
     }
     // The sure keys: every key of a non-causal list (all its rows share one threshold), the
     // front of a causal list once partitioned (kept with the selection for the backward).
-    let sure_keys = sure_keys_wanted(dev, problem.head_dim);
-    if sure_keys && params.causal {
+    if params.causal && sure_keys_wanted(dev, problem.head_dim) {
         sel.sure = Some(select::partition(dev, &problem, &plan, &tables, &mut sel)?);
     }
-    let sure = sel.sure_counts(params.causal).filter(|_| sure_keys);
+    let sure = launch_sure_counts(dev, params, problem.head_dim, &sel);
     attend(
         dev,
         params,

@@ -136,6 +136,24 @@ __device__ __forceinline__ void sum_rows(float (&l)[2]) {
     }
 }
 
+// Stores this thread's part (columns 8 i + 2 tq (+ 1)) of rows row[0], row[1] (those before
+// `end`) of an accumulator in the m16n8 layout, times mul[r], in the input type: row r at
+// dst + row[r] * row_stride (out and dq: the sequence's first row, this head).
+template <typename T, int D>
+__device__ __forceinline__ void store_rows(const float (&a)[D / 8][4], const float (&mul)[2],
+                                           const int (&row)[2], int end, T* dst, i64 row_stride,
+                                           int tq) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        if (row[r] >= end) continue;
+        T* at = dst + row[r] * row_stride + 2 * tq;
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i)
+            *reinterpret_cast<u32*>(at + i * 8) =
+                Elem<T>::pack(a[i][2 * r] * mul[r], a[i][2 * r + 1] * mul[r]);
+    }
+}
+
 // Normalises and writes this thread's part of rows row[0], row[1] (those before `end`) of
 // sequence s, query head h: out (the input type) and lse (natural log, f32; -inf and out 0 for
 // a row that kept nothing). l must be the rows' full sums (sum_rows).
@@ -145,17 +163,12 @@ __device__ __forceinline__ void write_rows(const float (&o)[D / 8][4], const flo
                                            const SeqInfo& s, int h, int q_heads, int tq,
                                            int lse_head_stride, T* out, float* lse) {
     constexpr float LN2 = 0.6931471805599453f;
+    const float inv[2] = {l[0] > 0.f ? 1.f / l[0] : 0.f, l[1] > 0.f ? 1.f / l[1] : 0.f};
+    const i64 row_stride = (i64)q_heads * D;
+    store_rows<T, D>(o, inv, row, end, out + s.q_start * row_stride + h * D, row_stride, tq);
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        if (row[r] >= end) continue;
-        const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-        T* dst = out + (s.q_start + row[r]) * (i64)q_heads * D + h * D + 2 * tq;
-#pragma unroll
-        for (int i = 0; i < D / 8; ++i)
-            *reinterpret_cast<u32*>(dst + i * 8) =
-                Elem<T>::pack(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
-        if (tq == 0)
+    for (int r = 0; r < 2; ++r)
+        if (row[r] < end && tq == 0)
             lse[s.lse_offset + (i64)h * lse_head_stride + row[r]] =
                 l[r] > 0.f ? (m[r] + __log2f(l[r])) * LN2 : -DMA_INF;
-    }
 }

@@ -303,15 +303,8 @@ __device__ __forceinline__ void backward_body(
     }
 
     // dq = scale * dS K, written once per row.
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        if (row[r] >= B.z) continue;
-        T* dst = dq + (s.q_start + row[r]) * q_row + h * D + 2 * tq;
-#pragma unroll
-        for (int i = 0; i < D / 8; ++i)
-            *reinterpret_cast<u32*>(dst + i * 8) =
-                Elem<T>::pack(dqa[i][2 * r] * scale, dqa[i][2 * r + 1] * scale);
-    }
+    const float mul[2] = {scale, scale};
+    store_rows<T, D>(dqa, mul, row, B.z, dq + s.q_start * q_row + h * D, q_row, tq);
 }
 
 // `sure` (the lists' sure-key counts) is the Hopper backward's; this kernel tests every key.

@@ -302,15 +302,8 @@ __device__ __forceinline__ void backward_hopper_body(
     }
 
     // dq = scale * dS K, written once per row.
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-        if (row[e] >= B.z) continue;
-        T* dst = dq + (w.s.q_start + row[e]) * q_row + w.h * D + 2 * tq;
-#pragma unroll
-        for (int i = 0; i < D / 8; ++i)
-            *reinterpret_cast<u32*>(dst + i * 8) =
-                Elem<T>::pack(dqa[i][2 * e] * scale, dqa[i][2 * e + 1] * scale);
-    }
+    const float mul[2] = {scale, scale};
+    store_rows<T, D>(dqa, mul, row, B.z, dq + w.s.q_start * q_row + w.h * D, q_row, tq);
 }
 
 // The same signature as DMA_BACKWARD_KERNEL (cuda/backward.rs launches either). min blocks 1
