@@ -5,7 +5,8 @@
 # `dma selftest --device cuda` (kernels, the dma-candle op with backward, a Doge on the GPU).
 # The forward and backward tests run four times: as by default on sm_90 (the Hopper kernels, sure
 # keys, lists of 256 rows), without the Hopper kernels (DMA_CUDA_NO_WGMMA=1), without sure keys
-# (DMA_CUDA_NO_SURE_KEYS=1) and with 128-row lists (DMA_CUDA_LIST_ROWS=128).
+# (DMA_CUDA_NO_SURE_KEYS=1) and with 128-row lists (DMA_CUDA_LIST_ROWS=128); the decode test also
+# without the fused decode kernel (DMA_CUDA_NO_FUSED_DECODE=1).
 # Logs in $OUT, a summary last. Knobs: SKIP_TESTS=1, SKIP_SANITIZER=1, SAN_EVERY, SAN_TIMEOUT.
 #
 # Here first:  scripts/cuda-build-devbin.sh
@@ -33,6 +34,11 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
     echo "$t with DMA_CUDA_NO_WGMMA=1 rc=$?" >>"$S"
     grep -E "worst|panicked|test result" "$OUT/tests-no-wgmma-$t.log" >>"$S"
   done
+  # Decode steps (one query per sequence) run kernels/decode_fused.cu on sm_90; check the
+  # multi-launch decode there too (other GPUs, longer contexts).
+  DMA_CUDA_NO_FUSED_DECODE=1 timeout 200 $B --exact decode_matches_cpu --nocapture >"$OUT/tests-no-fused-decode.log" 2>&1
+  echo "decode_matches_cpu with DMA_CUDA_NO_FUSED_DECODE=1 rc=$?" >>"$S"
+  grep -E "worst|panicked|test result" "$OUT/tests-no-fused-decode.log" >>"$S"
   for switch in DMA_CUDA_NO_SURE_KEYS=1 DMA_CUDA_LIST_ROWS=128; do
     for t in forward_matches_cpu backward_matches_cpu; do
       env $switch timeout 200 $B --exact $t --nocapture >"$OUT/tests-${switch%=*}-$t.log" 2>&1

@@ -493,7 +493,9 @@ fn backward_reuses_forward_selection() {
 
 /// Decoding (few queries, long cache) against the CPU forward: Nq in {1, 4}, Nk around the
 /// window and long, causal (and not), GQA, both bias-head layouts, ties, a varlen batch, every
-/// head dim.
+/// head dim; then decode steps (Nq = 1, the fused kernel on sm_90) with MQA (16 query heads per
+/// bias head: several attention passes), a batch, and ties at long contexts (biases from a few
+/// values: many keys share the w-th best bias, and the latest of them win).
 #[test]
 fn decode_matches_cpu() {
     let Some(dev) = device() else { return };
@@ -506,14 +508,14 @@ fn decode_matches_cpu() {
     } else {
         &[1, 511, 512, 513, 5000, 40000]
     };
-    let mut worst = 0.0f64;
+    let mut cases = Vec::new();
     let mut i = 0u64;
     for &nq in &[1usize, 4] {
         for &nk in lengths {
             i += 1;
             let d = cuda::HEAD_DIMS[i as usize % cuda::HEAD_DIMS.len()];
             let (hq, hkv) = if i % 3 == 0 { (8, 8) } else { (8, 2) };
-            let case = Case {
+            cases.push(Case {
                 d,
                 causal: i % 7 != 3,
                 hq,
@@ -528,26 +530,45 @@ fn decode_matches_cpu() {
                 nk,
                 window: w,
                 ties: i % 4 == 2,
+            });
+        }
+    }
+    let step = |d, hq, hkv, batch, nk, ties| Case {
+        d,
+        causal: true,
+        hq,
+        hkv,
+        hb_is_q: false,
+        varlen: None,
+        batch,
+        nq: 1,
+        nk,
+        window: w,
+        ties,
+    };
+    cases.push(step(128, 16, 1, 2, 3000, false));
+    cases.push(step(64, 8, 2, 1, 20000, true));
+    cases.push(step(128, 8, 8, 3, 9000, true));
+    let mut worst = 0.0f64;
+    for (i, case) in (1u64..).zip(&cases) {
+        for dtype in 0..2 {
+            let s = seed.wrapping_add(i * 2 + dtype);
+            let [eo, el] = if dtype == 0 {
+                check_host_forward::<bf16>(&dev, case, s, cuda::decode_host)
+            } else {
+                check_host_forward::<f16>(&dev, case, s, cuda::decode_host)
             };
-            for dtype in 0..2 {
-                let s = seed.wrapping_add(i * 2 + dtype);
-                let [eo, el] = if dtype == 0 {
-                    check_host_forward::<bf16>(&dev, &case, s, cuda::decode_host)
-                } else {
-                    check_host_forward::<f16>(&dev, &case, s, cuda::decode_host)
-                };
-                eprintln!(
-                    "decode {:<80} {} out {eo:.2e} lse {el:.2e}",
-                    case.label(),
-                    ["bf16", "f16"][dtype as usize]
-                );
-                worst = worst.max(eo).max(el);
-                assert!(
-                    eo <= 1e-2 && el <= 1e-2,
-                    "{}: error above 1e-2",
-                    case.label()
-                );
-            }
+            eprintln!(
+                "decode {:<80} {} out {eo:.2e} lse {el:.2e}",
+                case.label(),
+                ["bf16", "f16"][dtype as usize]
+            );
+            worst = worst.max(eo).max(el);
+            assert!(
+                eo <= 1e-2 && el <= 1e-2,
+                "{}: error above 1e-2",
+                case.label()
+            );
         }
     }
     eprintln!("worst relative error {worst:.2e} (decode)");
@@ -1210,18 +1231,26 @@ fn errors_are_typed() {
 #[test]
 fn nonfinite_bias_on_device_is_typed() {
     let Some(dev) = device() else { return };
-    let s = dev.stream();
     // Three sequences, every one with queries (keys of a sequence without queries are never
-    // read on the device); GQA with Hb = Hq so that the bias head is not the kv head.
-    let shape = Shape::varlen(
-        vec![0, 5, 45, 145],
-        vec![0, 10, 50, 250],
-        Heads::new(4, 2).with_bias(4),
-        64,
-    );
+    // read on the device); GQA with Hb = Hq so that the bias head is not the kv head. Then the
+    // same keys with one query per sequence (a decode step: decode_into's fused kernel).
+    for cu_q in [vec![0, 5, 45, 145], vec![0, 1, 2, 3]] {
+        let shape = Shape::varlen(
+            cu_q,
+            vec![0, 10, 50, 250],
+            Heads::new(4, 2).with_bias(4),
+            64,
+        );
+        nonfinite_bias_errors(&dev, &shape);
+    }
+}
+
+/// `nonfinite_bias_on_device_is_typed` on one shape.
+fn nonfinite_bias_errors(dev: &Device, shape: &Shape) {
+    let s = dev.stream();
     let problem = shape.problem().unwrap();
     let mut rng = StdRng::seed_from_u64(fresh_seed());
-    let (q, k, v, clean) = random_inputs::<bf16>(&mut rng, &shape, false);
+    let (q, k, v, clean) = random_inputs::<bf16>(&mut rng, shape, false);
     let at = |seq: usize, head: usize, key: usize| {
         problem.bias_range(&problem.sequences[seq], head).start + key
     };
@@ -1272,7 +1301,7 @@ fn nonfinite_bias_on_device_is_typed() {
             };
             check(
                 "cpu",
-                cpu::forward(&params, &shape, &inputs).unwrap_err(),
+                cpu::forward(&params, shape, &inputs).unwrap_err(),
                 *want,
             );
             let (dq, dk, dv, db) = (
@@ -1284,19 +1313,17 @@ fn nonfinite_bias_on_device_is_typed() {
             let mut out = s.alloc_zeros::<bf16>(q.len()).unwrap();
             let mut lse = s.alloc_zeros::<f32>(problem.lse_len()).unwrap();
             let label = |x: &str| format!("{x} causal={causal} {want:?}");
-            let err = cuda::forward_into(
-                &dev, &params, &shape, &dq, &dk, &dv, &db, &mut out, &mut lse,
-            )
-            .unwrap_err();
+            let err =
+                cuda::forward_into(dev, &params, shape, &dq, &dk, &dv, &db, &mut out, &mut lse)
+                    .unwrap_err();
             check(&label("forward_into"), err, *want);
-            let err = cuda::forward(&dev, &params, &shape, &dq, &dk, &dv, &db).unwrap_err();
+            let err = cuda::forward(dev, &params, shape, &dq, &dk, &dv, &db).unwrap_err();
             check(&label("forward"), err, *want);
-            let err = cuda::decode_into(
-                &dev, &params, &shape, &dq, &dk, &dv, &db, &mut out, &mut lse,
-            )
-            .unwrap_err();
+            let err =
+                cuda::decode_into(dev, &params, shape, &dq, &dk, &dv, &db, &mut out, &mut lse)
+                    .unwrap_err();
             check(&label("decode_into"), err, *want);
-            let err = cuda::select(&dev, &params, &shape, &db).unwrap_err();
+            let err = cuda::select(dev, &params, shape, &db).unwrap_err();
             check(&label("select"), err, *want);
             let x = cuda::BackwardInputs {
                 q: &dq,
@@ -1307,7 +1334,7 @@ fn nonfinite_bias_on_device_is_typed() {
                 lse: &lse,
                 dout: &out,
             };
-            let err = cuda::backward(&dev, &params, &shape, &x, None).unwrap_err();
+            let err = cuda::backward(dev, &params, shape, &x, None).unwrap_err();
             check(&label("backward"), err, *want);
         }
         // The clean bias passes every entry point, and the flag is per call.
@@ -1317,7 +1344,7 @@ fn nonfinite_bias_on_device_is_typed() {
             s.clone_htod(&k).unwrap(),
             s.clone_htod(&v).unwrap(),
         );
-        let fwd = cuda::forward(&dev, &params, &shape, &dq, &dk, &dv, &db).unwrap();
+        let fwd = cuda::forward(dev, &params, shape, &dq, &dk, &dv, &db).unwrap();
         let x = cuda::BackwardInputs {
             q: &dq,
             k: &dk,
@@ -1327,13 +1354,10 @@ fn nonfinite_bias_on_device_is_typed() {
             lse: &fwd.lse,
             dout: &fwd.out,
         };
-        cuda::backward(&dev, &params, &shape, &x, None).unwrap();
-        cuda::select(&dev, &params, &shape, &db).unwrap();
+        cuda::backward(dev, &params, shape, &x, None).unwrap();
+        cuda::select(dev, &params, shape, &db).unwrap();
         let (mut out, mut lse) = (fwd.out, fwd.lse);
-        cuda::decode_into(
-            &dev, &params, &shape, &dq, &dk, &dv, &db, &mut out, &mut lse,
-        )
-        .unwrap();
+        cuda::decode_into(dev, &params, shape, &dq, &dk, &dv, &db, &mut out, &mut lse).unwrap();
     }
 }
 

@@ -1,21 +1,30 @@
-//! Decoding (few queries per sequence, long cache): the top-w selection over the cached biases
-//! runs over many CTAs (kernels/decode_select.cu), then the forward kernel reads only the kept K/V
-//! rows, each (sequence, query head) split over several CTAs whose partials are combined
-//! (split-K). Cost is nearly flat in the context length: the bias (4 bytes a key) is the only
-//! thing read for every key.
+//! Decoding (few queries per sequence, long cache). Cost is nearly flat in the context length:
+//! the bias (4 bytes a key) is the only thing read for every key.
+//!
+//! - A decode step (at most one query per sequence) on sm_90 runs as one launch
+//!   (kernels/decode_fused.cu): a thread-block cluster per (sequence, bias head) selects the
+//!   top-w keys over the cached biases and attends to them, the CTAs trading histograms, kept
+//!   keys and partial outputs through distributed shared memory.
+//! - Otherwise (up to [`DECODE_MAX_Q`] queries, other GPUs, a context too long for the fused
+//!   kernel's shared memory, or `DMA_CUDA_NO_FUSED_DECODE` set): the top-w selection over the
+//!   cached biases runs over many CTAs (kernels/decode_select.cu), then the forward kernel reads
+//!   only the kept K/V rows, each (sequence, query head) split over several CTAs whose partials
+//!   are combined (split-K).
 
-use super::buffers::alloc_uninit;
+use super::buffers::{self, alloc_uninit};
 use super::compile::KernelSpec;
 use super::device::Device;
 use super::error;
 use super::forward::{self, causal_arg, CudaElement};
-use super::plan::{Plan, BLOCK_M, BLOCK_N};
+use super::plan::{self, Plan, BLOCK_M, BLOCK_N};
 use super::select::{self, DevicePlan, Selection};
 use crate::{cpu, DmaError, Params, Problem, Result, Shape};
 use cudarc::driver::sys::CUdevice_attribute_enum as DevAttr;
+use cudarc::driver::sys::CUfunction_attribute_enum as FuncAttr;
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 const SOURCE: &str = include_str!("kernels/decode_select.cu");
+const FUSED_SOURCE: &str = include_str!("kernels/decode_fused.cu");
 /// Keys per CTA of the decode selection (`DSEL_CHUNK`).
 const CHUNK: usize = 4096;
 const THREADS: u32 = 256;
@@ -38,6 +47,159 @@ pub(crate) fn specs(causal: bool) -> [KernelSpec; 2] {
             &[c],
         ),
     ]
+}
+
+/// CTAs per cluster of the fused decode (`C` of kernels/decode_fused.cu; at most
+/// `DEC_MAX_CLUSTER`). 16 is above the portable 8, so the kernel opts in.
+const CLUSTER: usize = 16;
+/// Warps of a fused-decode CTA and query heads per attention pass (`DEC_WARPS`, `DEC_HEADS`).
+const FUSED_WARPS: usize = 8;
+const FUSED_HEADS: usize = 4;
+/// Static shared memory of the fused decode (`DecodeShared`), rounded up.
+const FUSED_STATIC_SMEM: usize = 10496;
+
+/// The fused decode kernel for an element type and head dim.
+pub(crate) fn fused_spec<T: CudaElement>(head_dim: usize) -> Result<KernelSpec> {
+    let (d, _) = forward::spec_args(head_dim, false)?;
+    Ok(KernelSpec::new(
+        FUSED_SOURCE,
+        "DMA_DECODE_FUSED_KERNEL",
+        "dma_decode_fused",
+        &[(T::SHORT, T::C_TYPE), d, ("c16", "16")],
+    ))
+}
+
+/// The fused decode's shared-memory layout (kernels/decode_fused.cu, in 4-byte words): each CTA's
+/// chunk of keys, its kept list (at most min(chunk, w)), its share of the cluster's kept keys,
+/// the warps' partials and the CTA's partial per query head of a slot.
+struct FusedLayout {
+    /// The window clamped to the longest sequence with a query (fits in i32 when that does).
+    window: usize,
+    chunk: usize,
+    kept_cap: usize,
+    share_cap: usize,
+    smem: usize,
+}
+
+fn fused_layout(params: &Params, problem: &Problem) -> FusedLayout {
+    let longest = problem
+        .sequences
+        .iter()
+        .filter(|s| s.nq > 0)
+        .map(|s| s.nk)
+        .max()
+        .unwrap_or(0);
+    let window = params.window.min(longest).max(1);
+    let chunk = longest.div_ceil(CLUSTER).max(1);
+    let kept_cap = chunk.min(window);
+    let share_cap = window.div_ceil(CLUSTER);
+    let row = problem.head_dim + 2;
+    let group = problem.heads.q / problem.heads.bias;
+    let words = chunk + kept_cap + share_cap + (FUSED_WARPS * FUSED_HEADS + group) * row;
+    FusedLayout {
+        window,
+        chunk,
+        kept_cap,
+        share_cap,
+        smem: 4 * words,
+    }
+}
+
+/// The fused layout when the fused decode runs this call: every sequence has at most one
+/// query, the GPU has clusters (sm_90 and newer), the chunks fit in shared memory, and
+/// `DMA_CUDA_NO_FUSED_DECODE` is unset.
+fn fused_plan(dev: &Device, params: &Params, problem: &Problem) -> Result<Option<FusedLayout>> {
+    if dev.arch().major < 9
+        || problem.sequences.iter().any(|s| s.nq > 1)
+        || std::env::var_os("DMA_CUDA_NO_FUSED_DECODE").is_some()
+    {
+        return Ok(None);
+    }
+    let layout = fused_layout(params, problem);
+    let max_smem = dev
+        .context()
+        .attribute(DevAttr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_err(error::driver)? as usize;
+    Ok((layout.smem + FUSED_STATIC_SMEM <= max_smem).then_some(layout))
+}
+
+/// The fused decode step (kernels/decode_fused.cu): one launch, then the bias check.
+#[allow(clippy::too_many_arguments)]
+fn decode_fused<T: CudaElement>(
+    dev: &Device,
+    params: &Params,
+    problem: &Problem,
+    layout: &FusedLayout,
+    (q, k, v): (&CudaSlice<T>, &CudaSlice<T>, &CudaSlice<T>),
+    bias: &CudaSlice<f32>,
+    out: &mut CudaSlice<T>,
+    lse: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let f = dev.function(&fused_spec::<T>(problem.head_dim)?)?;
+    for (attr, value) in [
+        (
+            FuncAttr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            layout.smem as i32,
+        ),
+        (
+            FuncAttr::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+            1,
+        ),
+    ] {
+        f.set_attribute(attr, value).map_err(error::driver)?;
+    }
+    let s = dev.stream();
+    // One upload: the sequence table, then the zeroed bias-check flag (a u64; the table's rows
+    // are 32 bytes, so it is aligned).
+    let mut table = plan::seq_table(problem)?;
+    let flag_at = table.len();
+    table.extend([0, 0]);
+    let mut table = buffers::upload(dev, &table, "sequence table")?;
+    let (mut seqs, mut bad_bias) = table.split_at_mut(flag_at);
+    let h = &problem.heads;
+    let slots = problem.sequences.len() * h.bias;
+    let int = |x: usize| i32::try_from(x).map_err(|_| DmaError::TooLong(x));
+    let ints = [
+        int(h.q)?,
+        int(h.kv)?,
+        int(h.bias)?,
+        int(problem.bias_head_stride)?,
+        int(problem.lse_head_stride)?,
+        int(layout.window)?,
+        int(layout.chunk)?,
+        int(layout.kept_cap)?,
+        int(layout.share_cap)?,
+    ];
+    let scale_log2 = params.scale_for(problem.head_dim) * std::f32::consts::LOG2_E;
+    let grid = u32::try_from(slots * CLUSTER).map_err(|_| DmaError::TooLong(slots))?;
+    if grid == 0 {
+        return Ok(());
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (grid, 1, 1),
+        block_dim: (FUSED_WARPS as u32 * 32, 1, 1),
+        shared_mem_bytes: layout.smem as u32,
+    };
+    let mut l = s.launch_builder(&f);
+    l.arg(q)
+        .arg(k)
+        .arg(v)
+        .arg(bias)
+        .arg(&mut seqs)
+        .arg(out)
+        .arg(lse)
+        .arg(&mut bad_bias);
+    for x in &ints {
+        l.arg(x);
+    }
+    l.arg(&scale_log2);
+    // SAFETY: matches kernels/decode_fused.cu's signature; the buffers were checked against the
+    // geometry (forward::check_buffers), the shared memory holds `layout` (chunks of the
+    // longest sequence with a query), and every sequence has at most one query.
+    unsafe { l.launch(cfg) }.map_err(error::driver)?;
+    let flag = s.clone_dtoh(&bad_bias).map_err(error::driver)?;
+    let word = |i: usize| u64::from(flag.get(i).copied().unwrap_or(0) as u32);
+    select::report_bad_bias(dev, problem, bias, word(0) | word(1) << 32)
 }
 
 /// The tables of a decode call: per sequence, causal: an anchor list (the w best keys before the
@@ -110,6 +272,9 @@ pub fn decode_into<T: CudaElement>(
     }
     forward::check_buffers(&problem, q, k, v, bias, out, lse)?;
     forward::spec::<T>(problem.head_dim, params.causal)?;
+    if let Some(layout) = fused_plan(dev, params, &problem)? {
+        return decode_fused(dev, params, &problem, &layout, (q, k, v), bias, out, lse);
+    }
     let dp = decode_plan(params, &problem)?;
     if dp.plan.num_blocks() == 0 {
         return Ok(());

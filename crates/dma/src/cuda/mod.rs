@@ -21,6 +21,11 @@
 //!    gathering for two consumer warpgroups); elsewhere `kernels/forward.cu` (mma.sync). The
 //!    environment variable `DMA_CUDA_NO_WGMMA` forces the second (for A/B comparisons).
 //!
+//! Decoding ([`decode_into`]): a decode step (at most one query per sequence) on sm_90 is one
+//! launch of `kernels/decode_fused.cu`, a thread-block cluster per (sequence, bias head) that
+//! selects the top-w cached keys and attends to them; other calls run the selection over many CTAs
+//! (`kernels/decode_select.cu`) and a split-K forward (`DMA_CUDA_NO_FUSED_DECODE` forces this).
+//!
 //! The backward ([`backward`]) runs over the forward's selection: dq, dk, dv and dbias, dk and
 //! dv through f32 scratch buffers (many blocks add into one key). On sm_90 at head dims 64 and
 //! 128 it is `kernels/backward_hopper.cu` (the Hopper forward's structure, with dV = P^T dO and
@@ -108,6 +113,10 @@ pub fn all_kernels() -> Vec<compile::KernelSpec> {
     }
     specs.extend(decode::specs(false));
     specs.extend(decode::specs(true));
+    for &d in HEAD_DIMS {
+        specs.extend(decode::fused_spec::<half::bf16>(d));
+        specs.extend(decode::fused_spec::<half::f16>(d));
+    }
     for &d in HEAD_DIMS {
         for spec in [
             forward::combine_spec::<half::bf16>(d),

@@ -59,6 +59,31 @@ pub(crate) struct Plan {
     pub window: i32,
 }
 
+/// The per-sequence table of the kernels (`SeqInfo`): q_start, nq, k_start, nk, bias_offset,
+/// lse_offset, 0, 0 for each sequence; a typed error when an offset the kernels form in 32 bits
+/// does not fit.
+pub(crate) fn seq_table(problem: &Problem) -> Result<Vec<i32>> {
+    let int = |x: usize| i32::try_from(x).map_err(|_| DmaError::TooLong(x));
+    let mut seqs = Vec::with_capacity(problem.sequences.len() * 8);
+    for s in &problem.sequences {
+        // The largest element offsets the kernels form in 32 bits.
+        int(s.bias_offset + problem.heads.bias * problem.bias_head_stride)?;
+        int(s.lse_offset + problem.heads.q * problem.lse_head_stride)?;
+        for x in [
+            s.q_start,
+            s.nq,
+            s.k_start,
+            s.nk,
+            s.bias_offset,
+            s.lse_offset,
+        ] {
+            seqs.push(int(x)?);
+        }
+        seqs.extend([0, 0]);
+    }
+    Ok(seqs)
+}
+
 impl Plan {
     /// The tables of a call, with causal lists of [`list_rows`] query rows.
     pub fn new(params: &Params, problem: &Problem) -> Result<Plan> {
@@ -70,26 +95,12 @@ impl Plan {
     fn with_list_rows(params: &Params, problem: &Problem, list_rows: usize) -> Result<Plan> {
         assert!(list_rows % BLOCK_M == 0 && (BLOCK_M..=LIST_M).contains(&list_rows));
         let int = |x: usize| i32::try_from(x).map_err(|_| DmaError::TooLong(x));
-        let mut seqs = Vec::with_capacity(problem.sequences.len() * 8);
+        let seqs = seq_table(problem)?;
         let mut lists = Vec::new();
         let mut blocks = Vec::new();
         let (mut anchors, mut dependents) = (Vec::new(), Vec::new());
         let mut max_nk = 0;
         for (i, s) in problem.sequences.iter().enumerate() {
-            // The largest element offsets the kernels form in 32 bits.
-            int(s.bias_offset + problem.heads.bias * problem.bias_head_stride)?;
-            int(s.lse_offset + problem.heads.q * problem.lse_head_stride)?;
-            for x in [
-                s.q_start,
-                s.nq,
-                s.k_start,
-                s.nk,
-                s.bias_offset,
-                s.lse_offset,
-            ] {
-                seqs.push(int(x)?);
-            }
-            seqs.extend([0, 0]);
             max_nk = max_nk.max(s.nk);
             let first = lists.len() / 4;
             if params.causal {

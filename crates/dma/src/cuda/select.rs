@@ -118,32 +118,7 @@ impl Selection {
         bias: &CudaSlice<f32>,
     ) -> Result<()> {
         let flag = buffers::download(dev, &self.bad_bias)?;
-        let code = match flag.first() {
-            Some(&f) if f != 0 => !f,
-            _ => return Ok(()),
-        };
-        let hb = problem.heads.bias;
-        let (slot, key) = ((code >> 32) as usize, (code & 0xffff_ffff) as usize);
-        let (sequence, head) = (slot / hb, slot % hb);
-        let seq = problem.sequences.get(sequence).ok_or_else(|| {
-            DmaError::Cuda(format!(
-                "bias check: bad flag {code:#x} (sequence {sequence})"
-            ))
-        })?;
-        let at = problem.bias_range(seq, head).start + key;
-        let value = dev
-            .stream()
-            .clone_dtoh(&bias.slice(at..at + 1))
-            .map_err(error::driver)?
-            .first()
-            .copied()
-            .unwrap_or(f32::NAN);
-        Err(DmaError::NonFiniteBias {
-            sequence,
-            head,
-            key,
-            value,
-        })
+        report_bad_bias(dev, problem, bias, flag.first().copied().unwrap_or(0))
     }
 
     /// Copies the selection to the host.
@@ -155,6 +130,42 @@ impl Selection {
             cap: self.cap,
         })
     }
+}
+
+/// The error for the non-finite bias a kernel reported in `flag`, the value of its flag word
+/// (`dma_check_bias` in kernels/common.cu; zero: none). Reads the value itself from `bias`.
+pub(crate) fn report_bad_bias(
+    dev: &Device,
+    problem: &Problem,
+    bias: &CudaSlice<f32>,
+    flag: u64,
+) -> Result<()> {
+    if flag == 0 {
+        return Ok(());
+    }
+    let code = !flag;
+    let hb = problem.heads.bias;
+    let (slot, key) = ((code >> 32) as usize, (code & 0xffff_ffff) as usize);
+    let (sequence, head) = (slot / hb, slot % hb);
+    let seq = problem.sequences.get(sequence).ok_or_else(|| {
+        DmaError::Cuda(format!(
+            "bias check: bad flag {code:#x} (sequence {sequence})"
+        ))
+    })?;
+    let at = problem.bias_range(seq, head).start + key;
+    let value = dev
+        .stream()
+        .clone_dtoh(&bias.slice(at..at + 1))
+        .map_err(error::driver)?
+        .first()
+        .copied()
+        .unwrap_or(f32::NAN);
+    Err(DmaError::NonFiniteBias {
+        sequence,
+        head,
+        key,
+        value,
+    })
 }
 
 /// Device copies of a plan's tables, in one buffer so that a call uploads them with one copy
