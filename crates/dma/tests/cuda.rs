@@ -494,7 +494,8 @@ fn backward_reuses_forward_selection() {
 /// Decoding (few queries, long cache) against the CPU forward: Nq in {1, 4}, Nk around the
 /// window and long, causal (and not), GQA, both bias-head layouts, ties, a varlen batch, every
 /// head dim; then decode steps (Nq = 1, the fused kernel on sm_90) with MQA (16 query heads per
-/// bias head: several attention passes), a batch, and ties at long contexts (biases from a few
+/// bias head: several attention passes), batches (one of 40 sequences: two launches), and ties
+/// at long contexts (biases from a few
 /// values: many keys share the w-th best bias, and the latest of them win).
 #[test]
 fn decode_matches_cpu() {
@@ -549,6 +550,8 @@ fn decode_matches_cpu() {
     cases.push(step(128, 16, 1, 2, 3000, false));
     cases.push(step(64, 8, 2, 1, 20000, true));
     cases.push(step(128, 8, 8, 3, 9000, true));
+    // More sequences than one fused launch takes (32).
+    cases.push(step(64, 4, 2, 40, 700, false));
     let mut worst = 0.0f64;
     for (i, case) in (1u64..).zip(&cases) {
         for dtype in 0..2 {

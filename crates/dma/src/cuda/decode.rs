@@ -11,7 +11,7 @@
 //!   only the kept K/V rows, each (sequence, query head) split over several CTAs whose partials
 //!   are combined (split-K).
 
-use super::buffers::{self, alloc_uninit};
+use super::buffers::alloc_uninit;
 use super::compile::KernelSpec;
 use super::device::Device;
 use super::error;
@@ -148,16 +148,7 @@ fn decode_fused<T: CudaElement>(
     ] {
         f.set_attribute(attr, value).map_err(error::driver)?;
     }
-    let s = dev.stream();
-    // One upload: the sequence table, then the zeroed bias-check flag (a u64; the table's rows
-    // are 32 bytes, so it is aligned).
-    let mut table = plan::seq_table(problem)?;
-    let flag_at = table.len();
-    table.extend([0, 0]);
-    let mut table = buffers::upload(dev, &table, "sequence table")?;
-    let (mut seqs, mut bad_bias) = table.split_at_mut(flag_at);
     let h = &problem.heads;
-    let slots = problem.sequences.len() * h.bias;
     let int = |x: usize| i32::try_from(x).map_err(|_| DmaError::TooLong(x));
     let ints = [
         int(h.q)?,
@@ -171,36 +162,68 @@ fn decode_fused<T: CudaElement>(
         int(layout.share_cap)?,
     ];
     let scale_log2 = params.scale_for(problem.head_dim) * std::f32::consts::LOG2_E;
-    let grid = u32::try_from(slots * CLUSTER).map_err(|_| DmaError::TooLong(slots))?;
-    if grid == 0 {
-        return Ok(());
-    }
-    let cfg = LaunchConfig {
-        grid_dim: (grid, 1, 1),
-        block_dim: (FUSED_WARPS as u32 * 32, 1, 1),
-        shared_mem_bytes: layout.smem as u32,
-    };
-    let mut l = s.launch_builder(&f);
-    l.arg(q)
-        .arg(k)
-        .arg(v)
-        .arg(bias)
-        .arg(&mut seqs)
-        .arg(out)
-        .arg(lse)
-        .arg(&mut bad_bias);
-    for x in &ints {
-        l.arg(x);
-    }
-    l.arg(&scale_log2);
-    // SAFETY: matches kernels/decode_fused.cu's signature; the buffers were checked against the
-    // geometry (forward::check_buffers), the shared memory holds `layout` (chunks of the
-    // longest sequence with a query), and every sequence has at most one query.
-    unsafe { l.launch(cfg) }.map_err(error::driver)?;
-    let flag = s.clone_dtoh(&bad_bias).map_err(error::driver)?;
-    let word = |i: usize| u64::from(flag.get(i).copied().unwrap_or(0) as u32);
-    select::report_bad_bias(dev, problem, bias, word(0) | word(1) << 32)
+    let table = plan::seq_table(problem)?;
+    let rows: Vec<&[i32]> = table.chunks(SEQ_INFO_INTS).collect();
+    let ctas_per_seq = CLUSTER * h.bias;
+    let s = dev.stream();
+    dev.with_mapped_words(rows.len() * ctas_per_seq, |flags| {
+        // Each launch takes up to LAUNCH_SEQS sequences, their table a kernel parameter.
+        for (launch, seqs) in rows.chunks(LAUNCH_SEQS).enumerate() {
+            let first = launch * LAUNCH_SEQS;
+            let mut table = LaunchSeqs([[0; SEQ_INFO_INTS]; LAUNCH_SEQS]);
+            for (row, seq) in table.0.iter_mut().zip(seqs) {
+                row.copy_from_slice(seq);
+            }
+            let cfg = LaunchConfig {
+                grid_dim: ((seqs.len() * ctas_per_seq) as u32, 1, 1),
+                block_dim: (FUSED_WARPS as u32 * 32, 1, 1),
+                shared_mem_bytes: layout.smem as u32,
+            };
+            let (seq_base, flag_ptr) = (
+                int(first)?,
+                flags.device_ptr() + 8 * (first * ctas_per_seq) as u64,
+            );
+            let mut l = s.launch_builder(&f);
+            l.arg(q)
+                .arg(k)
+                .arg(v)
+                .arg(bias)
+                .arg(&table)
+                .arg(&seq_base)
+                .arg(&mut *out)
+                .arg(&mut *lse)
+                .arg(&flag_ptr);
+            for x in &ints {
+                l.arg(x);
+            }
+            l.arg(&scale_log2);
+            // SAFETY: matches kernels/decode_fused.cu's signature; the buffers were checked
+            // against the geometry (forward::check_buffers), the shared memory holds `layout`
+            // (chunks of the longest sequence with a query), every sequence has at most one
+            // query, and `flags` has a word for each CTA of every launch.
+            unsafe { l.launch(cfg) }.map_err(error::driver)?;
+        }
+        s.synchronize().map_err(error::driver)?;
+        let flag = (0..rows.len() * ctas_per_seq)
+            .map(|i| flags.read(i))
+            .max()
+            .unwrap_or(0);
+        select::report_bad_bias(dev, problem, bias, flag)
+    })
 }
+
+/// Sequences per fused-decode launch (`DEC_SEQS` in kernels/decode_fused.cu), and the i32 of one
+/// row of their table (`SeqInfo`).
+const LAUNCH_SEQS: usize = 32;
+const SEQ_INFO_INTS: usize = 8;
+
+/// The sequence table of one fused-decode launch, passed by value (`DecodeSeqs`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct LaunchSeqs([[i32; SEQ_INFO_INTS]; LAUNCH_SEQS]);
+
+// SAFETY: plain i32s, laid out as the kernel's `DecodeSeqs`.
+unsafe impl cudarc::driver::DeviceRepr for LaunchSeqs {}
 
 /// The tables of a decode call: per sequence, causal: an anchor list (the w best keys before the
 /// first query, rows [0, 0)) and the real list after it (rows [0, nq)); not causal: one list.

@@ -2,6 +2,7 @@
 //! into it.
 
 use super::compile::{self, KernelSpec};
+use super::mapped::MappedWords;
 use super::{error, libs};
 use crate::{DmaError, Result};
 use cudarc::driver::result::{device, mem_pool};
@@ -43,6 +44,8 @@ pub struct Device {
     arch: Arch,
     /// Kernels loaded into this context, by kernel name.
     functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Mapped host words the fused decode's kernels report to (grown on demand).
+    mapped: Mutex<Option<MappedWords>>,
 }
 
 impl Device {
@@ -93,6 +96,7 @@ impl Device {
             stream,
             arch,
             functions: Mutex::new(HashMap::new()),
+            mapped: Mutex::new(None),
         })
     }
 
@@ -146,6 +150,27 @@ impl Device {
         unsafe { device::get_default_mem_pool(ctx.cu_device()) }
             .map(Some)
             .map_err(error::driver)
+    }
+
+    /// Runs `f` with at least `len` mapped host words (one set per device, reused across calls:
+    /// `f` must synchronise the stream before it returns, so the next call finds them free).
+    pub(crate) fn with_mapped_words<R>(
+        &self,
+        len: usize,
+        f: impl FnOnce(&MappedWords) -> Result<R>,
+    ) -> Result<R> {
+        let mut mapped = self
+            .mapped
+            .lock()
+            .map_err(|_| DmaError::Cuda("mapped words lock poisoned".into()))?;
+        if mapped.as_ref().is_none_or(|m| m.len() < len) {
+            *mapped = None;
+            *mapped = Some(MappedWords::new(self.context(), len.next_power_of_two())?);
+        }
+        match mapped.as_ref() {
+            Some(m) => f(m),
+            None => Err(DmaError::Cuda("mapped words missing".into())),
+        }
     }
 
     /// The kernel `spec`, compiled (once per process) and loaded (once per device).

@@ -64,6 +64,7 @@ mod kernel_cache;
 mod layers;
 mod libs;
 mod loss;
+mod mapped;
 mod optim;
 mod plan;
 mod select;

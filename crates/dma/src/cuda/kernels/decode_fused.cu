@@ -28,6 +28,13 @@
 #define DEC_HEADS 4
 // The largest cluster (cuda/decode.rs: CLUSTER).
 #define DEC_MAX_CLUSTER 16
+// Sequences per launch (cuda/decode.rs: LAUNCH_SEQS): their table is a kernel parameter, so a
+// call uploads nothing.
+#define DEC_SEQS 32
+
+struct DecodeSeqs {
+    SeqInfo s[DEC_SEQS];
+};
 
 struct DecodeShared {
     u32 hist[2][DEC_BINS];  // the CTA's radix histograms (read remotely), alternating passes
@@ -36,6 +43,7 @@ struct DecodeShared {
     u32 counts[DEC_MAX_CLUSTER];  // every CTA's kept keys
     u32 kept, equal;              // this CTA's kept keys and keys equal to thr (read remotely)
     u32 digit, need, exact;       // the digit a pass picked
+    u64 bad_bias;                 // this CTA's non-finite bias report (dma_check_bias)
 };
 
 __device__ __forceinline__ u32 cluster_rank() {
@@ -423,10 +431,12 @@ __device__ __forceinline__ void attend_share(const T* q, const T* k, const T* v,
     __syncthreads();  // stage is reused by the next heads
 }
 
+// bad_bias: one word per CTA of the launch, in mapped host memory, written once at the end: this
+// CTA's dma_check_bias report (0: none), the sequence numbered from seq_base.
 template <typename T, int D, int C>
 __device__ __forceinline__ void decode_fused_body(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-    const float* __restrict__ bias, const SeqInfo* __restrict__ seqs, T* __restrict__ out,
+    const float* __restrict__ bias, const DecodeSeqs& seqs, int seq_base, T* __restrict__ out,
     float* __restrict__ lse, u64* __restrict__ bad_bias, int q_heads, int kv_heads,
     int bias_heads, int bias_head_stride, int lse_head_stride, int window, int chunk,
     int kept_cap, int share_cap, float scale_log2) {
@@ -437,8 +447,11 @@ __device__ __forceinline__ void decode_fused_body(
     const u32 rank = cluster_rank();
     const int slot = blockIdx.x / C;
     const int seq = slot / bias_heads, hb = slot % bias_heads;
-    const SeqInfo s = seqs[seq];
-    if (s.nq == 0) return;  // the whole cluster: nothing to compute
+    const SeqInfo s = seqs.s[seq];
+    if (s.nq == 0) {  // the whole cluster: nothing to compute
+        if (threadIdx.x == 0) bad_bias[blockIdx.x] = 0;
+        return;
+    }
     const int P = s.nk;
     const int lo = min(P, (int)rank * chunk), n = min(P, lo + chunk) - lo;
     u32* keys = reinterpret_cast<u32*>(dyn);
@@ -452,10 +465,11 @@ __device__ __forceinline__ void decode_fused_body(
     for (int i = threadIdx.x; i < n; i += DEC_THREADS) cp_async4(keys + i, b + lo + i);
     asm volatile("cp.async.wait_all;\n" ::: "memory");
     for (int i = threadIdx.x; i < DEC_WARPS * DEC_BINS; i += DEC_THREADS) (&sh.warp_hist[0][0])[i] = 0;
+    if (threadIdx.x == 0) sh.bad_bias = 0;
     __syncthreads();
     for (int i = threadIdx.x; i < n; i += DEC_THREADS) {
         const float x = __uint_as_float(keys[i]);
-        dma_check_bias(x, bad_bias, seq, bias_heads, hb, lo + i);
+        dma_check_bias(x, &sh.bad_bias, seq_base + seq, bias_heads, hb, lo + i);
         keys[i] = (u32)(dma_rank(x, 0) >> 32);
     }
     __syncthreads();
@@ -506,16 +520,19 @@ __device__ __forceinline__ void decode_fused_body(
                     sum > 0.f ? (best + __log2f(sum)) * LN2 : -DMA_INF;
         }
     }
+    if (threadIdx.x == 0) bad_bias[blockIdx.x] = sh.bad_bias;
     cluster_sync();  // no CTA leaves while another reads its shared memory
 }
 
 #define DMA_DECODE_FUSED_KERNEL(NAME, T, D, C)                                                    \
     extern "C" __global__ void __cluster_dims__(C, 1, 1) __launch_bounds__(DEC_THREADS, 2)       \
-        NAME(const T* q, const T* k, const T* v, const float* bias, const SeqInfo* seqs, T* out,  \
-             float* lse, u64* bad_bias, int q_heads, int kv_heads, int bias_heads,                \
-             int bias_head_stride, int lse_head_stride, int window, int chunk, int kept_cap,     \
-             int share_cap, float scale_log2) {                                                   \
-        decode_fused_body<T, D, C>(q, k, v, bias, seqs, out, lse, bad_bias, q_heads, kv_heads,   \
+        NAME(const T* q, const T* k, const T* v, const float* bias,                               \
+             const __grid_constant__ DecodeSeqs seqs, int seq_base, T* out, float* lse,          \
+             u64* bad_bias, int q_heads, int kv_heads, int bias_heads, int bias_head_stride,     \
+             int lse_head_stride, int window, int chunk, int kept_cap, int share_cap,            \
+             float scale_log2) {                                                                  \
+        decode_fused_body<T, D, C>(q, k, v, bias, seqs, seq_base, out, lse, bad_bias, q_heads,   \
+                                   kv_heads,                                                      \
                                    bias_heads, bias_head_stride, lse_head_stride, window, chunk, \
                                    kept_cap, share_cap, scale_log2);                              \
     }
