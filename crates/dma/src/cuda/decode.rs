@@ -123,7 +123,8 @@ fn fused_plan(dev: &Device, params: &Params, problem: &Problem) -> Result<Option
     Ok((layout.smem + FUSED_STATIC_SMEM <= max_smem).then_some(layout))
 }
 
-/// The fused decode step (kernels/decode_fused.cu): one launch, then the bias check.
+/// The fused decode step (kernels/decode_fused.cu): one launch per LAUNCH_SEQS sequences, then
+/// the bias check (a synchronisation, then the mapped words the CTAs wrote).
 #[allow(clippy::too_many_arguments)]
 fn decode_fused<T: CudaElement>(
     dev: &Device,
@@ -174,8 +175,13 @@ fn decode_fused<T: CudaElement>(
             for (row, seq) in table.0.iter_mut().zip(seqs) {
                 row.copy_from_slice(seq);
             }
+            let ctas = seqs.len() * ctas_per_seq;
             let cfg = LaunchConfig {
-                grid_dim: ((seqs.len() * ctas_per_seq) as u32, 1, 1),
+                grid_dim: (
+                    u32::try_from(ctas).map_err(|_| DmaError::TooLong(ctas))?,
+                    1,
+                    1,
+                ),
                 block_dim: (FUSED_WARPS as u32 * 32, 1, 1),
                 shared_mem_bytes: layout.smem as u32,
             };

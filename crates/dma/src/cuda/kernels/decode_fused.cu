@@ -10,20 +10,21 @@
 //    and picks the same digit as every other CTA. It stops early when the digit's bucket holds
 //    exactly the keys still needed. Result: keep the keys above `thr`, and the `ties` latest keys
 //    equal to it (between equal biases the later key wins: SPEC.md).
-// 3. Compact: each CTA lists its kept keys in index order.
+// 3. Compact: each CTA lists its kept keys (in index order when ties are to be broken).
 // 4. Balance: the cluster's kept keys, in order, are split evenly over its CTAs, wherever they
 //    lie (a model's best keys may all be in one chunk, e.g. the most recent ones).
 // 5. Attend: each warp runs an online softmax over its keys for DEC_HEADS query heads at a time,
 //    lanes spanning the head dim; the CTA then merges its warps.
 // 6. Combine: CTA r merges the cluster's partials of query heads r, r + C, ... into out and lse.
-// Shared memory (cuda/decode.rs: fused_smem_bytes): the chunk's keys, its kept list, the CTA's
-// share of the cluster's kept keys, the warps' partials and the CTA's partials, then DecodeShared.
+// Dynamic shared memory (cuda/decode.rs: fused_layout): the chunk's keys, its kept list, the CTA's
+// share of the cluster's kept keys, the warps' partials and the CTA's partials. Two CTAs per SM
+// (launch bounds): a 16-CTA cluster then fits in 8 SMs; at one CTA per SM not every GPC held a
+// cluster, and the clusters ran in two waves.
 
-// 16 warps: the kernel is latency-bound (one CTA per SM), and a warp's share of each step
-// halves with twice the warps.
 #define DEC_THREADS 256
 #define DEC_WARPS (DEC_THREADS / 32)
 #define DEC_BINS 256
+static_assert(DEC_THREADS >= DEC_BINS, "one thread per histogram bin");
 // Query heads per attention pass (more heads per slot, as with MQA, take several passes).
 #define DEC_HEADS 4
 // The largest cluster (cuda/decode.rs: CLUSTER).
@@ -227,24 +228,21 @@ __device__ __forceinline__ u32 compact_kept(const u32* keys, int n, u32 rank, Ke
         sh.warp_b[warp] = n_tie;
     }
     __syncthreads();
-    // Ties: the slot's keys equal to thr, in index order, are kept from position tie_from on.
-    u32 ties_before = 0, tie_from = 0;
-    if (rule.ties > 0) {
-        if (threadIdx.x == 0) {
-            u32 t = 0;
-            for (int w = 0; w < DEC_WARPS; ++w) t += sh.warp_b[w];
-            sh.equal = t;
-        }
-        cluster_sync();
-        u32 equal[C], total = 0;
-        load_remote_all<C>(&sh.equal, equal);
-#pragma unroll
-        for (int r = 0; r < C; ++r) {
-            total += equal[r];
-            if ((u32)r < rank) ties_before += equal[r];
-        }
-        tie_from = total - rule.ties;
+    // The slot's keys equal to thr, in index order, are kept from position tie_from on.
+    if (threadIdx.x == 0) {
+        u32 t = 0;
+        for (int w = 0; w < DEC_WARPS; ++w) t += sh.warp_b[w];
+        sh.equal = t;
     }
+    cluster_sync();
+    u32 equal[C], total = 0, ties_before = 0;
+    load_remote_all<C>(&sh.equal, equal);
+#pragma unroll
+    for (int r = 0; r < C; ++r) {
+        total += equal[r];
+        if ((u32)r < rank) ties_before += equal[r];
+    }
+    const u32 tie_from = total - rule.ties;
     // Where this warp's kept keys and ties start, and the CTA's kept count.
     u32 kept_at = 0, tie_at = 0, cta_kept = 0, t = ties_before;
     for (int w = 0; w < DEC_WARPS; ++w) {
