@@ -281,7 +281,12 @@ fn decode_plan(params: &Params, problem: &Problem) -> Result<DecodePlan> {
 
 /// DMA forward for decoding on device buffers, into caller-provided out and lse: the same result
 /// as [`forward_into`](super::forward_into), faster when every sequence has few queries
-/// (at most [`DECODE_MAX_Q`]; otherwise it runs the general forward).
+/// (at most [`DECODE_MAX_Q`]; otherwise it runs the general forward). A generation step, at most
+/// one query per sequence, is one kernel launch on sm_90 (an H100 at 128K cached keys, Hq = 32,
+/// Hkv = 8, D = 128, w = 2048: ~0.045 ms a call, docs/benchmarks.md).
+///
+/// Returns after the GPU has finished (it synchronises the stream to report a non-finite bias as
+/// [`DmaError::NonFiniteBias`](crate::DmaError::NonFiniteBias)).
 #[allow(clippy::too_many_arguments)]
 pub fn decode_into<T: CudaElement>(
     dev: &Device,
