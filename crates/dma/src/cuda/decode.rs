@@ -453,3 +453,28 @@ pub fn decode_host<T: CudaElement>(
 ) -> Result<cpu::Forward<T>> {
     forward::run_host(dev, params, shape, inputs, decode_into::<T>)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Heads;
+
+    /// The fused decode's clusters run in one wave only when two CTAs fit on an SM (228 KiB of
+    /// shared memory, 1 KiB of it reserved per CTA): at one CTA per SM not every GPC holds a
+    /// 16-CTA cluster (docs/cuda-notes.md, stop 16). The benchmark's shape must stay within that.
+    #[test]
+    fn fused_decode_fits_two_ctas_per_sm_at_128k() {
+        const PER_CTA: usize = 228 * 1024 / 2 - 1024;
+        for (hq, hkv, d) in [(32, 8, 128), (32, 8, 64), (16, 16, 128)] {
+            let problem = Shape::dense(1, 1, 131072, Heads::new(hq, hkv), d)
+                .problem()
+                .unwrap();
+            let layout = fused_layout(&Params::new(2048), &problem);
+            let bytes = layout.smem + FUSED_STATIC_SMEM;
+            assert!(
+                bytes <= PER_CTA,
+                "Hq={hq} Hkv={hkv} D={d}: {bytes} bytes a CTA"
+            );
+        }
+    }
+}
