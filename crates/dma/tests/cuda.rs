@@ -494,8 +494,8 @@ fn backward_reuses_forward_selection() {
 /// Decoding (few queries, long cache) against the CPU forward: Nq in {1, 4}, Nk around the
 /// window and long, causal (and not), GQA, both bias-head layouts, ties, a varlen batch, every
 /// head dim; then decode steps (Nq = 1, the fused kernel on sm_90) with MQA (16 query heads per
-/// bias head: several attention passes), batches (one of 40 sequences: two launches), and ties
-/// at long contexts (biases from a few
+/// bias head: several attention passes), batches (one of 40 sequences: two launches), a query
+/// without keys, and ties at long contexts (biases from a few
 /// values: many keys share the w-th best bias, and the latest of them win).
 #[test]
 fn decode_matches_cpu() {
@@ -552,6 +552,11 @@ fn decode_matches_cpu() {
     cases.push(step(128, 8, 8, 3, 9000, true));
     // More sequences than one fused launch takes (32).
     cases.push(step(64, 4, 2, 40, 700, false));
+    // A query with no keys at all (out 0, lse -inf), a long sequence and a one-key one.
+    cases.push(Case {
+        varlen: Some((vec![1, 1, 1], vec![0, 3000, 1])),
+        ..step(128, 8, 2, 1, 0, false)
+    });
     let mut worst = 0.0f64;
     for (i, case) in (1u64..).zip(&cases) {
         for dtype in 0..2 {
