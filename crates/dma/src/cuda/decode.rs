@@ -16,7 +16,7 @@ use super::compile::KernelSpec;
 use super::device::Device;
 use super::error;
 use super::forward::{self, causal_arg, CudaElement};
-use super::plan::{self, Plan, BLOCK_M, BLOCK_N};
+use super::plan::{self, Plan, BLOCK_M, BLOCK_N, SEQ_INFO_INTS};
 use super::select::{self, DevicePlan, Selection};
 use crate::{cpu, DmaError, Params, Problem, Result, Shape};
 use cudarc::driver::sys::CUdevice_attribute_enum as DevAttr;
@@ -163,8 +163,7 @@ fn decode_fused<T: CudaElement>(
         int(layout.share_cap)?,
     ];
     let scale_log2 = params.scale_for(problem.head_dim) * std::f32::consts::LOG2_E;
-    let table = plan::seq_table(problem)?;
-    let rows: Vec<&[i32]> = table.chunks(SEQ_INFO_INTS).collect();
+    let rows = plan::seq_table(problem)?;
     let ctas_per_seq = CLUSTER * h.bias;
     let s = dev.stream();
     dev.with_mapped_words(rows.len() * ctas_per_seq, |flags| {
@@ -172,9 +171,7 @@ fn decode_fused<T: CudaElement>(
         for (launch, seqs) in rows.chunks(LAUNCH_SEQS).enumerate() {
             let first = launch * LAUNCH_SEQS;
             let mut table = LaunchSeqs([[0; SEQ_INFO_INTS]; LAUNCH_SEQS]);
-            for (row, seq) in table.0.iter_mut().zip(seqs) {
-                row.copy_from_slice(seq);
-            }
+            table.0[..seqs.len()].copy_from_slice(seqs);
             let ctas = seqs.len() * ctas_per_seq;
             let cfg = LaunchConfig {
                 grid_dim: (
@@ -218,10 +215,8 @@ fn decode_fused<T: CudaElement>(
     })
 }
 
-/// Sequences per fused-decode launch (`DEC_SEQS` in kernels/decode_fused.cu), and the i32 of one
-/// row of their table (`SeqInfo`).
+/// Sequences per fused-decode launch (`DEC_SEQS` in kernels/decode_fused.cu).
 const LAUNCH_SEQS: usize = 32;
-const SEQ_INFO_INTS: usize = 8;
 
 /// The sequence table of one fused-decode launch, passed by value (`DecodeSeqs`).
 #[repr(C)]

@@ -163,14 +163,15 @@ impl Device {
             .mapped
             .lock()
             .map_err(|_| DmaError::Cuda("mapped words lock poisoned".into()))?;
-        if mapped.as_ref().is_none_or(|m| m.len() < len) {
-            *mapped = None;
-            *mapped = Some(MappedWords::new(self.context(), len.next_power_of_two())?);
-        }
-        match mapped.as_ref() {
-            Some(m) => f(m),
-            None => Err(DmaError::Cuda("mapped words missing".into())),
-        }
+        let words = match mapped.take() {
+            Some(words) if words.len() >= len => words,
+            // Too small (or none yet): the old set is freed before the new one is taken.
+            old => {
+                drop(old);
+                MappedWords::new(self.context(), len.next_power_of_two())?
+            }
+        };
+        f(mapped.insert(words))
     }
 
     /// The kernel `spec`, compiled (once per process) and loaded (once per device).

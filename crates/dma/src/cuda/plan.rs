@@ -59,29 +59,31 @@ pub(crate) struct Plan {
     pub window: i32,
 }
 
+/// i32s of one row of the per-sequence table (`SeqInfo` in kernels/common.cu).
+pub(crate) const SEQ_INFO_INTS: usize = 8;
+
 /// The per-sequence table of the kernels (`SeqInfo`): q_start, nq, k_start, nk, bias_offset,
 /// lse_offset, 0, 0 for each sequence; a typed error when an offset the kernels form in 32 bits
 /// does not fit.
-pub(crate) fn seq_table(problem: &Problem) -> Result<Vec<i32>> {
+pub(crate) fn seq_table(problem: &Problem) -> Result<Vec<[i32; SEQ_INFO_INTS]>> {
     let int = |x: usize| i32::try_from(x).map_err(|_| DmaError::TooLong(x));
-    let mut seqs = Vec::with_capacity(problem.sequences.len() * 8);
+    let mut rows = Vec::with_capacity(problem.sequences.len());
     for s in &problem.sequences {
         // The largest element offsets the kernels form in 32 bits.
         int(s.bias_offset + problem.heads.bias * problem.bias_head_stride)?;
         int(s.lse_offset + problem.heads.q * problem.lse_head_stride)?;
-        for x in [
-            s.q_start,
-            s.nq,
-            s.k_start,
-            s.nk,
-            s.bias_offset,
-            s.lse_offset,
-        ] {
-            seqs.push(int(x)?);
-        }
-        seqs.extend([0, 0]);
+        rows.push([
+            int(s.q_start)?,
+            int(s.nq)?,
+            int(s.k_start)?,
+            int(s.nk)?,
+            int(s.bias_offset)?,
+            int(s.lse_offset)?,
+            0,
+            0,
+        ]);
     }
-    Ok(seqs)
+    Ok(rows)
 }
 
 impl Plan {
@@ -95,7 +97,7 @@ impl Plan {
     fn with_list_rows(params: &Params, problem: &Problem, list_rows: usize) -> Result<Plan> {
         assert!(list_rows % BLOCK_M == 0 && (BLOCK_M..=LIST_M).contains(&list_rows));
         let int = |x: usize| i32::try_from(x).map_err(|_| DmaError::TooLong(x));
-        let seqs = seq_table(problem)?;
+        let seqs = seq_table(problem)?.concat();
         let mut lists = Vec::new();
         let mut blocks = Vec::new();
         let (mut anchors, mut dependents) = (Vec::new(), Vec::new());

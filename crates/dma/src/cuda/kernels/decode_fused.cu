@@ -530,7 +530,6 @@ __device__ __forceinline__ void decode_fused_body(
              int lse_head_stride, int window, int chunk, int kept_cap, int share_cap,            \
              float scale_log2) {                                                                  \
         decode_fused_body<T, D, C>(q, k, v, bias, seqs, seq_base, out, lse, bad_bias, q_heads,   \
-                                   kv_heads,                                                      \
-                                   bias_heads, bias_head_stride, lse_head_stride, window, chunk, \
-                                   kept_cap, share_cap, scale_log2);                              \
+                                   kv_heads, bias_heads, bias_head_stride, lse_head_stride,      \
+                                   window, chunk, kept_cap, share_cap, scale_log2);               \
     }
