@@ -5,8 +5,8 @@ records of `dma plot` on stdout:
     dma plot --input bench.jsonl --out-dir docs/img/h100 --baseline sdpa-cudnn
 
 One record per timing: kind forward | forward_backward | decode (with the suffix _paper for the
-paper's configuration, Hq=2, Hkv=1), impl naming the implementation (dma, sdpa-cudnn, sdpa-flash,
-sdpa-default) and, for grouped kv heads outside the paper's configuration, its kv heads
+paper's configuration, Hq=2, Hkv=1), impl naming the implementation (dma; dma-state, a decode step over
+the kept set carried from the step before; sdpa-cudnn, sdpa-flash, sdpa-default) and, for grouped kv heads outside the paper's configuration, its kv heads
 (dma-Hkv4), n the sequence length (decode: the context), time_ms the median, peak_mib the peak
 device memory where the line has it.
 """
@@ -25,7 +25,7 @@ def record(line):
         return None
     f = fields(line)
     words = line.split()
-    who = "dma" if words[1] == "dma" else f"sdpa-{words[2]}"
+    who = words[1] if words[1].startswith("dma") else f"sdpa-{words[2]}"
     if "decode" in line:
         kind, n = "decode", int(f["ctx"])
     else:

@@ -582,6 +582,273 @@ fn decode_matches_cpu() {
     eprintln!("worst relative error {worst:.2e} (decode)");
 }
 
+/// How the biases of a generation test's caches are drawn.
+#[derive(Debug, Clone, Copy)]
+enum StepBias {
+    Random,
+    /// A few values (ties, -0.0 and 0.0 among them).
+    Ties,
+    /// Rising with the key: every new key evicts the worst kept one.
+    Rising,
+    /// One value: sliding-window attention, every new key evicts the oldest.
+    Constant,
+}
+
+/// One generation test: head dim, heads (Hq, Hkv, Hb = Hq?), each sequence's cache length at the
+/// first step, the biases.
+struct StepCase {
+    d: usize,
+    heads: (usize, usize, bool),
+    starts: Vec<usize>,
+    bias: StepBias,
+}
+
+/// Keys each step appends to every cache: single keys, a few at once, and more than
+/// `STEP_MAX_NEW` (the state is selected again from the whole cache).
+const STEP_GROWTH: [usize; 11] = [0, 1, 1, 1, 1, 3, 1, 100, 1, 1, 1];
+
+/// `cuda::DecodeState` over generation steps (caches growing between calls, one query per
+/// sequence): each step's out and lse against the CPU forward of that step, and the state's kept
+/// sets against the top w of each cache ranked on the host. Windows are crossed on the way (a
+/// cache of 511 keys at w = 512), and a sequence starts with no key at all.
+#[test]
+fn decode_state_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let seed = fresh_seed();
+    eprintln!("seed {seed} (DMA_SEED reproduces)");
+    let cases = [
+        StepCase {
+            d: 128,
+            heads: (8, 2, false),
+            starts: vec![5000, 300, 0, 511],
+            bias: StepBias::Random,
+        },
+        StepCase {
+            d: 64,
+            heads: (16, 1, false),
+            starts: vec![3000, 509],
+            bias: StepBias::Ties,
+        },
+        StepCase {
+            d: 128,
+            heads: (4, 4, true),
+            starts: vec![2000, 700],
+            bias: StepBias::Rising,
+        },
+        StepCase {
+            d: 64,
+            heads: (8, 2, false),
+            starts: vec![1500],
+            bias: StepBias::Constant,
+        },
+    ];
+    let mut worst = 0.0f64;
+    for (i, case) in (0u64..).zip(&cases) {
+        let s = seed.wrapping_add(i);
+        let e = if i % 2 == 0 {
+            check_decode_state::<bf16>(&dev, case, s)
+        } else {
+            check_decode_state::<f16>(&dev, case, s)
+        };
+        worst = worst.max(e);
+    }
+    eprintln!("worst relative error {worst:.2e} (decode state)");
+}
+
+/// One `StepCase` over the STEP_GROWTH steps (window 512); returns the worst out or lse error.
+fn check_decode_state<T: cuda::CudaElement>(dev: &Device, case: &StepCase, seed: u64) -> f64 {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (hq, hkv, hb_is_q) = case.heads;
+    let hb = if hb_is_q { hq } else { hkv };
+    let heads = Heads::new(hq, hkv).with_bias(hb);
+    let (d, w, row) = (case.d, 512usize, hkv * case.d);
+    let grown: usize = STEP_GROWTH.iter().sum();
+    // Each sequence's whole cache: k and v rows, and per bias head its biases.
+    let mut k_all = Vec::new();
+    let mut v_all = Vec::new();
+    let mut b_all = Vec::new();
+    for &start in &case.starts {
+        let len = start + grown;
+        k_all.push(random_values::<T>(&mut rng, len * row));
+        v_all.push(random_values::<T>(&mut rng, len * row));
+        let heads_bias: Vec<Vec<f32>> = (0..hb)
+            .map(|_| match case.bias {
+                StepBias::Random => random_bias(&mut rng, len),
+                StepBias::Ties => {
+                    let levels = [0.0f32, -0.0, 1.0, -1.0, 2.5];
+                    (0..len).map(|_| levels[rng.random_range(0..5)]).collect()
+                }
+                StepBias::Rising => (0..len).map(|j| j as f32 * 1e-3 - 1.0).collect(),
+                StepBias::Constant => vec![0.5; len],
+            })
+            .collect();
+        b_all.push(heads_bias);
+    }
+    let params = Params::new(w);
+    let mut state = cuda::DecodeState::new();
+    let mut lens = case.starts.clone();
+    let mut worst = 0.0f64;
+    let st = dev.stream();
+    for (step, &add) in STEP_GROWTH.iter().enumerate() {
+        lens.iter_mut().for_each(|l| *l += add);
+        let batch = lens.len();
+        let mut cu_k = vec![0i32];
+        for &l in &lens {
+            cu_k.push(cu_k.last().unwrap() + l as i32);
+        }
+        let shape = Shape::varlen((0..=batch as i32).collect(), cu_k, heads, d);
+        let q = random_values::<T>(&mut rng, batch * hq * d);
+        let cat = |all: &[Vec<T>]| -> Vec<T> {
+            all.iter()
+                .zip(&lens)
+                .flat_map(|(x, &l)| x[..l * row].iter().copied())
+                .collect()
+        };
+        let (k, v) = (cat(&k_all), cat(&v_all));
+        let bias: Vec<f32> = (0..hb)
+            .flat_map(|h| {
+                b_all
+                    .iter()
+                    .zip(&lens)
+                    .flat_map(move |(b, &l)| b[h][..l].iter().copied())
+            })
+            .collect();
+        let inputs = cpu::Inputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            bias: &bias,
+        };
+        let want = cpu::forward(&params, &shape, &inputs).unwrap();
+        let up = |x: &[T]| st.clone_htod(x).unwrap();
+        let (dq, dk, dv) = (up(&q), up(&k), up(&v));
+        let dbias = st.clone_htod(&bias).unwrap();
+        let mut out = up(&vec![T::from_f32(f32::NAN); q.len()]);
+        let mut lse = st.clone_htod(&vec![f32::NAN; want.lse.len()]).unwrap();
+        let label = format!(
+            "D={d} heads {:?} {:?} step {step} lens {lens:?}",
+            case.heads, case.bias
+        );
+        state
+            .step_into(
+                dev, &params, &shape, &dq, &dk, &dv, &dbias, &mut out, &mut lse,
+            )
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        let got_out: Vec<T> = st.clone_dtoh(&out).unwrap();
+        let got_lse: Vec<f32> = st.clone_dtoh(&lse).unwrap();
+        let eo = rel_err(&to_f32(&got_out), &to_f32(&want.out))
+            .unwrap_or_else(|e| panic!("{label}: out: {e}"));
+        let el = rel_err(&got_lse, &want.lse).unwrap_or_else(|e| panic!("{label}: lse: {e}"));
+        assert!(
+            eo <= 1e-2 && el <= 1e-2,
+            "{label}: out {eo:.2e} lse {el:.2e}"
+        );
+        worst = worst.max(eo).max(el);
+        // The kept sets: the top w of each cache by (bias, index), ranked here.
+        let kept = state.kept_keys(dev).unwrap().expect("a step ran");
+        for (s, &l) in lens.iter().enumerate() {
+            for h in 0..hb {
+                let mut ranks: Vec<u64> = (0..l).map(|j| rank(b_all[s][h][j], j)).collect();
+                ranks.sort_unstable_by(|a, b| b.cmp(a));
+                let mut top: Vec<u32> = ranks.iter().take(w).map(|&r| r as u32).collect();
+                top.sort_unstable();
+                assert!(
+                    kept[s * hb + h] == top,
+                    "{label}: sequence {s} head {h}: kept set"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "decode state D={d} heads {:?} starts {:?} {:?} {}: worst {worst:.2e}",
+        case.heads,
+        case.starts,
+        case.bias,
+        T::DTYPE
+    );
+    worst
+}
+
+/// A non-finite bias among the keys a decode-state step inserts is the typed error naming it; the
+/// state then selects again from the whole cache, and a call the kept set does not serve (two
+/// queries in a sequence) is decode_into's.
+#[test]
+fn decode_state_errors_and_fallbacks() {
+    let Some(dev) = device() else { return };
+    let st = dev.stream();
+    let mut rng = StdRng::seed_from_u64(fresh_seed());
+    let heads = Heads::new(4, 2).with_bias(4);
+    let params = Params::new(64);
+    let mut state = cuda::DecodeState::new();
+    // Caches of 700 and 300 keys, then 701 and 301 (the step inserts keys 700 and 300).
+    for (step, lens) in [[700i32, 300], [701, 301], [701, 301], [702, 302]]
+        .iter()
+        .enumerate()
+    {
+        let nq = if step == 3 { 2 } else { 1 };
+        let shape = Shape::varlen(
+            vec![0, 1, 1 + nq],
+            vec![0, lens[0], lens[0] + lens[1]],
+            heads,
+            64,
+        );
+        let (q, k, v, mut bias) = random_inputs::<bf16>(&mut rng, &shape, false);
+        let problem = shape.problem().unwrap();
+        let at = problem.bias_range(&problem.sequences[1], 3).start + 300;
+        if step == 1 {
+            bias[at] = f32::NAN;
+        }
+        let inputs = cpu::Inputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            bias: &bias,
+        };
+        let (dq, dk, dv) = (
+            st.clone_htod(&q).unwrap(),
+            st.clone_htod(&k).unwrap(),
+            st.clone_htod(&v).unwrap(),
+        );
+        let dbias = st.clone_htod(&bias).unwrap();
+        let mut out = st.clone_htod(&vec![bf16::NAN; q.len()]).unwrap();
+        let mut lse = st.clone_htod(&vec![f32::NAN; problem.lse_len()]).unwrap();
+        let got = state.step_into(
+            &dev, &params, &shape, &dq, &dk, &dv, &dbias, &mut out, &mut lse,
+        );
+        if step == 1 {
+            match got {
+                Err(DmaError::NonFiniteBias {
+                    sequence: 1,
+                    head: 3,
+                    key: 300,
+                    value,
+                }) if value.is_nan() => {}
+                other => {
+                    panic!("step 1: expected the NaN at sequence 1, head 3, key 300: {other:?}")
+                }
+            }
+            assert!(
+                state.kept_keys(&dev).unwrap().is_none(),
+                "a failed step drops the sets"
+            );
+            continue;
+        }
+        got.unwrap_or_else(|e| panic!("step {step}: {e}"));
+        let want = cpu::forward(&params, &shape, &inputs).unwrap();
+        let eo = rel_err(&to_f32(&st.clone_dtoh(&out).unwrap()), &to_f32(&want.out)).unwrap();
+        let el = rel_err(&st.clone_dtoh(&lse).unwrap(), &want.lse).unwrap();
+        assert!(
+            eo <= 1e-2 && el <= 1e-2,
+            "step {step}: out {eo:.2e} lse {el:.2e}"
+        );
+        assert_eq!(
+            state.kept_keys(&dev).unwrap().is_some(),
+            step != 3,
+            "step {step}: the kept sets serve one query per sequence only"
+        );
+    }
+}
+
 /// Calls `check` on every third case, from case `first`, with fresh random biases (on the host
 /// and on the device): the selection tests.
 fn with_random_biases(
@@ -1425,16 +1692,28 @@ fn peak_pool_bytes(dev: &Device, f: &mut dyn FnMut()) -> Option<u64> {
 
 /// Median of `reps` CUDA-event times of `f` on `dev`'s stream, after `warmup` untimed runs.
 fn median_ms(dev: &Device, warmup: usize, reps: usize, f: &mut dyn FnMut()) -> f64 {
+    median_ms_prepared(dev, warmup, reps, &mut || (), &mut |()| f())
+}
+
+/// `median_ms` of `f(prepare())`, `prepare` enqueued and run before each timing starts.
+fn median_ms_prepared<S>(
+    dev: &Device,
+    warmup: usize,
+    reps: usize,
+    prepare: &mut dyn FnMut() -> S,
+    f: &mut dyn FnMut(S),
+) -> f64 {
     let (ctx, s) = (dev.context(), dev.stream());
     for _ in 0..warmup {
-        f();
+        f(prepare());
     }
     let mut ms = Vec::new();
     for _ in 0..reps {
         let a = ctx.new_event(Some(CU_EVENT_DEFAULT)).unwrap();
         let b = ctx.new_event(Some(CU_EVENT_DEFAULT)).unwrap();
+        let x = prepare();
         a.record(s).unwrap();
-        f();
+        f(x);
         b.record(s).unwrap();
         b.synchronize().unwrap();
         ms.push(a.elapsed_ms(&b).unwrap() as f64);
@@ -1601,7 +1880,8 @@ fn bench_backward() {
 
 /// Decode timing: B=1, one query, Hq=32, Hkv=8, Hb=Hkv, D=128, bf16, w=2048, causal, context in
 /// DMA_BENCH_CTX (default 8192,32768,131072); medians of CUDA-event times over the whole
-/// `decode_into` call (planning, selection, split-K attend and combine), and the general
+/// `decode_into` call (planning, selection, split-K attend and combine), of a
+/// `cuda::DecodeState` step (the kept set carried from the step before), and the general
 /// forward on the same inputs for comparison.
 #[test]
 #[ignore = "timing, run on the GPU with --ignored"]
@@ -1628,6 +1908,7 @@ fn bench_decode() {
             )
             .unwrap()
         });
+        let t_step = time_state_step(&dev, &params, &shape, &mut b);
         // Host time to enqueue one decode (planning, uploads, allocations, launches), no sync.
         let mut host = Vec::new();
         for _ in 0..50 {
@@ -1645,5 +1926,49 @@ fn bench_decode() {
              (host enqueue {:.4} ms; general forward path {t_fwd:.4} ms)",
             host[host.len() / 2]
         );
+        println!(
+            "BENCH dma-state decode ctx={n} Hq={hq} Hkv={hkv} D={d} w={w} bf16 Nq={nq}: \
+             {t_step:.4} ms (a generation step over the kept set carried from the step before)"
+        );
     }
+}
+
+/// A `cuda::DecodeState` step that appends the last key of the cache of `shape` (one sequence,
+/// dense): the state is carried to the cache without that key first, and each timed step runs
+/// on a fresh copy of it (the copy is not timed).
+fn time_state_step(dev: &Device, params: &Params, shape: &Shape, b: &mut BenchBuffers) -> f64 {
+    let s = dev.stream();
+    let p = shape.problem().unwrap();
+    let (n, heads, d) = (p.sequences[0].nk, p.heads, p.head_dim);
+    let prev = Shape::dense(1, 1, n - 1, heads, d);
+    let rows = (n - 1) * heads.kv * d;
+    let kp = s.clone_dtod(&b.k.slice(..rows)).unwrap();
+    let vp = s.clone_dtod(&b.v.slice(..rows)).unwrap();
+    let bias: Vec<f32> = s.clone_dtoh(&b.bias).unwrap();
+    let bp: Vec<f32> = bias
+        .chunks(n)
+        .flat_map(|h| h[..n - 1].iter().copied())
+        .collect();
+    let bp = s.clone_htod(&bp).unwrap();
+    let mut base = cuda::DecodeState::new();
+    base.step_into(
+        dev, params, &prev, &b.q, &kp, &vp, &bp, &mut b.out, &mut b.lse,
+    )
+    .unwrap();
+    // The copies are freed after the timings (a free would be timed with the step).
+    let mut used = Vec::new();
+    median_ms_prepared(
+        dev,
+        5,
+        50,
+        &mut || base.try_clone(dev).unwrap(),
+        &mut |mut state| {
+            state
+                .step_into(
+                    dev, params, shape, &b.q, &b.k, &b.v, &b.bias, &mut b.out, &mut b.lse,
+                )
+                .unwrap();
+            used.push(state);
+        },
+    )
 }

@@ -10,6 +10,10 @@
 //!   cached biases runs over many CTAs (kernels/decode_select.cu), then the forward kernel reads
 //!   only the kept K/V rows, each (sequence, query head) split over several CTAs whose partials
 //!   are combined (split-K).
+//!
+//! Generation loops can carry each sequence's kept keys from one step to the next instead
+//! (decode_state.rs, [`DecodeState`](super::DecodeState)): a step then reads only the new keys'
+//! biases and the kept rows.
 
 use super::buffers::alloc_uninit;
 use super::compile::KernelSpec;
@@ -21,10 +25,10 @@ use super::select::{self, DevicePlan, Selection};
 use crate::{cpu, DmaError, Params, Problem, Result, Shape};
 use cudarc::driver::sys::CUdevice_attribute_enum as DevAttr;
 use cudarc::driver::sys::CUfunction_attribute_enum as FuncAttr;
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 
 const SOURCE: &str = include_str!("kernels/decode_select.cu");
-const FUSED_SOURCE: &str = include_str!("kernels/decode_fused.cu");
+pub(super) const FUSED_SOURCE: &str = include_str!("kernels/decode_fused.cu");
 /// Keys per CTA of the decode selection (`DSEL_CHUNK`).
 const CHUNK: usize = 4096;
 const THREADS: u32 = 256;
@@ -51,12 +55,12 @@ pub(crate) fn specs(causal: bool) -> [KernelSpec; 2] {
 
 /// CTAs per cluster of the fused decode (`C` of kernels/decode_fused.cu; at most
 /// `DEC_MAX_CLUSTER`). 16 is above the portable 8, so the kernel opts in.
-const CLUSTER: usize = 16;
+pub(super) const CLUSTER: usize = 16;
 /// Warps of a fused-decode CTA and query heads per attention pass (`DEC_WARPS`, `DEC_HEADS`).
-const FUSED_WARPS: usize = 8;
-const FUSED_HEADS: usize = 4;
+pub(super) const FUSED_WARPS: usize = 8;
+pub(super) const FUSED_HEADS: usize = 4;
 /// Static shared memory of the fused decode (`DecodeShared`), rounded up.
-const FUSED_STATIC_SMEM: usize = 10496;
+pub(super) const FUSED_STATIC_SMEM: usize = 10496;
 
 /// The fused decode kernel for an element type and head dim.
 pub(crate) fn fused_spec<T: CudaElement>(head_dim: usize) -> Result<KernelSpec> {
@@ -136,57 +140,29 @@ fn decode_fused<T: CudaElement>(
     out: &mut CudaSlice<T>,
     lse: &mut CudaSlice<f32>,
 ) -> Result<()> {
-    let f = dev.function(&fused_spec::<T>(problem.head_dim)?)?;
-    for (attr, value) in [
-        (
-            FuncAttr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            layout.smem as i32,
-        ),
-        (
-            FuncAttr::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
-            1,
-        ),
+    let f = step_function(dev, &fused_spec::<T>(problem.head_dim)?, layout.smem, true)?;
+    let mut ints = slot_ints(problem)?.to_vec();
+    for x in [
+        layout.window,
+        layout.chunk,
+        layout.kept_cap,
+        layout.share_cap,
     ] {
-        f.set_attribute(attr, value).map_err(error::driver)?;
+        ints.push(int(x)?);
     }
-    let h = &problem.heads;
-    let int = |x: usize| i32::try_from(x).map_err(|_| DmaError::TooLong(x));
-    let ints = [
-        int(h.q)?,
-        int(h.kv)?,
-        int(h.bias)?,
-        int(problem.bias_head_stride)?,
-        int(problem.lse_head_stride)?,
-        int(layout.window)?,
-        int(layout.chunk)?,
-        int(layout.kept_cap)?,
-        int(layout.share_cap)?,
-    ];
     let scale_log2 = params.scale_for(problem.head_dim) * std::f32::consts::LOG2_E;
     let rows = plan::seq_table(problem)?;
-    let ctas_per_seq = CLUSTER * h.bias;
-    let s = dev.stream();
-    dev.with_mapped_words(rows.len() * ctas_per_seq, |flags| {
-        // Each launch takes up to LAUNCH_SEQS sequences, their table a kernel parameter.
-        for (launch, seqs) in rows.chunks(LAUNCH_SEQS).enumerate() {
-            let first = launch * LAUNCH_SEQS;
+    run_slots(
+        dev,
+        problem,
+        bias,
+        (CLUSTER, layout.smem),
+        |cfg, first, flag_ptr| {
+            let seqs = &rows[first..rows.len().min(first + LAUNCH_SEQS)];
             let mut table = LaunchSeqs([[0; SEQ_INFO_INTS]; LAUNCH_SEQS]);
             table.0[..seqs.len()].copy_from_slice(seqs);
-            let ctas = seqs.len() * ctas_per_seq;
-            let cfg = LaunchConfig {
-                grid_dim: (
-                    u32::try_from(ctas).map_err(|_| DmaError::TooLong(ctas))?,
-                    1,
-                    1,
-                ),
-                block_dim: (FUSED_WARPS as u32 * 32, 1, 1),
-                shared_mem_bytes: layout.smem as u32,
-            };
-            let (seq_base, flag_ptr) = (
-                int(first)?,
-                flags.device_ptr() + 8 * (first * ctas_per_seq) as u64,
-            );
-            let mut l = s.launch_builder(&f);
+            let seq_base = int(first)?;
+            let mut l = dev.stream().launch_builder(&f);
             l.arg(q)
                 .arg(k)
                 .arg(v)
@@ -200,14 +176,90 @@ fn decode_fused<T: CudaElement>(
                 l.arg(x);
             }
             l.arg(&scale_log2);
-            // SAFETY: matches kernels/decode_fused.cu's signature; the buffers were checked
-            // against the geometry (forward::check_buffers), the shared memory holds `layout`
-            // (chunks of the longest sequence with a query), every sequence has at most one
-            // query, and `flags` has a word for each CTA of every launch.
+            // SAFETY: matches kernels/decode_fused.cu's signature; the buffers were checked against
+            // the geometry (forward::check_buffers), the shared memory holds `layout` (chunks of the
+            // longest sequence with a query), every sequence has at most one query, and the flag
+            // words cover every CTA of the launch (run_slots).
             unsafe { l.launch(cfg) }.map_err(error::driver)?;
+            Ok(())
+        },
+    )
+}
+
+fn int(x: usize) -> Result<i32> {
+    i32::try_from(x).map_err(|_| DmaError::TooLong(x))
+}
+
+/// The head counts and strides both decode-step kernels take after their buffers: Hq, Hkv, Hb,
+/// the bias's and lse's head strides.
+pub(super) fn slot_ints(problem: &Problem) -> Result<[i32; 5]> {
+    let h = &problem.heads;
+    Ok([
+        int(h.q)?,
+        int(h.kv)?,
+        int(h.bias)?,
+        int(problem.bias_head_stride)?,
+        int(problem.lse_head_stride)?,
+    ])
+}
+
+/// A decode-step kernel with `smem` bytes of dynamic shared memory allowed (and, for the fused
+/// kernel's clusters of CLUSTER CTAs, above the portable 8, that size opted in).
+pub(super) fn step_function(
+    dev: &Device,
+    spec: &KernelSpec,
+    smem: usize,
+    clusters: bool,
+) -> Result<CudaFunction> {
+    let f = dev.function(spec)?;
+    f.set_attribute(
+        FuncAttr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        smem as i32,
+    )
+    .map_err(error::driver)?;
+    if clusters {
+        f.set_attribute(
+            FuncAttr::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+            1,
+        )
+        .map_err(error::driver)?;
+    }
+    Ok(f)
+}
+
+/// Runs a decode-step kernel over every sequence: `launch(cfg, first, flags)` launches it for
+/// sequences [first, first + LAUNCH_SEQS) (`ctas_per_slot` CTAs per sequence and bias head,
+/// `flags` the device address of a mapped word per CTA); then waits for the GPU and reports the
+/// first non-finite bias the CTAs wrote there.
+pub(super) fn run_slots(
+    dev: &Device,
+    problem: &Problem,
+    bias: &CudaSlice<f32>,
+    (ctas_per_slot, smem): (usize, usize),
+    mut launch: impl FnMut(LaunchConfig, usize, u64) -> Result<()>,
+) -> Result<()> {
+    let seqs = problem.sequences.len();
+    let ctas_per_seq = ctas_per_slot * problem.heads.bias;
+    dev.with_mapped_words(seqs * ctas_per_seq, |flags| {
+        for first in (0..seqs).step_by(LAUNCH_SEQS) {
+            let ctas = LAUNCH_SEQS.min(seqs - first) * ctas_per_seq;
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    u32::try_from(ctas).map_err(|_| DmaError::TooLong(ctas))?,
+                    1,
+                    1,
+                ),
+                block_dim: (FUSED_WARPS as u32 * 32, 1, 1),
+                shared_mem_bytes: smem as u32,
+            };
+            launch(
+                cfg,
+                first,
+                flags.device_ptr() + 8 * (first * ctas_per_seq) as u64,
+            )?;
         }
-        s.synchronize().map_err(error::driver)?;
-        let flag = (0..rows.len() * ctas_per_seq)
+        dev.stream().synchronize().map_err(error::driver)?;
+        let flag = (0..seqs * ctas_per_seq)
             .map(|i| flags.read(i))
             .max()
             .unwrap_or(0);
@@ -216,7 +268,7 @@ fn decode_fused<T: CudaElement>(
 }
 
 /// Sequences per fused-decode launch (`DEC_SEQS` in kernels/decode_fused.cu).
-const LAUNCH_SEQS: usize = 32;
+pub(super) const LAUNCH_SEQS: usize = 32;
 
 /// The sequence table of one fused-decode launch, passed by value (`DecodeSeqs`).
 #[repr(C)]
@@ -229,17 +281,16 @@ unsafe impl cudarc::driver::DeviceRepr for LaunchSeqs {}
 /// The tables of a decode call: per sequence, causal: an anchor list (the w best keys before the
 /// first query, rows [0, 0)) and the real list after it (rows [0, nq)); not causal: one list.
 /// `Plan` is reused, so the forward and select.cu's dependent kernel read it unchanged.
-struct DecodePlan {
-    plan: Plan,
+pub(super) struct DecodePlan {
+    pub(super) plan: Plan,
     /// The lists the decode selection fills (anchors when causal), one per sequence.
     targets: Vec<i32>,
     /// The largest number of keys before a sequence's first query.
     max_before: usize,
 }
 
-fn decode_plan(params: &Params, problem: &Problem) -> Result<DecodePlan> {
+pub(super) fn decode_plan(params: &Params, problem: &Problem) -> Result<DecodePlan> {
     let mut plan = Plan::new(params, problem)?;
-    let int = |x: usize| i32::try_from(x).map_err(|_| DmaError::TooLong(x));
     let (mut lists, mut blocks, mut targets, mut dependents) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut max_before = 0;
@@ -281,7 +332,8 @@ fn decode_plan(params: &Params, problem: &Problem) -> Result<DecodePlan> {
 /// Hkv = 8, D = 128, w = 2048: ~0.045 ms a call, docs/benchmarks.md).
 ///
 /// Returns after the GPU has finished (it synchronises the stream to report a non-finite bias as
-/// [`DmaError::NonFiniteBias`](crate::DmaError::NonFiniteBias)).
+/// [`DmaError::NonFiniteBias`](crate::DmaError::NonFiniteBias)). A generation loop is faster
+/// with a [`DecodeState`](super::DecodeState), which carries the kept keys between steps.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_into<T: CudaElement>(
     dev: &Device,
@@ -351,7 +403,7 @@ fn splits_for(dev: &Device, plan: &Plan, problem: &Problem) -> Result<usize> {
 
 /// The decode selection: the radix passes over all cached keys, the gather, and (causal) the
 /// dependent lists of select.cu.
-fn select_decode(
+pub(super) fn select_decode(
     dev: &Device,
     params: &Params,
     problem: &Problem,

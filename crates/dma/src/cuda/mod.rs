@@ -57,6 +57,7 @@ mod backward;
 mod buffers;
 pub mod compile;
 mod decode;
+mod decode_state;
 mod device;
 mod error;
 mod forward;
@@ -71,6 +72,7 @@ mod select;
 
 pub use backward::{backward, backward_host, backward_into, BackwardInputs, DeviceGradients};
 pub use decode::{decode_host, decode_into, DECODE_MAX_Q};
+pub use decode_state::{DecodeState, STEP_MAX_NEW};
 pub use device::{Arch, Device};
 pub use forward::{
     forward, forward_host, forward_into, forward_into_with_selection, select, select_partitioned,
@@ -117,6 +119,8 @@ pub fn all_kernels() -> Vec<compile::KernelSpec> {
     for &d in HEAD_DIMS {
         specs.extend(decode::fused_spec::<half::bf16>(d));
         specs.extend(decode::fused_spec::<half::f16>(d));
+        specs.extend(decode_state::step_spec::<half::bf16>(d));
+        specs.extend(decode_state::step_spec::<half::f16>(d));
     }
     for &d in HEAD_DIMS {
         for spec in [

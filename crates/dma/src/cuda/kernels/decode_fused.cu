@@ -429,56 +429,17 @@ __device__ __forceinline__ void attend_share(const T* q, const T* k, const T* v,
     __syncthreads();  // stage is reused by the next heads
 }
 
-// bad_bias: one word per CTA of the launch, in mapped host memory, written once at the end: this
-// CTA's dma_check_bias report (0: none), the sequence numbered from seq_base.
+// Steps 5 and 6 of a slot: this CTA attends to its m keys `mine` (key indices of sequence s),
+// then CTA r merges the cluster's partials of the slot's query heads r, r + C, ... into out and
+// lse. Ends with the cluster's partials published and read (a later cluster_sync frees them).
 template <typename T, int D, int C>
-__device__ __forceinline__ void decode_fused_body(
+__device__ __forceinline__ void attend_and_combine(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-    const float* __restrict__ bias, const DecodeSeqs& seqs, int seq_base, T* __restrict__ out,
-    float* __restrict__ lse, u64* __restrict__ bad_bias, int q_heads, int kv_heads,
-    int bias_heads, int bias_head_stride, int lse_head_stride, int window, int chunk,
-    int kept_cap, int share_cap, float scale_log2) {
+    const float* __restrict__ b, const SeqInfo& s, int hb, const u32* mine, int m, u32 rank,
+    T* __restrict__ out, float* __restrict__ lse, int q_heads, int kv_heads, int bias_heads,
+    int lse_head_stride, float scale_log2, float* stage, float* part) {
     constexpr int ROW = D + 2;
     constexpr float LN2 = 0.6931471805599453f;
-    __shared__ DecodeShared sh;
-    extern __shared__ __align__(16) unsigned char dyn[];
-    const u32 rank = cluster_rank();
-    const int slot = blockIdx.x / C;
-    const int seq = slot / bias_heads, hb = slot % bias_heads;
-    const SeqInfo s = seqs.s[seq];
-    if (s.nq == 0) {  // the whole cluster: nothing to compute
-        if (threadIdx.x == 0) bad_bias[blockIdx.x] = 0;
-        return;
-    }
-    const int P = s.nk;
-    const int lo = min(P, (int)rank * chunk), n = min(P, lo + chunk) - lo;
-    u32* keys = reinterpret_cast<u32*>(dyn);
-    u32* kept = keys + chunk;
-    u32* mine = kept + kept_cap;
-    float* stage = reinterpret_cast<float*>(mine + share_cap);
-    float* part = stage + DEC_WARPS * DEC_HEADS * ROW;
-    const float* b = bias + s.bias_offset + (i64)hb * bias_head_stride;
-
-    // 1. Load: every copy in flight at once, then the ordered bits in place.
-    for (int i = threadIdx.x; i < n; i += DEC_THREADS) cp_async4(keys + i, b + lo + i);
-    asm volatile("cp.async.wait_all;\n" ::: "memory");
-    for (int i = threadIdx.x; i < DEC_WARPS * DEC_BINS; i += DEC_THREADS) (&sh.warp_hist[0][0])[i] = 0;
-    if (threadIdx.x == 0) sh.bad_bias = 0;
-    __syncthreads();
-    for (int i = threadIdx.x; i < n; i += DEC_THREADS) {
-        const float x = __uint_as_float(keys[i]);
-        dma_check_bias(x, &sh.bad_bias, seq_base + seq, bias_heads, hb, lo + i);
-        keys[i] = (u32)(dma_rank(x, 0) >> 32);
-    }
-    __syncthreads();
-
-    // 2-4. Select, compact, balance.
-    const KeepRule rule = select_keys<C>(keys, n, P, window, sh);
-    const u32 cta_kept = compact_kept<C>(keys, n, rank, rule, kept, sh);
-    if (threadIdx.x == 0) sh.kept = cta_kept;
-    cluster_sync();
-    const int m = take_share<C>(kept, rank, chunk, mine, sh);
-
     // 5. Attend, DEC_HEADS query heads at a time.
     const int group = q_heads / bias_heads;  // query heads per bias head
     const int h0 = hb * group;
@@ -518,6 +479,60 @@ __device__ __forceinline__ void decode_fused_body(
                     sum > 0.f ? (best + __log2f(sum)) * LN2 : -DMA_INF;
         }
     }
+}
+
+// bad_bias: one word per CTA of the launch, in mapped host memory, written once at the end: this
+// CTA's dma_check_bias report (0: none), the sequence numbered from seq_base.
+template <typename T, int D, int C>
+__device__ __forceinline__ void decode_fused_body(
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+    const float* __restrict__ bias, const DecodeSeqs& seqs, int seq_base, T* __restrict__ out,
+    float* __restrict__ lse, u64* __restrict__ bad_bias, int q_heads, int kv_heads,
+    int bias_heads, int bias_head_stride, int lse_head_stride, int window, int chunk,
+    int kept_cap, int share_cap, float scale_log2) {
+    constexpr int ROW = D + 2;
+    __shared__ DecodeShared sh;
+    extern __shared__ __align__(16) unsigned char dyn[];
+    const u32 rank = cluster_rank();
+    const int slot = blockIdx.x / C;
+    const int seq = slot / bias_heads, hb = slot % bias_heads;
+    const SeqInfo s = seqs.s[seq];
+    if (s.nq == 0) {  // the whole cluster: nothing to compute
+        if (threadIdx.x == 0) bad_bias[blockIdx.x] = 0;
+        return;
+    }
+    const int P = s.nk;
+    const int lo = min(P, (int)rank * chunk), n = min(P, lo + chunk) - lo;
+    u32* keys = reinterpret_cast<u32*>(dyn);
+    u32* kept = keys + chunk;
+    u32* mine = kept + kept_cap;
+    float* stage = reinterpret_cast<float*>(mine + share_cap);
+    float* part = stage + DEC_WARPS * DEC_HEADS * ROW;
+    const float* b = bias + s.bias_offset + (i64)hb * bias_head_stride;
+
+    // 1. Load: every copy in flight at once, then the ordered bits in place.
+    for (int i = threadIdx.x; i < n; i += DEC_THREADS) cp_async4(keys + i, b + lo + i);
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    for (int i = threadIdx.x; i < DEC_WARPS * DEC_BINS; i += DEC_THREADS) (&sh.warp_hist[0][0])[i] = 0;
+    if (threadIdx.x == 0) sh.bad_bias = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += DEC_THREADS) {
+        const float x = __uint_as_float(keys[i]);
+        dma_check_bias(x, &sh.bad_bias, seq_base + seq, bias_heads, hb, lo + i);
+        keys[i] = (u32)(dma_rank(x, 0) >> 32);
+    }
+    __syncthreads();
+
+    // 2-4. Select, compact, balance.
+    const KeepRule rule = select_keys<C>(keys, n, P, window, sh);
+    const u32 cta_kept = compact_kept<C>(keys, n, rank, rule, kept, sh);
+    if (threadIdx.x == 0) sh.kept = cta_kept;
+    cluster_sync();
+    const int m = take_share<C>(kept, rank, chunk, mine, sh);
+
+    // 5-6. Attend and combine.
+    attend_and_combine<T, D, C>(q, k, v, b, s, hb, mine, m, rank, out, lse, q_heads, kv_heads,
+                                bias_heads, lse_head_stride, scale_log2, stage, part);
     if (threadIdx.x == 0) bad_bias[blockIdx.x] = sh.bad_bias;
     cluster_sync();  // no CTA leaves while another reads its shared memory
 }
@@ -532,4 +547,160 @@ __device__ __forceinline__ void decode_fused_body(
         decode_fused_body<T, D, C>(q, k, v, bias, seqs, seq_base, out, lse, bad_bias, q_heads,   \
                                    kv_heads, bias_heads, bias_head_stride, lse_head_stride,      \
                                    window, chunk, kept_cap, share_cap, scale_log2);               \
+    }
+
+// A decode step over a running kept set (cuda/decode_state.rs; SPEC.md allows it: a key that
+// drops out of a query's top w never comes back). Per (sequence, bias head) slot the state holds
+// the ranks (dma_rank) of the w best keys of the first `from` cached keys, in no order, and
+// their count. The step inserts the keys [from, Nk): while the set is short of w a key is added,
+// after that it replaces the worst kept rank when it ranks above it (a new key has the largest
+// index, so it wins a tie of biases). S CTAs per slot, no cluster: each does the same insertions
+// on its own copy of the set, so they agree without talking, attends to its share of the set
+// (attend_share) and writes its partials to global memory; the last CTA of the slot to finish
+// (a counter) merges them into out and lse and writes the set back (every CTA has read it then).
+
+// The most new keys a step inserts (cuda/decode_state.rs: STEP_MAX_NEW).
+#define DEC_STEP_MAX_NEW 64
+
+struct StepSeqs {
+    SeqInfo s[DEC_SEQS];
+    int from[DEC_SEQS];  // the first key the state has not seen
+};
+
+// The smallest of list[0, n) over the CTA (red: DEC_WARPS words of scratch).
+__device__ __forceinline__ u64 cta_min(const u64* list, int n, u64* red) {
+    u64 x = ~0ull;
+    for (int i = threadIdx.x; i < n; i += DEC_THREADS) x = min(x, list[i]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) x = min(x, __shfl_xor_sync(0xffffffffu, x, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = x;
+    __syncthreads();
+    x = red[0];
+#pragma unroll
+    for (int w = 1; w < DEC_WARPS; ++w) x = min(x, red[w]);
+    __syncthreads();  // red is reused
+    return x;
+}
+
+// parts: per slot, S x group partials of D + 2 floats (the CTAs', in order); arrivals: per slot
+// a counter, zero between steps (the last CTA resets it).
+template <typename T, int D, int S>
+__device__ __forceinline__ void decode_step_body(
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+    const float* __restrict__ bias, const StepSeqs& seqs, int seq_base,
+    u64* __restrict__ state_ranks, u32* __restrict__ state_count, float* __restrict__ parts,
+    u32* __restrict__ arrivals, T* __restrict__ out, float* __restrict__ lse,
+    u64* __restrict__ bad_bias, int q_heads, int kv_heads, int bias_heads, int bias_head_stride,
+    int lse_head_stride, int window, int cap, int share_cap, float scale_log2) {
+    constexpr int ROW = D + 2;
+    constexpr float LN2 = 0.6931471805599453f;
+    __shared__ u64 bad;  // this CTA's dma_check_bias report
+    __shared__ bool last;  // this CTA is the last of its slot to finish
+    extern __shared__ __align__(16) unsigned char dyn[];
+    const int rank = blockIdx.x % S;
+    const int slot = blockIdx.x / S;
+    const int seq = slot / bias_heads, hb = slot % bias_heads;
+    const SeqInfo s = seqs.s[seq];
+    u64* list = reinterpret_cast<u64*>(dyn);
+    u64* red = list + (window + 1) / 2 * 2;  // the list is copied two ranks at a time
+    float* fresh = reinterpret_cast<float*>(red + DEC_WARPS);
+    u32* mine = reinterpret_cast<u32*>(fresh + DEC_STEP_MAX_NEW);
+    float* stage = reinterpret_cast<float*>(mine + share_cap);
+    float* part = stage + DEC_WARPS * DEC_HEADS * ROW;
+    const float* b = bias + s.bias_offset + (i64)hb * bias_head_stride;
+    const i64 gslot = (i64)(seq_base + seq) * bias_heads + hb;
+    const int from = seqs.from[seq];
+
+    // 1. The set (cap is even, so the last pair stays in the slot), and the new keys' biases,
+    // every copy in flight at once.
+    int n = (int)state_count[gslot];
+    for (int i = 2 * threadIdx.x; i < n; i += 2 * DEC_THREADS)
+        cp_async16(list + i, state_ranks + gslot * cap + i, true);
+    for (int j = from + threadIdx.x; j < s.nk; j += DEC_THREADS) cp_async4(fresh + j - from, b + j);
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    if (threadIdx.x == 0) bad = 0;
+    __syncthreads();
+    for (int j = from; j < s.nk; ++j) {
+        const float x = fresh[j - from];
+        if (threadIdx.x == 0) dma_check_bias(x, &bad, seq_base + seq, bias_heads, hb, j);
+        const u64 r = dma_rank(x, j);
+        if (n < window) {
+            if (threadIdx.x == 0) list[n] = r;
+            ++n;
+        } else {
+            const u64 worst = cta_min(list, n, red);
+            if (r > worst)
+                for (int i = threadIdx.x; i < n; i += DEC_THREADS)
+                    if (list[i] == worst) list[i] = r;  // ranks are distinct: one slot
+        }
+        __syncthreads();
+    }
+
+    // 2. This CTA's even share of the set.
+    const int first = (int)((i64)rank * n / S), m = (int)((i64)(rank + 1) * n / S) - first;
+    for (int i = threadIdx.x; i < m; i += DEC_THREADS) mine[i] = (u32)list[first + i];
+    __syncthreads();
+
+    // 3. Attend, DEC_HEADS query heads at a time; the partials to global memory.
+    const int group = q_heads / bias_heads;  // query heads per bias head
+    const int h0 = hb * group;
+    const int kvh = h0 / (q_heads / kv_heads);
+    const i64 kv_stride = (i64)kv_heads * D;
+    const T* ks = k + ((i64)s.k_start * kv_heads + kvh) * D;
+    const T* vs = v + ((i64)s.k_start * kv_heads + kvh) * D;
+    const T* qs = q + ((i64)s.q_start * q_heads + h0) * D;
+    for (int g0 = 0; g0 < group; g0 += DEC_HEADS)
+        attend_share<T, D>(qs, ks, vs, b, mine, m, g0, min(DEC_HEADS, group - g0), kv_stride,
+                           scale_log2, stage, part);
+    float* slot_parts = parts + (i64)(seq_base + seq) * bias_heads * S * group * ROW +
+                        (i64)hb * S * group * ROW;
+    for (int i = threadIdx.x; i < group * ROW; i += DEC_THREADS)
+        slot_parts[(i64)rank * group * ROW + i] = part[i];
+    if (threadIdx.x == 0) bad_bias[blockIdx.x] = bad;
+
+    // 4. The last CTA of the slot merges the partials and writes the set back.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(arrivals + gslot, 1u) == S - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int x = threadIdx.x; x < group * D; x += DEC_THREADS) {
+        const int g = x / D, d = x % D;
+        const float* src = slot_parts + g * ROW;
+        float best = -DMA_INF;
+#pragma unroll
+        for (int r = 0; r < S; ++r) best = fmaxf(best, __ldcg(src + (i64)r * group * ROW + D));
+        const float use = best == -DMA_INF ? 0.f : best;
+        float acc = 0.f, sum = 0.f;
+#pragma unroll
+        for (int r = 0; r < S; ++r) {
+            const float* p = src + (i64)r * group * ROW;
+            const float scale = fast_exp2(__ldcg(p + D) - use);
+            acc += __ldcg(p + d) * scale;
+            sum += __ldcg(p + D + 1) * scale;
+        }
+        out[((i64)s.q_start * q_heads + h0 + g) * D + d] = (T)(sum > 0.f ? acc / sum : 0.f);
+        if (d == 0)
+            lse[s.lse_offset + (i64)(h0 + g) * lse_head_stride] =
+                sum > 0.f ? (best + __log2f(sum)) * LN2 : -DMA_INF;
+    }
+    for (int i = threadIdx.x; i < n; i += DEC_THREADS) state_ranks[gslot * cap + i] = list[i];
+    if (threadIdx.x == 0) {
+        state_count[gslot] = (u32)n;
+        arrivals[gslot] = 0;
+    }
+}
+
+#define DMA_DECODE_STEP_KERNEL(NAME, T, D, S)                                                     \
+    extern "C" __global__ void __launch_bounds__(DEC_THREADS, 2)                                 \
+        NAME(const T* q, const T* k, const T* v, const float* bias,                               \
+             const __grid_constant__ StepSeqs seqs, int seq_base, u64* state_ranks,              \
+             u32* state_count, float* parts, u32* arrivals, T* out, float* lse, u64* bad_bias,   \
+             int q_heads, int kv_heads, int bias_heads, int bias_head_stride,                    \
+             int lse_head_stride, int window, int cap, int share_cap, float scale_log2) {        \
+        decode_step_body<T, D, S>(q, k, v, bias, seqs, seq_base, state_ranks, state_count,       \
+                                  parts, arrivals, out, lse, bad_bias, q_heads, kv_heads,        \
+                                  bias_heads, bias_head_stride, lse_head_stride, window, cap,     \
+                                  share_cap, scale_log2);                                         \
     }
