@@ -745,7 +745,7 @@ fn check_decode_state<T: cuda::CudaElement>(dev: &Device, case: &StepCase, seed:
         );
         worst = worst.max(eo).max(el);
         // The kept sets: the top w of each cache by (bias, index), ranked here.
-        let kept = state.kept_keys(dev).unwrap().expect("a step ran");
+        let kept = state.kept_keys().unwrap().expect("a step ran");
         for (s, &l) in lens.iter().enumerate() {
             for h in 0..hb {
                 let mut ranks: Vec<u64> = (0..l).map(|j| rank(b_all[s][h][j], j)).collect();
@@ -828,7 +828,7 @@ fn decode_state_errors_and_fallbacks() {
                 }
             }
             assert!(
-                state.kept_keys(&dev).unwrap().is_none(),
+                state.kept_keys().unwrap().is_none(),
                 "a failed step drops the sets"
             );
             continue;
@@ -842,7 +842,7 @@ fn decode_state_errors_and_fallbacks() {
             "step {step}: out {eo:.2e} lse {el:.2e}"
         );
         assert_eq!(
-            state.kept_keys(&dev).unwrap().is_some(),
+            state.kept_keys().unwrap().is_some(),
             step != 3,
             "step {step}: the kept sets serve one query per sequence only"
         );
@@ -1961,7 +1961,7 @@ fn time_state_step(dev: &Device, params: &Params, shape: &Shape, b: &mut BenchBu
         dev,
         5,
         50,
-        &mut || base.try_clone(dev).unwrap(),
+        &mut || base.try_clone().unwrap(),
         &mut |mut state| {
             state
                 .step_into(

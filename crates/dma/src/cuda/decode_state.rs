@@ -25,6 +25,7 @@ use super::select::DevicePlan;
 use crate::{DmaError, Params, Problem, Result, Shape};
 use cudarc::driver::sys::CUdevice_attribute_enum as DevAttr;
 use cudarc::driver::{CudaSlice, PushKernelArg};
+use std::sync::Arc;
 
 /// The most new keys a step inserts one by one (`DEC_STEP_MAX_NEW` in kernels/decode_fused.cu);
 /// a cache that grew by more is selected again from scratch (each insertion past w costs a
@@ -101,13 +102,13 @@ impl DecodeState {
         self.sets = None;
     }
 
-    /// A copy of the state, on the device: a generation forked in two (beam search, speculative
-    /// branches) carries one state each.
-    pub fn try_clone(&self, dev: &Device) -> Result<Self> {
+    /// A copy of the state, on its device and stream: a generation forked in two (beam search,
+    /// speculative branches) carries one state each.
+    pub fn try_clone(&self) -> Result<Self> {
         let Some(sets) = &self.sets else {
             return Ok(Self::new());
         };
-        let s = dev.stream();
+        let s = sets.ranks.stream();
         Ok(DecodeState {
             sets: Some(KeptSets {
                 ranks: s.clone_dtod(&sets.ranks).map_err(error::driver)?,
@@ -123,12 +124,13 @@ impl DecodeState {
     /// The kept keys of each (sequence, bias head), ascending, `sequence * Hb + head`: the keys
     /// the last step attended to. None before a step (or after a failed one), and while steps
     /// run [`decode_into`](super::decode_into) instead (module docs). Waits for the GPU.
-    pub fn kept_keys(&self, dev: &Device) -> Result<Option<Vec<Vec<u32>>>> {
+    pub fn kept_keys(&self) -> Result<Option<Vec<Vec<u32>>>> {
         let Some(sets) = &self.sets else {
             return Ok(None);
         };
-        let ranks = buffers::download(dev, &sets.ranks)?;
-        let count = buffers::download(dev, &sets.count)?;
+        let s = sets.ranks.stream();
+        let ranks = s.clone_dtoh(&sets.ranks).map_err(error::driver)?;
+        let count = s.clone_dtoh(&sets.count).map_err(error::driver)?;
         let keys = count
             .iter()
             .enumerate()
@@ -190,7 +192,7 @@ impl DecodeState {
     ) -> Result<()> {
         let f = step_function(dev, &step_spec::<T>(problem.head_dim)?, smem, false)?;
         let sets = match self.sets.take() {
-            Some(sets) if sets.carries(params, problem) => sets,
+            Some(sets) if sets.carries(dev, params, problem) => sets,
             _ => KeptSets::select(dev, params, problem, bias)?,
         };
         let sets = self.sets.insert(sets);
@@ -245,10 +247,12 @@ impl DecodeState {
 }
 
 impl KeptSets {
-    /// Whether these sets can be carried to `problem`: same window, heads, head dim and batch,
-    /// and each cache grew by at most STEP_MAX_NEW keys since.
-    fn carries(&self, params: &Params, problem: &Problem) -> bool {
-        self.window == params.window
+    /// Whether these sets can be carried to `problem` on `dev`: the same stream (the sets' buffers
+    /// are ordered on it), window, heads, head dim and batch, and each cache grew by at most
+    /// STEP_MAX_NEW keys since.
+    fn carries(&self, dev: &Device, params: &Params, problem: &Problem) -> bool {
+        Arc::ptr_eq(self.ranks.stream(), dev.stream())
+            && self.window == params.window
             && self.geometry == geometry(problem)
             && self.seen.len() == problem.sequences.len()
             && problem
