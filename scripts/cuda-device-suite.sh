@@ -11,8 +11,8 @@
 #
 # Here first:  scripts/cuda-build-devbin.sh
 # Then run:    scripts/cuda-device-suite.sh   (carry .devbin/dma.xz and .devbin/dma-cuda-tests)
-# The whole suite took ~650 s on the H100 in stop 16, over the device tool's 600 s per call: run
-# it as two calls, SKIP_SANITIZER=1 (~450 s) then SKIP_TESTS=1 (~190 s).
+# The whole suite took ~700 s on the H100 in stop 17, over the device tool's 600 s per call: run
+# it as two calls, SKIP_SANITIZER=1 (~510 s, close to the limit) then SKIP_TESTS=1 (~200 s).
 set -u
 B=.devbin/dma-cuda-tests
 OUT=${OUT:-/tmp/dma-out}
