@@ -849,6 +849,62 @@ fn decode_state_errors_and_fallbacks() {
     }
 }
 
+/// Two runs of a decode call give the same bits: the multi-launch decode (four queries per
+/// sequence) and a `DecodeState`'s first step, whose kept sets come from the decode selection's
+/// CTAs in whatever order they finish (its gather lists the keys in key order all the same).
+#[test]
+fn decode_is_deterministic() {
+    let Some(dev) = device() else { return };
+    let st = dev.stream();
+    let mut rng = StdRng::seed_from_u64(fresh_seed());
+    let heads = Heads::new(8, 2);
+    let params = Params::new(512);
+    for nq in [4i32, 1] {
+        let shape = Shape::varlen(vec![0, nq, 2 * nq], vec![0, 30000, 39000], heads, 128);
+        let (q, k, v, bias) = random_inputs::<bf16>(&mut rng, &shape, false);
+        let problem = shape.problem().unwrap();
+        let (dq, dk, dv) = (
+            st.clone_htod(&q).unwrap(),
+            st.clone_htod(&k).unwrap(),
+            st.clone_htod(&v).unwrap(),
+        );
+        let dbias = st.clone_htod(&bias).unwrap();
+        let run = || {
+            let mut out = st.alloc_zeros::<bf16>(q.len()).unwrap();
+            let mut lse = st.alloc_zeros::<f32>(problem.lse_len()).unwrap();
+            if nq == 1 {
+                cuda::DecodeState::new()
+                    .step_into(
+                        &dev, &params, &shape, &dq, &dk, &dv, &dbias, &mut out, &mut lse,
+                    )
+                    .unwrap();
+            } else {
+                cuda::decode_into(
+                    &dev, &params, &shape, &dq, &dk, &dv, &dbias, &mut out, &mut lse,
+                )
+                .unwrap();
+            }
+            let out: Vec<u16> = st
+                .clone_dtoh(&out)
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
+            let lse: Vec<u32> = st
+                .clone_dtoh(&lse)
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
+            (out, lse)
+        };
+        let first = run();
+        for _ in 0..3 {
+            assert!(run() == first, "Nq={nq}: two runs differ");
+        }
+    }
+}
+
 /// Calls `check` on every third case, from case `first`, with fresh random biases (on the host
 /// and on the device): the selection tests.
 fn with_random_biases(

@@ -417,18 +417,16 @@ pub(super) fn select_decode(
     let s = dev.stream();
     let seqs = dp.targets.len();
     let slots = seqs * hb;
-    // State (STATE_WORDS u64), histogram (256 u32) and arrival count (u32) per slot.
-    let words = slots * STATE_WORDS + (slots * 257).div_ceil(2);
+    let chunks = dp.max_before.div_ceil(CHUNK).max(1);
+    // State (STATE_WORDS u64), histogram (256 u32), arrival count (u32) and each chunk's kept
+    // count (u32) per slot.
+    let words = slots * STATE_WORDS + (slots * (257 + chunks)).div_ceil(2);
     let mut ws = s
         .alloc_zeros::<u64>(words)
         .map_err(error::alloc("decode selection workspace", words * 8))?;
     let [pass_k, gather_k] = specs(params.causal).map(|sp| dev.function(&sp));
     let (pass_k, gather_k) = (pass_k?, gather_k?);
-    let grid = (
-        dp.max_before.div_ceil(CHUNK).max(1) as u32,
-        seqs as u32,
-        hb as u32,
-    );
+    let grid = (chunks as u32, seqs as u32, hb as u32);
     let (window, cap, heads, stride, total_q) = (
         plan.window,
         plan.cap as i32,

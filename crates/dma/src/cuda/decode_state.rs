@@ -7,8 +7,7 @@
 //! not grow with the context (an H100 at 128K cached keys, Hq = 32, Hkv = 8, D = 128, w = 2048:
 //! ~0.027 ms a step against ~0.045 ms for [`decode_into`], docs/benchmarks.md).
 //!
-//! The result is [`decode_into`]'s, the same kept keys (summed in the set's order, which the
-//! selection's atomics choose: two runs may differ in the last bits). The state is rebuilt from the whole
+//! The result is [`decode_into`]'s, the same kept keys; like it, the same bits on every run. The state is rebuilt from the whole
 //! cache (the decode selection) on its first step and whenever it cannot be carried: the batch,
 //! heads, head dim or window changed, a cache is shorter than what the state has seen (a new
 //! cache) or grew by more than [`STEP_MAX_NEW`] keys, or the last step failed. Calls the kept

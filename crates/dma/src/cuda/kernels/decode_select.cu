@@ -13,7 +13,7 @@
 // pass finds the digit's bucket holds exactly the keys still needed, the next pass takes their
 // minimum as tau and the later passes return at once (random biases: about 3 passes + 1). Then
 //   dma_decode_gather: CTAs over the chunks write the keys ranked >= tau into the slot's list
-//                      (any order; min(P, w) of them), and report a non-finite bias of [0, P)
+//                      (in key order; min(P, w) of them), and report a non-finite bias of [0, P)
 //                      (dma_check_bias; select.cu's dependent kernel checks the keys [P, Nk)).
 // Causal: that list is the anchor of the sequence's real list, which select.cu's dependent kernel
 // completes (the keys [P, E) and each row's threshold). Not causal: the list is final and every
@@ -28,7 +28,7 @@ struct DecodeState {
     u64 prefix, mask, tau;
     // exact: every key matching the prefix is kept, so tau is their smallest, found by the next
     // pass (atomicMin into tau) instead of the remaining digits; done: tau is final.
-    u32 need, done, counter, exact;
+    u32 need, done, exact;
 };
 
 template <bool CAUSAL>
@@ -37,15 +37,19 @@ __device__ __forceinline__ int keys_before(const SeqInfo& s) {
 }
 
 // The workspace of a call (one zero-initialised buffer): per slot a DecodeState, then per slot a
-// 256-bin histogram, then per slot the count of CTAs that finished the current pass.
+// 256-bin histogram, then per slot the count of CTAs that finished the current pass, then per
+// slot and chunk (gridDim.x of them) the gather's kept keys of the chunk plus one (0: not yet
+// published).
 struct Workspace {
     DecodeState* state;
     u32* hist;
     u32* arrivals;
+    u32* chunk_kept;
     __device__ Workspace(u64* ws, int slots)
         : state(reinterpret_cast<DecodeState*>(ws)),
           hist(reinterpret_cast<u32*>(ws + (i64)slots * (sizeof(DecodeState) / 8))),
-          arrivals(hist + (i64)slots * 256) {}
+          arrivals(hist + (i64)slots * 256),
+          chunk_kept(arrivals + slots) {}
 };
 
 // The list a sequence's decode selection fills: causal, its anchor (lists 2i, 2i + 1 per
@@ -189,26 +193,59 @@ __device__ __forceinline__ void decode_gather_body(
     u64* list = cand + slot * cap;
     const float* b = bias + s.bias_offset + (i64)hb * bias_head_stride;
     const int start = blockIdx.x * DSEL_CHUNK, end = min(start + DSEL_CHUNK, P);
-    const int lane = threadIdx.x & 31;
-    // Every load of the chunk in flight at once; whole warps iterate together (the ballot), each
-    // claiming its slots with one atomic.
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    // Every load of the chunk in flight at once.
     float vals[DSEL_PER];
 #pragma unroll
     for (int u = 0; u < DSEL_PER; ++u) {
         const int i = start + u * DSEL_THREADS + threadIdx.x;
         vals[u] = i < end ? b[i] : 0.f;
     }
+    // The list is in key order, so that a call's result does not depend on which CTA came
+    // first: each warp's kept keys per round u (keys u * DSEL_THREADS + [0, DSEL_THREADS) of the
+    // chunk), the chunk's offsets in key order, the chunk's count published, then the counts of
+    // the chunks before it (each published before its CTA waits on any other: no chain).
+    __shared__ u32 kept_at[DSEL_PER][DSEL_THREADS / 32];
+    __shared__ u32 base;
+    u32 ballots[DSEL_PER];
 #pragma unroll
     for (int u = 0; u < DSEL_PER; ++u) {
         const int i = start + u * DSEL_THREADS + threadIdx.x;
-        const u64 key = dma_rank(vals[u], i);
         if (i < end) dma_check_bias(vals[u], bad_bias, blockIdx.y, bias_heads, hb, i);
-        const bool keep = i < end && key >= tau;
-        const u32 ballot = __ballot_sync(0xffffffffu, keep);
-        u32 base = 0;
-        if (lane == 0 && ballot) base = atomicAdd(&st->counter, (u32)__popc(ballot));
-        base = __shfl_sync(0xffffffffu, base, 0);
-        if (keep) list[base + __popc(ballot & ((1u << lane) - 1u))] = key;
+        ballots[u] = __ballot_sync(0xffffffffu, i < end && dma_rank(vals[u], i) >= tau);
+        if (lane == 0) kept_at[u][warp] = __popc(ballots[u]);
+    }
+    __syncthreads();
+    u32* published = ws.chunk_kept + ((i64)blockIdx.y * bias_heads + hb) * gridDim.x;
+    if (threadIdx.x == 0) {
+        u32 run = 0;  // exclusive offsets in key order
+        for (int u = 0; u < DSEL_PER; ++u)
+            for (int w = 0; w < DSEL_THREADS / 32; ++w) {
+                const u32 c = kept_at[u][w];
+                kept_at[u][w] = run;
+                run += c;
+            }
+        asm volatile("st.release.gpu.u32 [%0], %1;\n" ::"l"(published + blockIdx.x), "r"(run + 1u)
+                     : "memory");
+        base = 0;
+    }
+    __syncthreads();
+    u32 before = 0;
+    for (int c = threadIdx.x; c < (int)blockIdx.x; c += DSEL_THREADS) {
+        u32 v;
+        do {
+            asm volatile("ld.acquire.gpu.u32 %0, [%1];\n" : "=r"(v) : "l"(published + c) : "memory");
+        } while (v == 0);
+        before += v - 1;
+    }
+    if (before) atomicAdd(&base, before);
+    __syncthreads();
+#pragma unroll
+    for (int u = 0; u < DSEL_PER; ++u) {
+        const int i = start + u * DSEL_THREADS + threadIdx.x;
+        if ((ballots[u] >> lane) & 1u)
+            list[base + kept_at[u][warp] + __popc(ballots[u] & ((1u << lane) - 1u))] =
+                dma_rank(vals[u], i);
     }
     if (blockIdx.x != 0) return;
     const int count = min(P, window);
