@@ -429,6 +429,25 @@ __device__ __forceinline__ void attend_share(const T* q, const T* k, const T* v,
     __syncthreads();  // stage is reused by the next heads
 }
 
+// This CTA's partials of every query head of slot (s, hb) over its m keys `mine` (key indices of
+// sequence s) into part[g] = {o[0..D), m, l}, DEC_HEADS query heads at a time.
+template <typename T, int D>
+__device__ __forceinline__ void attend_slot(const T* q, const T* k, const T* v, const float* b,
+                                            const SeqInfo& s, int hb, const u32* mine, int m,
+                                            int q_heads, int kv_heads, int bias_heads,
+                                            float scale_log2, float* stage, float* part) {
+    const int group = q_heads / bias_heads;  // query heads per bias head
+    const int h0 = hb * group;
+    const int kvh = h0 / (q_heads / kv_heads);
+    const i64 kv_stride = (i64)kv_heads * D;
+    const T* qs = q + ((i64)s.q_start * q_heads + h0) * D;
+    const T* ks = k + ((i64)s.k_start * kv_heads + kvh) * D;
+    const T* vs = v + ((i64)s.k_start * kv_heads + kvh) * D;
+    for (int g0 = 0; g0 < group; g0 += DEC_HEADS)
+        attend_share<T, D>(qs, ks, vs, b, mine, m, g0, min(DEC_HEADS, group - g0), kv_stride,
+                           scale_log2, stage, part);
+}
+
 // Steps 5 and 6 of a slot: this CTA attends to its m keys `mine` (key indices of sequence s),
 // then CTA r merges the cluster's partials of the slot's query heads r, r + C, ... into out and
 // lse. Ends with the cluster's partials published and read (a later cluster_sync frees them).
@@ -440,17 +459,11 @@ __device__ __forceinline__ void attend_and_combine(
     int lse_head_stride, float scale_log2, float* stage, float* part) {
     constexpr int ROW = D + 2;
     constexpr float LN2 = 0.6931471805599453f;
-    // 5. Attend, DEC_HEADS query heads at a time.
+    // 5. Attend.
+    attend_slot<T, D>(q, k, v, b, s, hb, mine, m, q_heads, kv_heads, bias_heads, scale_log2,
+                      stage, part);
     const int group = q_heads / bias_heads;  // query heads per bias head
     const int h0 = hb * group;
-    const int kvh = h0 / (q_heads / kv_heads);
-    const i64 kv_stride = (i64)kv_heads * D;
-    const T* qs = q + ((i64)s.q_start * q_heads + h0) * D;
-    const T* ks = k + ((i64)s.k_start * kv_heads + kvh) * D;
-    const T* vs = v + ((i64)s.k_start * kv_heads + kvh) * D;
-    for (int g0 = 0; g0 < group; g0 += DEC_HEADS)
-        attend_share<T, D>(qs, ks, vs, b, mine, m, g0, min(DEC_HEADS, group - g0), kv_stride,
-                           scale_log2, stage, part);
     cluster_sync();
 
     // 6. Combine the cluster's partials of heads rank, rank + C, ...
@@ -641,17 +654,11 @@ __device__ __forceinline__ void decode_step_body(
     for (int i = threadIdx.x; i < m; i += DEC_THREADS) mine[i] = (u32)list[first + i];
     __syncthreads();
 
-    // 3. Attend, DEC_HEADS query heads at a time; the partials to global memory.
+    // 3. Attend; the partials to global memory.
+    attend_slot<T, D>(q, k, v, b, s, hb, mine, m, q_heads, kv_heads, bias_heads, scale_log2,
+                      stage, part);
     const int group = q_heads / bias_heads;  // query heads per bias head
     const int h0 = hb * group;
-    const int kvh = h0 / (q_heads / kv_heads);
-    const i64 kv_stride = (i64)kv_heads * D;
-    const T* ks = k + ((i64)s.k_start * kv_heads + kvh) * D;
-    const T* vs = v + ((i64)s.k_start * kv_heads + kvh) * D;
-    const T* qs = q + ((i64)s.q_start * q_heads + h0) * D;
-    for (int g0 = 0; g0 < group; g0 += DEC_HEADS)
-        attend_share<T, D>(qs, ks, vs, b, mine, m, g0, min(DEC_HEADS, group - g0), kv_stride,
-                           scale_log2, stage, part);
     float* slot_parts = parts + (i64)(seq_base + seq) * bias_heads * S * group * ROW +
                         (i64)hb * S * group * ROW;
     for (int i = threadIdx.x; i < group * ROW; i += DEC_THREADS)
