@@ -610,7 +610,8 @@ const STEP_GROWTH: [usize; 11] = [0, 1, 1, 1, 1, 3, 1, 100, 1, 1, 1];
 /// `cuda::DecodeState` over generation steps (caches growing between calls, one query per
 /// sequence): each step's out and lse against the CPU forward of that step, and the state's kept
 /// sets against the top w of each cache ranked on the host. Windows are crossed on the way (a
-/// cache of 511 keys at w = 512), and a sequence starts with no key at all.
+/// cache of 511 keys at w = 512), a sequence starts with no key at all, and a batch of 40
+/// sequences takes two launches.
 #[test]
 fn decode_state_matches_cpu() {
     let Some(dev) = device() else { return };
@@ -640,6 +641,13 @@ fn decode_state_matches_cpu() {
             heads: (8, 2, false),
             starts: vec![1500],
             bias: StepBias::Constant,
+        },
+        // More sequences than one launch takes (32): the second launch's slots.
+        StepCase {
+            d: 64,
+            heads: (4, 2, false),
+            starts: (0..40).map(|i| 480 + 7 * i).collect(),
+            bias: StepBias::Random,
         },
     ];
     let mut worst = 0.0f64;
