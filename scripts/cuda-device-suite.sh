@@ -7,12 +7,16 @@
 # keys, lists of 256 rows), without the Hopper kernels (DMA_CUDA_NO_WGMMA=1), without sure keys
 # (DMA_CUDA_NO_SURE_KEYS=1) and with 128-row lists (DMA_CUDA_LIST_ROWS=128); the decode test also
 # without the fused decode kernel (DMA_CUDA_NO_FUSED_DECODE=1).
-# Logs in $OUT, a summary last. Knobs: SKIP_TESTS=1, SKIP_SANITIZER=1, SAN_EVERY, SAN_TIMEOUT.
+# Logs in $OUT, a summary last. Knobs: SKIP_TESTS=1 (the kernel tests), SKIP_SWITCHES=1 (their
+# runs under the switches), SKIP_SANITIZER=1, SAN_EVERY, SAN_TIMEOUT.
 #
 # Here first:  scripts/cuda-build-devbin.sh
 # Then run:    scripts/cuda-device-suite.sh   (carry .devbin/dma.xz and .devbin/dma-cuda-tests)
 # The whole suite took ~700 s on the H100 in stop 17, over the device tool's 600 s per call: run
-# it as two calls, SKIP_SANITIZER=1 (~510 s, close to the limit) then SKIP_TESTS=1 (~200 s).
+# it as three calls, each ending with the selftest (~60 s):
+#   SKIP_SWITCHES=1 SKIP_SANITIZER=1   the kernel tests (~210 s)
+#   SKIP_TESTS=1 SKIP_SANITIZER=1      the switches (~290 s)
+#   SKIP_TESTS=1 SKIP_SWITCHES=1       the sanitizers (~140 s)
 set -u
 B=.devbin/dma-cuda-tests
 OUT=${OUT:-/tmp/dma-out}
@@ -27,6 +31,8 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=cs
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   timeout 300 $B --test-threads=1 --nocapture >"$OUT/tests.log" 2>&1; echo "tests rc=$?" >>"$S"
   grep -E "worst|panicked|FAILED|test result" "$OUT/tests.log" >>"$S"
+fi
+if [ "${SKIP_SWITCHES:-0}" != 1 ]; then
   # On sm_90 the forward and backward at D = 64 and 128 run kernels/forward_hopper.cu and
   # backward_hopper.cu; check forward.cu and backward.cu there too.
   for t in forward_matches_cpu backward_matches_cpu; do
