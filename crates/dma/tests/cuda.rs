@@ -242,6 +242,17 @@ fn to_f32<T: Element>(x: &[T]) -> Vec<f32> {
     x.iter().map(|y| y.to_f32()).collect()
 }
 
+/// q, k, v and the bias uploaded to the device, in that order.
+fn upload_inputs<T: cuda::CudaElement>(
+    dev: &Device,
+    inputs: &cpu::Inputs<'_, T>,
+) -> (CudaSlice<T>, CudaSlice<T>, CudaSlice<T>, CudaSlice<f32>) {
+    let s = dev.stream();
+    let up = |x: &[T]| s.clone_htod(x).unwrap();
+    let bias = s.clone_htod(inputs.bias).unwrap();
+    (up(inputs.q), up(inputs.k), up(inputs.v), bias)
+}
+
 /// A host forward entry point of the CUDA backend (`forward_host`, `decode_host`).
 type HostForward<T> =
     fn(&Device, &Params, &Shape, &cpu::Inputs<'_, T>) -> dma::Result<cpu::Forward<T>>;
@@ -728,10 +739,10 @@ fn check_decode_state<T: cuda::CudaElement>(dev: &Device, case: &StepCase, seed:
             bias: &bias,
         };
         let want = cpu::forward(&params, &shape, &inputs).unwrap();
-        let up = |x: &[T]| st.clone_htod(x).unwrap();
-        let (dq, dk, dv) = (up(&q), up(&k), up(&v));
-        let dbias = st.clone_htod(&bias).unwrap();
-        let mut out = up(&vec![T::from_f32(f32::NAN); q.len()]);
+        let (dq, dk, dv, dbias) = upload_inputs(dev, &inputs);
+        let mut out = st
+            .clone_htod(&vec![T::from_f32(f32::NAN); q.len()])
+            .unwrap();
         let mut lse = st.clone_htod(&vec![f32::NAN; want.lse.len()]).unwrap();
         let label = format!(
             "D={d} heads {:?} {:?} step {step} lens {lens:?}",
@@ -812,12 +823,7 @@ fn decode_state_errors_and_fallbacks() {
             v: &v,
             bias: &bias,
         };
-        let (dq, dk, dv) = (
-            st.clone_htod(&q).unwrap(),
-            st.clone_htod(&k).unwrap(),
-            st.clone_htod(&v).unwrap(),
-        );
-        let dbias = st.clone_htod(&bias).unwrap();
+        let (dq, dk, dv, dbias) = upload_inputs(&dev, &inputs);
         let mut out = st.clone_htod(&vec![bf16::NAN; q.len()]).unwrap();
         let mut lse = st.clone_htod(&vec![f32::NAN; problem.lse_len()]).unwrap();
         let got = state.step_into(
@@ -871,12 +877,13 @@ fn decode_is_deterministic() {
         let shape = Shape::varlen(vec![0, nq, 2 * nq], vec![0, 30000, 39000], heads, 128);
         let (q, k, v, bias) = random_inputs::<bf16>(&mut rng, &shape, false);
         let problem = shape.problem().unwrap();
-        let (dq, dk, dv) = (
-            st.clone_htod(&q).unwrap(),
-            st.clone_htod(&k).unwrap(),
-            st.clone_htod(&v).unwrap(),
-        );
-        let dbias = st.clone_htod(&bias).unwrap();
+        let inputs = cpu::Inputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            bias: &bias,
+        };
+        let (dq, dk, dv, dbias) = upload_inputs(&dev, &inputs);
         let run = || {
             let mut out = st.alloc_zeros::<bf16>(q.len()).unwrap();
             let mut lse = st.alloc_zeros::<f32>(problem.lse_len()).unwrap();

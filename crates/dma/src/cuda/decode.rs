@@ -112,19 +112,15 @@ fn fused_layout(params: &Params, problem: &Problem) -> FusedLayout {
 /// The fused layout when the fused decode runs this call: every sequence has at most one
 /// query, the GPU has clusters (sm_90 and newer), the chunks fit in shared memory, and
 /// `DMA_CUDA_NO_FUSED_DECODE` is unset.
-fn fused_plan(dev: &Device, params: &Params, problem: &Problem) -> Result<Option<FusedLayout>> {
+fn fused_plan(dev: &Device, params: &Params, problem: &Problem) -> Option<FusedLayout> {
     if dev.arch().major < 9
         || problem.sequences.iter().any(|s| s.nq > 1)
         || std::env::var_os("DMA_CUDA_NO_FUSED_DECODE").is_some()
     {
-        return Ok(None);
+        return None;
     }
     let layout = fused_layout(params, problem);
-    let max_smem = dev
-        .context()
-        .attribute(DevAttr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-        .map_err(error::driver)? as usize;
-    Ok((layout.smem + FUSED_STATIC_SMEM <= max_smem).then_some(layout))
+    (layout.smem + FUSED_STATIC_SMEM <= dev.max_shared_memory()).then_some(layout)
 }
 
 /// The fused decode step (kernels/decode_fused.cu): one launch per LAUNCH_SEQS sequences, then
@@ -186,7 +182,7 @@ fn decode_fused<T: CudaElement>(
     )
 }
 
-fn int(x: usize) -> Result<i32> {
+pub(super) fn int(x: usize) -> Result<i32> {
     i32::try_from(x).map_err(|_| DmaError::TooLong(x))
 }
 
@@ -353,7 +349,7 @@ pub fn decode_into<T: CudaElement>(
     }
     forward::check_buffers(&problem, q, k, v, bias, out, lse)?;
     forward::spec::<T>(problem.head_dim, params.causal)?;
-    if let Some(layout) = fused_plan(dev, params, &problem)? {
+    if let Some(layout) = fused_plan(dev, params, &problem) {
         return decode_fused(dev, params, &problem, &layout, (q, k, v), bias, out, lse);
     }
     let dp = decode_plan(params, &problem)?;

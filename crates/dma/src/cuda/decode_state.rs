@@ -22,8 +22,7 @@ use super::error;
 use super::forward::{self, CudaElement};
 use super::plan::{self, BLOCK_N, SEQ_INFO_INTS};
 use super::select::DevicePlan;
-use crate::{DmaError, Params, Problem, Result, Shape};
-use cudarc::driver::sys::CUdevice_attribute_enum as DevAttr;
+use crate::{Params, Problem, Result, Shape};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 use std::sync::Arc;
 
@@ -198,7 +197,7 @@ impl DecodeState {
         let sets = self.sets.insert(sets);
         let mut ints = slot_ints(problem)?.to_vec();
         for x in [params.window, sets.cap, params.window.div_ceil(SPLIT)] {
-            ints.push(i32::try_from(x).map_err(|_| DmaError::TooLong(x))?);
+            ints.push(decode::int(x)?);
         }
         let scale_log2 = params.scale_for(problem.head_dim) * std::f32::consts::LOG2_E;
         let rows = plan::seq_table(problem)?;
@@ -319,11 +318,8 @@ fn step_smem(dev: &Device, params: &Params, problem: &Problem) -> Result<Option<
         + 4 * (STEP_MAX_NEW
             + params.window.div_ceil(SPLIT)
             + (decode::FUSED_WARPS * decode::FUSED_HEADS + group) * row);
-    let max_smem = dev
-        .context()
-        .attribute(DevAttr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-        .map_err(error::driver)? as usize;
-    Ok((bytes + decode::FUSED_STATIC_SMEM <= max_smem).then_some(bytes))
+    // The step kernel's static shared memory is a few bytes, below the fused kernel's.
+    Ok((bytes + decode::FUSED_STATIC_SMEM <= dev.max_shared_memory()).then_some(bytes))
 }
 
 /// The sequence table of one step launch, passed by value (`StepSeqs`): the `SeqInfo` rows, then

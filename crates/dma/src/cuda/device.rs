@@ -42,6 +42,9 @@ impl Arch {
 pub struct Device {
     stream: Arc<CudaStream>,
     arch: Arch,
+    /// The most shared memory a CTA may opt in to, in bytes (queried once: decode calls check
+    /// their layouts against it).
+    max_shared_memory: usize,
     /// Kernels loaded into this context, by kernel name.
     functions: Mutex<HashMap<String, CudaFunction>>,
     /// Mapped host words the fused decode's kernels report to (grown on demand).
@@ -92,9 +95,16 @@ impl Device {
                 minor: arch.minor,
             });
         }
+        let max_shared_memory = stream
+            .context()
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(error::driver)? as usize;
         Ok(Device {
             stream,
             arch,
+            max_shared_memory,
             functions: Mutex::new(HashMap::new()),
             mapped: Mutex::new(None),
         })
@@ -110,6 +120,11 @@ impl Device {
 
     pub fn arch(&self) -> Arch {
         self.arch
+    }
+
+    /// The most shared memory (static and dynamic) one CTA may opt in to, in bytes.
+    pub(crate) fn max_shared_memory(&self) -> usize {
+        self.max_shared_memory
     }
 
     /// Makes the device's default memory pool keep the memory freed in it for later
