@@ -621,8 +621,8 @@ const STEP_GROWTH: [usize; 11] = [0, 1, 1, 1, 1, 3, 1, 100, 1, 1, 1];
 /// `cuda::DecodeState` over generation steps (caches growing between calls, one query per
 /// sequence): each step's out and lse against the CPU forward of that step, and the state's kept
 /// sets against the top w of each cache ranked on the host. Windows are crossed on the way (a
-/// cache of 511 keys at w = 512), a sequence starts with no key at all, and a batch of 40
-/// sequences takes two launches.
+/// cache of 511 keys at w = 512), a sequence starts with no key at all, a batch of 40
+/// sequences takes two launches, and every other step reads views of longer buffers.
 #[test]
 fn decode_state_matches_cpu() {
     let Some(dev) = device() else { return };
@@ -748,11 +748,35 @@ fn check_decode_state<T: cuda::CudaElement>(dev: &Device, case: &StepCase, seed:
             "D={d} heads {:?} {:?} step {step} lens {lens:?}",
             case.heads, case.bias
         );
-        state
-            .step_into(
+        // Every other step reads views of buffers with room to spare (NaN there: any read past
+        // the view would be reported as a non-finite bias or spoil out).
+        let result = if step % 2 == 1 {
+            let spare = |x: &[T]| {
+                let mut x = x.to_vec();
+                x.extend(std::iter::repeat_n(T::from_f32(f32::NAN), 3 * row));
+                st.clone_htod(&x).unwrap()
+            };
+            let (pk, pv) = (spare(&k), spare(&v));
+            let mut b = bias.clone();
+            b.extend([f32::NAN; 5]);
+            let pb = st.clone_htod(&b).unwrap();
+            state.step_into(
+                dev,
+                &params,
+                &shape,
+                &dq.as_view(),
+                &pk.slice(..k.len()),
+                &pv.slice(..v.len()),
+                &pb.slice(..bias.len()),
+                &mut out,
+                &mut lse,
+            )
+        } else {
+            state.step_into(
                 dev, &params, &shape, &dq, &dk, &dv, &dbias, &mut out, &mut lse,
             )
-            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        };
+        result.unwrap_or_else(|e| panic!("{label}: {e}"));
         let got_out: Vec<T> = st.clone_dtoh(&out).unwrap();
         let got_lse: Vec<f32> = st.clone_dtoh(&lse).unwrap();
         let eo = rel_err(&to_f32(&got_out), &to_f32(&want.out))
@@ -826,9 +850,23 @@ fn decode_state_errors_and_fallbacks() {
         let (dq, dk, dv, dbias) = upload_inputs(&dev, &inputs);
         let mut out = st.clone_htod(&vec![bf16::NAN; q.len()]).unwrap();
         let mut lse = st.clone_htod(&vec![f32::NAN; problem.lse_len()]).unwrap();
-        let got = state.step_into(
-            &dev, &params, &shape, &dq, &dk, &dv, &dbias, &mut out, &mut lse,
-        );
+        // The fallback (step 3) is given views, which it copies for decode_into.
+        let got = match step {
+            3 => state.step_into(
+                &dev,
+                &params,
+                &shape,
+                &dq.as_view(),
+                &dk.slice(..),
+                &dv.slice(..),
+                &dbias.slice(..),
+                &mut out,
+                &mut lse,
+            ),
+            _ => state.step_into(
+                &dev, &params, &shape, &dq, &dk, &dv, &dbias, &mut out, &mut lse,
+            ),
+        };
         if step == 1 {
             match got {
                 Err(DmaError::NonFiniteBias {

@@ -15,7 +15,7 @@
 //! (decode_state.rs, [`DecodeState`](super::DecodeState)): a step then reads only the new keys'
 //! biases and the kept rows.
 
-use super::buffers::alloc_uninit;
+use super::buffers::{alloc_uninit, DeviceInput};
 use super::compile::KernelSpec;
 use super::device::Device;
 use super::error;
@@ -230,7 +230,7 @@ pub(super) fn step_function(
 pub(super) fn run_slots(
     dev: &Device,
     problem: &Problem,
-    bias: &CudaSlice<f32>,
+    bias: &impl DeviceInput<f32>,
     (ctas_per_slot, smem): (usize, usize),
     mut launch: impl FnMut(LaunchConfig, usize, u64) -> Result<()>,
 ) -> Result<()> {
@@ -405,8 +405,9 @@ pub(super) fn select_decode(
     problem: &Problem,
     dp: &DecodePlan,
     tables: &DevicePlan,
-    bias: &CudaSlice<f32>,
+    bias: &impl DeviceInput<f32>,
 ) -> Result<Selection> {
+    let bias = &bias.view();
     let plan = &dp.plan;
     let hb = problem.heads.bias;
     let mut sel = select::alloc_selection(dev, params, problem, plan)?;

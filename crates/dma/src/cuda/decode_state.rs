@@ -15,7 +15,7 @@
 //! without exactly one query, a GPU older than sm_90, a window too large for shared memory,
 //! `DMA_CUDA_NO_DECODE_STATE` set) run [`decode_into`] instead.
 
-use super::buffers;
+use super::buffers::{self, DeviceInput};
 use super::compile::KernelSpec;
 use super::decode::{self, run_slots, slot_ints, step_function, LAUNCH_SEQS};
 use super::device::Device;
@@ -24,7 +24,7 @@ use super::forward::{self, CudaElement};
 use super::plan::{self, BLOCK_N, SEQ_INFO_INTS};
 use super::select::DevicePlan;
 use crate::{Params, Problem, Result, Shape};
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
 use std::sync::Arc;
 
 /// The most new keys a step inserts one by one (`DEC_STEP_MAX_NEW` in kernels/decode_fused.cu);
@@ -151,16 +151,20 @@ impl DecodeState {
     /// [`decode_into`](super::decode_into) for the same arguments, carrying the kept sets from
     /// the previous step where it can (module docs). Returns after the GPU has finished, like
     /// `decode_into`; on an error the sets are rebuilt at the next step.
+    ///
+    /// q, k, v and bias are whole slices or views ([`DeviceInput`]): a cache allocated with room
+    /// to grow passes views of its filled prefix, read in place. (Where the call runs
+    /// `decode_into` instead, views are copied first.)
     #[allow(clippy::too_many_arguments)]
     pub fn step_into<T: CudaElement>(
         &mut self,
         dev: &Device,
         params: &Params,
         shape: &Shape,
-        q: &CudaSlice<T>,
-        k: &CudaSlice<T>,
-        v: &CudaSlice<T>,
-        bias: &CudaSlice<f32>,
+        q: &impl DeviceInput<T>,
+        k: &impl DeviceInput<T>,
+        v: &impl DeviceInput<T>,
+        bias: &impl DeviceInput<f32>,
         out: &mut CudaSlice<T>,
         lse: &mut CudaSlice<f32>,
     ) -> Result<()> {
@@ -168,10 +172,13 @@ impl DecodeState {
         let problem = shape.problem()?;
         let Some(smem) = step_smem(dev, params, &problem)? else {
             self.sets = None;
-            return decode::decode_into(dev, params, shape, q, k, v, bias, out, lse);
+            let (q, k, v) = (q.whole(dev)?, k.whole(dev)?, v.whole(dev)?);
+            let bias = bias.whole(dev)?;
+            return decode::decode_into(dev, params, shape, &q, &k, &v, &bias, out, lse);
         };
-        forward::check_buffers(&problem, q, k, v, bias, out, lse)?;
-        let result = self.step(dev, params, &problem, smem, (q, k, v), bias, out, lse);
+        let (q, k, v, bias) = (q.view(), k.view(), v.view(), bias.view());
+        forward::check_buffers(&problem, &q, &k, &v, &bias, out, lse)?;
+        let result = self.step(dev, params, &problem, smem, (&q, &k, &v), &bias, out, lse);
         if result.is_err() {
             self.sets = None;
         }
@@ -185,8 +192,8 @@ impl DecodeState {
         params: &Params,
         problem: &Problem,
         smem: usize,
-        (q, k, v): (&CudaSlice<T>, &CudaSlice<T>, &CudaSlice<T>),
-        bias: &CudaSlice<f32>,
+        (q, k, v): (&CudaView<T>, &CudaView<T>, &CudaView<T>),
+        bias: &CudaView<f32>,
         out: &mut CudaSlice<T>,
         lse: &mut CudaSlice<f32>,
     ) -> Result<()> {
@@ -268,7 +275,7 @@ impl KeptSets {
         dev: &Device,
         params: &Params,
         problem: &Problem,
-        bias: &CudaSlice<f32>,
+        bias: &CudaView<f32>,
     ) -> Result<KeptSets> {
         let all = params.causal(false);
         let mut dp = decode::decode_plan(&all, problem)?;

@@ -10,7 +10,7 @@ use super::select::{self, DevicePlan, Selection};
 use crate::{cpu, DmaError, Element, Params, Problem, Result, Shape};
 use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
 use cudarc::driver::{
-    CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaFunction, CudaSlice, DeviceRepr, DeviceSlice, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use half::{bf16, f16};
 
@@ -208,10 +208,10 @@ pub struct DeviceForward<T> {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn check_buffers<T>(
     problem: &Problem,
-    q: &CudaSlice<T>,
-    k: &CudaSlice<T>,
-    v: &CudaSlice<T>,
-    bias: &CudaSlice<f32>,
+    q: &impl DeviceSlice<T>,
+    k: &impl DeviceSlice<T>,
+    v: &impl DeviceSlice<T>,
+    bias: &impl DeviceSlice<f32>,
     out: &CudaSlice<T>,
     lse: &CudaSlice<f32>,
 ) -> Result<()> {

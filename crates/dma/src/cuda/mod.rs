@@ -71,6 +71,7 @@ mod plan;
 mod select;
 
 pub use backward::{backward, backward_host, backward_into, BackwardInputs, DeviceGradients};
+pub use buffers::DeviceInput;
 pub use decode::{decode_host, decode_into, DECODE_MAX_Q};
 pub use decode_state::{DecodeState, STEP_MAX_NEW};
 pub use device::{Arch, Device};

@@ -2,7 +2,7 @@
 //! one or two blocks of the forward read; or a whole sequence) and bias head, the candidate keys
 //! and each query row's threshold rank (kernels/select.cu).
 
-use super::buffers::{self, alloc_uninit};
+use super::buffers::{self, alloc_uninit, DeviceInput};
 use super::compile::KernelSpec;
 use super::device::Device;
 use super::error;
@@ -115,7 +115,7 @@ impl Selection {
         &self,
         dev: &Device,
         problem: &Problem,
-        bias: &CudaSlice<f32>,
+        bias: &impl DeviceInput<f32>,
     ) -> Result<()> {
         let flag = buffers::download(dev, &self.bad_bias)?;
         report_bad_bias(dev, problem, bias, flag.first().copied().unwrap_or(0))
@@ -137,7 +137,7 @@ impl Selection {
 pub(crate) fn report_bad_bias(
     dev: &Device,
     problem: &Problem,
-    bias: &CudaSlice<f32>,
+    bias: &impl DeviceInput<f32>,
     flag: u64,
 ) -> Result<()> {
     if flag == 0 {
@@ -155,7 +155,7 @@ pub(crate) fn report_bad_bias(
     let at = problem.bias_range(seq, head).start + key;
     let value = dev
         .stream()
-        .clone_dtoh(&bias.slice(at..at + 1))
+        .clone_dtoh(&bias.view().slice(at..at + 1))
         .map_err(error::driver)?
         .first()
         .copied()
@@ -298,10 +298,11 @@ pub(crate) fn launch_lists(
     problem: &Problem,
     plan: &Plan,
     tables: &DevicePlan,
-    bias: &CudaSlice<f32>,
+    bias: &impl DeviceInput<f32>,
     sel: &mut Selection,
     from_anchor: bool,
 ) -> Result<()> {
+    let bias = &bias.view();
     let hb = problem.heads.bias;
     let (ids, count) = if from_anchor {
         (tables.dependents(), plan.dependents.len())
