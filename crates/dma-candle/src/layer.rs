@@ -3,7 +3,7 @@
 
 use crate::norm::RmsNorm;
 use crate::rope::Rope;
-use crate::{dma_attention, Error};
+use crate::{dma_attention, dma_decode_step, DecodeState, Error};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{linear_b, Linear, VarBuilder};
 use dma::Params;
@@ -226,6 +226,46 @@ impl DmaAttention {
     /// Attention of q `[B, Nq, Hq, D]` over k, v `[B, Nk, Hkv, D]` with `bias` `[B, Hb, Nk]`
     /// (queries aligned to the last keys), then `o_proj`: `[B, Nq, hidden]`.
     pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        self.attend_with(q, k, v, |q, k, v, params| {
+            dma_attention(q, k, v, bias, params)
+        })
+    }
+
+    /// [`Self::attend`] for one generation step over a KV cache, through [`dma_decode_step`]
+    /// (no gradient): `state` carries the layer's kept keys from step to step. A cache that
+    /// keeps k and v in [`Self::attention_dtype`] is read in place on CUDA.
+    pub fn attend_step(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: &Tensor,
+        state: &mut DecodeState,
+    ) -> Result<Tensor> {
+        self.attend_with(q, k, v, |q, k, v, params| {
+            dma_decode_step(q, k, v, bias, params, state)
+        })
+    }
+
+    /// The dtype the attention runs in for q of `dtype` on `device`: the config's
+    /// `attention_dtype`, else bf16 for f32 on CUDA (the kernels have no f32 path), else `dtype`.
+    pub fn attention_dtype(&self, device: &candle_core::Device, dtype: DType) -> DType {
+        match (self.config.attention_dtype, device, dtype) {
+            (Some(dtype), _, _) => dtype,
+            (None, candle_core::Device::Cuda(_), DType::F32) => DType::BF16,
+            (None, _, dtype) => dtype,
+        }
+    }
+
+    /// `attention` of q, k and v cast to the attention dtype, with the layer's params; its
+    /// output cast back to q's dtype and projected by `o_proj`.
+    fn attend_with(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        attention: impl FnOnce(&Tensor, &Tensor, &Tensor, &Params) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         let c = &self.config;
         let (b, nq, hq, d) = q.dims4()?;
         let window = match c.kind {
@@ -234,19 +274,10 @@ impl DmaAttention {
         };
         // Causal, scale 1/sqrt(D) as in Doge.
         let params = Params::new(window);
-        let dtype = match (c.attention_dtype, q.device(), q.dtype()) {
-            (Some(dtype), _, _) => dtype,
-            (None, candle_core::Device::Cuda(_), DType::F32) => DType::BF16,
-            (None, _, dtype) => dtype,
-        };
-        let out = match dtype == q.dtype() {
-            true => dma_attention(q, k, v, bias, &params)?,
-            false => {
-                let cast = |t: &Tensor| t.to_dtype(dtype);
-                dma_attention(&cast(q)?, &cast(k)?, &cast(v)?, bias, &params)?
-                    .to_dtype(q.dtype())?
-            }
-        };
+        let dtype = self.attention_dtype(q.device(), q.dtype());
+        // A no-op for a tensor already in `dtype`.
+        let cast = |t: &Tensor| t.to_dtype(dtype);
+        let out = attention(&cast(q)?, &cast(k)?, &cast(v)?, &params)?.to_dtype(q.dtype())?;
         self.o_proj.forward(&out.reshape((b, nq, hq * d))?)
     }
 }

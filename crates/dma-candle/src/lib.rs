@@ -55,6 +55,7 @@ mod cpu;
 mod cross_entropy;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod decode;
 mod error;
 mod fused;
 mod layer;
@@ -68,6 +69,7 @@ mod silu_mul;
 
 pub use adamw::{adamw_step, AdamWStep};
 pub use cross_entropy::cross_entropy;
+pub use decode::{dma_decode_step, DecodeState};
 pub use error::Error;
 pub use layer::{AttentionKind, BiasFn, DmaAttention, DmaAttentionConfig};
 pub use norm::{rms_norm, RmsNorm};

@@ -53,7 +53,35 @@ fn run(
     bias: &Tensor,
     params: &Params,
 ) -> Result<(Tensor, Arc<Mutex<Option<SavedForward>>>)> {
-    shape::dense(q.dims(), k.dims(), bias.dims())?;
+    check_inputs(q, k, v, bias)?;
+    // candle 0.11's `cat` panics on an empty view that starts past the end of its storage (a
+    // narrowed empty tensor); a fresh layout avoids that.
+    let fresh = |t: &Tensor| match t.elem_count() {
+        0 => t.force_contiguous(),
+        _ => Ok(t.clone()),
+    };
+    let kv = Tensor::stack(&[fresh(k)?, fresh(v)?], 0)?;
+    // The CUDA kernels read dense buffers; the CPU path gathers strided views itself.
+    let (q, bias) = match q.device() {
+        Device::Cpu => (q.clone(), bias.clone()),
+        _ => (q.contiguous()?, bias.contiguous()?),
+    };
+    let saved_forward = Arc::new(Mutex::new(None));
+    let op = DmaOp {
+        params: *params,
+        saved: saved_forward.clone(),
+    };
+    Ok((q.apply_op3(&kv, &bias, op)?, saved_forward))
+}
+
+/// The dense geometry of the op's inputs, checked: shapes (v like k) and dtypes (k and v like q).
+pub(crate) fn check_inputs(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+) -> Result<dma::Shape> {
+    let geometry = shape::dense(q.dims(), k.dims(), bias.dims())?;
     if v.dims() != k.dims() {
         return Err(Error::NotLike {
             name: "v",
@@ -76,24 +104,7 @@ fn run(
         }
         .into());
     }
-    // candle 0.11's `cat` panics on an empty view that starts past the end of its storage (a
-    // narrowed empty tensor); a fresh layout avoids that.
-    let fresh = |t: &Tensor| match t.elem_count() {
-        0 => t.force_contiguous(),
-        _ => Ok(t.clone()),
-    };
-    let kv = Tensor::stack(&[fresh(k)?, fresh(v)?], 0)?;
-    // The CUDA kernels read dense buffers; the CPU path gathers strided views itself.
-    let (q, bias) = match q.device() {
-        Device::Cpu => (q.clone(), bias.clone()),
-        _ => (q.contiguous()?, bias.contiguous()?),
-    };
-    let saved_forward = Arc::new(Mutex::new(None));
-    let op = DmaOp {
-        params: *params,
-        saved: saved_forward.clone(),
-    };
-    Ok((q.apply_op3(&kv, &bias, op)?, saved_forward))
+    Ok(geometry)
 }
 
 /// The tensors the backward reads, in the op's layouts: q `[B, Nq, Hq, D]`, kv

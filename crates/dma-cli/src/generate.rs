@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use doge::{GenerateParams, SamplingParams, Tokenizer};
 use std::io::Write;
+use std::time::Instant;
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -52,7 +53,11 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     write!(stdout, "{}", a.prompt)?;
     stdout.flush()?;
+    // When each token came: the first after the prefill, the others one decode step apart.
+    let start = Instant::now();
+    let mut arrivals = Vec::new();
     let out = doge::generate(&model, &prompt, &params, |id| {
+        arrivals.push(start.elapsed());
         let text = stream.step(id)?;
         // A closed pipe ends the output, not the program with a panic.
         let _ = write!(stdout, "{text}").and_then(|_| stdout.flush());
@@ -60,5 +65,21 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     })?;
     writeln!(stdout)?;
     eprintln!("{} prompt tokens, {} generated", prompt.len(), out.len());
+    if let Some((first, steps)) = arrivals.split_first() {
+        eprint!(
+            "prefill and first token {:.1} ms",
+            first.as_secs_f64() * 1e3
+        );
+        let mut gaps: Vec<f64> = steps
+            .iter()
+            .zip(&arrivals)
+            .map(|(t, before)| (*t - *before).as_secs_f64() * 1e3)
+            .collect();
+        gaps.sort_by(f64::total_cmp);
+        match gaps.get(gaps.len() / 2) {
+            Some(median) => eprintln!("; {} decode steps, median {median:.2} ms", gaps.len()),
+            None => eprintln!(),
+        }
+    }
     Ok(())
 }

@@ -69,11 +69,19 @@ impl DecoderLayer {
         let attn = &self.self_attn;
         let (q, k, v) = attn.project(&self.input_layernorm.forward(x)?, offset)?;
         let bias = attn.key_bias(&v)?;
-        let (k, v, bias) = match cache {
-            Some(cache) => cache.append(self.index, k, v, bias)?,
-            None => (k, v, bias),
+        let attended = match cache {
+            // The cache keeps k and v in the attention's dtype, so a step casts only its own.
+            Some(cache) => {
+                let dtype = attn.attention_dtype(q.device(), q.dtype());
+                let (k, v) = (k.to_dtype(dtype)?, v.to_dtype(dtype)?);
+                let (k, v, bias, state) = cache.append(self.index, k, v, bias)?;
+                match q.dim(1)? {
+                    1 => attn.attend_step(&q, &k, &v, &bias, state)?,
+                    _ => attn.attend(&q, &k, &v, &bias)?,
+                }
+            }
+            None => attn.attend(&q, &k, &v, &bias)?,
         };
-        let attended = attn.attend(&q, &k, &v, &bias)?;
         let x = scale_add(x, &self.input_residual, &attended)?;
         let mlp = self
             .mlp

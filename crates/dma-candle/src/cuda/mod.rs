@@ -17,8 +17,10 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+mod decode;
 mod layers;
 mod optim;
+pub(crate) use decode::decode_step;
 pub(crate) use layers::{
     cross_entropy_backward, cross_entropy_forward, rms_norm_backward, rms_norm_forward, rope,
     scale_add_backward, scale_add_forward, scatter_add_rows, silu_mul_backward, silu_mul_forward,
