@@ -198,7 +198,10 @@ fn op_time(config: &DogeConfig, a: &TrainBenchArgs, k: Kind, dev: &Device) -> Re
         dev.synchronize()?;
         let clock = Instant::now();
         let out = dma_candle::dma_attention(&q, &kk, &v, &bias, &params)?;
-        let grads = out.to_dtype(DType::F32)?.sum_all()?.backward()?;
+        // Sums over the head dim and the heads first: candle reduces with one CTA per output,
+        // so `sum_all` of the whole output alone would take longer than the attention.
+        let loss = out.to_dtype(DType::F32)?.sum(3)?.sum(2)?.sum_all()?;
+        let grads = loss.backward()?;
         drop(grads);
         dev.synchronize()?;
         if rep > 1 {

@@ -850,7 +850,7 @@ fn decode_state_errors_and_fallbacks() {
         let (dq, dk, dv, dbias) = upload_inputs(&dev, &inputs);
         let mut out = st.clone_htod(&vec![bf16::NAN; q.len()]).unwrap();
         let mut lse = st.clone_htod(&vec![f32::NAN; problem.lse_len()]).unwrap();
-        // The fallback (step 3) is given views, which it copies for decode_into.
+        // The fallback to decode_into (step 3) is given views.
         let got = match step {
             3 => state.step_into(
                 &dev,

@@ -1,11 +1,11 @@
 //! A generation step on CUDA tensors: `dma::cuda::DecodeState::step_into` on candle's buffers,
 //! k and v read in place (views of their storage) instead of stacked and copied like the op's.
 
-use super::{contiguous, cuda, device, driver, dtype_error, tensor};
+use super::{cuda, device, driver, dtype_error, tensor, view};
 use crate::Error;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
+use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::CudaDType;
-use candle_core::{DType, Layout, Result, Storage, Tensor};
+use candle_core::{DType, Result, Tensor};
 use dma::cuda::{CudaElement, DecodeState};
 use dma::{Params, Shape};
 
@@ -46,10 +46,10 @@ where
     let (ks, lk) = k.storage_and_layout();
     let (vs, lv) = v.storage_and_layout();
     let (bs, lb) = bias.storage_and_layout();
-    let qv = contiguous::<T>("q", cuda(&qs)?, lq)?;
-    let kv = view::<T>("k", &ks, lk)?;
-    let vv = view::<T>("v", &vs, lv)?;
-    let bv = view::<f32>("bias", &bs, lb)?;
+    let qv = view::<T>("q", cuda(&qs)?, lq)?;
+    let kv = view::<T>("k", cuda(&ks)?, lk)?;
+    let vv = view::<T>("v", cuda(&vs)?, lv)?;
+    let bv = view::<f32>("bias", cuda(&bs)?, lb)?;
     let stream = cdev.cuda_stream();
     // SAFETY: the step writes every element of out and lse.
     let (mut out, mut lse) = unsafe {
@@ -61,30 +61,7 @@ where
         )
     };
     state
-        .step_into(
-            &dev,
-            params,
-            shape,
-            qv.as_ref(),
-            &kv,
-            &vv,
-            &bv,
-            &mut out,
-            &mut lse,
-        )
+        .step_into(&dev, params, shape, &qv, &kv, &vv, &bv, &mut out, &mut lse)
         .map_err(Error::from)?;
     Ok(tensor(out, q.dims(), &cdev))
-}
-
-/// The elements of a contiguous tensor in place: a view of its storage.
-fn view<'a, T: CudaDType>(
-    name: &'static str,
-    storage: &'a Storage,
-    layout: &Layout,
-) -> Result<CudaView<'a, T>> {
-    let slice = cuda(storage)?.as_cuda_slice::<T>()?;
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or(Error::NotContiguous(name))?;
-    Ok(slice.slice(start..end))
 }

@@ -1,13 +1,13 @@
 //! The op on CUDA storage (feature `cuda`): candle's device buffers handed to `dma::cuda`, whose
 //! kernels run on candle's own stream, so no synchronisation is needed around them.
 //!
-//! candle tensors are contiguous here (the op makes them so before it reaches this module). The
-//! kernels take k and v as separate buffers, so the two halves of the stacked kv are copied out
-//! (O(Nk·D), small next to the attention), and dk, dv are copied into one dkv the same way.
+//! candle tensors are contiguous here (the op makes them so before it reaches this module), and
+//! the kernels read them in place (views of candle's buffers), k and v as the two halves of the
+//! stacked kv. The backward's dk and dv are copied into one dkv.
 
 use crate::Error;
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, CudaDevice};
 use candle_core::op::BackpropOp;
 use candle_core::{CudaStorage, DType, Layout, Result, Storage, Tensor};
@@ -79,22 +79,29 @@ where
     Ok(Cow::Owned(copy))
 }
 
-/// The k and v halves of a contiguous stacked kv `[2, B, Nk, Hkv, D]`, as separate buffers.
-fn split_kv<T: CudaDType + CudaElement>(
-    s: &CudaStorage,
+/// The elements of a contiguous tensor's storage in place, as a view.
+pub(crate) fn view<'a, T: CudaDType>(
+    name: &'static str,
+    s: &'a CudaStorage,
     l: &Layout,
-) -> Result<(CudaSlice<T>, CudaSlice<T>)> {
+) -> Result<CudaView<'a, T>> {
+    let slice = s.as_cuda_slice::<T>()?;
+    let (start, end) = l.contiguous_offsets().ok_or(Error::NotContiguous(name))?;
+    Ok(slice.slice(start..end))
+}
+
+/// The k and v halves of a contiguous stacked kv `[2, B, Nk, Hkv, D]`, as views (no copy).
+fn split_kv<'a, T: CudaDType>(
+    s: &'a CudaStorage,
+    l: &Layout,
+) -> Result<(CudaView<'a, T>, CudaView<'a, T>)> {
     let slice = s.as_cuda_slice::<T>()?;
     let (start, end) = l.contiguous_offsets().ok_or(Error::NotContiguous("kv"))?;
     let half = (end - start) / 2;
-    let stream = s.device().cuda_stream();
-    let k = stream
-        .clone_dtod(&slice.slice(start..start + half))
-        .map_err(driver)?;
-    let v = stream
-        .clone_dtod(&slice.slice(start + half..end))
-        .map_err(driver)?;
-    Ok((k, v))
+    Ok((
+        slice.slice(start..start + half),
+        slice.slice(start + half..end),
+    ))
 }
 
 /// Forward of q and the packed kv with an f32 bias: out (like q) and what the backward needs.
@@ -129,9 +136,9 @@ where
     let cdev = q.device().clone();
     let dev = device(&cdev)?;
     let problem = shape.problem().map_err(Error::from)?;
-    let qs = contiguous::<T>("q", q, lq)?;
+    let qs = view::<T>("q", q, lq)?;
     let (k, v) = split_kv::<T>(kv, lkv)?;
-    let bias = contiguous::<f32>("bias", bias, lb)?;
+    let bias = view::<f32>("bias", bias, lb)?;
     let stream = cdev.cuda_stream();
     // SAFETY: the forward writes every element of out and lse.
     let (mut out, mut lse) = unsafe {
@@ -225,12 +232,12 @@ where
         cuda(&ds)?,
         cuda(&ls)?,
     );
-    let qv = contiguous::<T>("q", qs, lq)?;
+    let qv = view::<T>("q", qs, lq)?;
     let (k, v) = split_kv::<T>(kvs, lkv)?;
-    let bias_v = contiguous::<f32>("bias", bs, lb)?;
-    let out_v = contiguous::<T>("out", os, lo)?;
-    let dout_v = contiguous::<T>("dout", ds, ld)?;
-    let lse_v = contiguous::<f32>("lse", ls, ll)?;
+    let bias_v = view::<f32>("bias", bs, lb)?;
+    let out_v = view::<T>("out", os, lo)?;
+    let dout_v = view::<T>("dout", ds, ld)?;
+    let lse_v = view::<f32>("lse", ls, ll)?;
     let inputs = BackwardInputs {
         q: &qv,
         k: &k,

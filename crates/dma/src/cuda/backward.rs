@@ -2,7 +2,7 @@
 //! in the input type and dbias in f32, from q, k, v, bias, out, lse and dout, over the forward's
 //! selection (passed in, or recomputed: the selection alone, never the forward).
 
-use super::buffers::{self, alloc_uninit};
+use super::buffers::{self, alloc_uninit, DeviceInput};
 use super::compile::KernelSpec;
 use super::device::Device;
 use super::error;
@@ -130,16 +130,16 @@ pub(crate) fn smem_bytes(head_dim: usize) -> usize {
 }
 
 /// What the backward reads, on the device: the forward's inputs, its out and lse, and dout
-/// (the gradient of out, like q).
-#[derive(Debug, Clone, Copy)]
+/// (the gradient of out, like q). Each is a whole slice or a view ([`DeviceInput`]).
+#[derive(Clone, Copy)]
 pub struct BackwardInputs<'a, T> {
-    pub q: &'a CudaSlice<T>,
-    pub k: &'a CudaSlice<T>,
-    pub v: &'a CudaSlice<T>,
-    pub bias: &'a CudaSlice<f32>,
-    pub out: &'a CudaSlice<T>,
-    pub lse: &'a CudaSlice<f32>,
-    pub dout: &'a CudaSlice<T>,
+    pub q: &'a dyn DeviceInput<T>,
+    pub k: &'a dyn DeviceInput<T>,
+    pub v: &'a dyn DeviceInput<T>,
+    pub bias: &'a dyn DeviceInput<f32>,
+    pub out: &'a dyn DeviceInput<T>,
+    pub lse: &'a dyn DeviceInput<f32>,
+    pub dout: &'a dyn DeviceInput<T>,
 }
 
 /// Gradients on the device: dq like q, dk and dv like k, dbias like the bias (f32).
@@ -230,7 +230,7 @@ pub fn backward_into<T: CudaElement>(
                 &problem,
                 &plan,
                 &tables,
-                inputs.bias,
+                &inputs.bias.view(),
             )?),
         };
         launch(
@@ -250,7 +250,7 @@ pub fn backward_into<T: CudaElement>(
     // Last, so the GPU runs every kernel back to back (Selection::check_bias: this waits for
     // them). A selection passed in was checked by the forward that made it.
     match &owned {
-        Some(sel) => sel.check_bias(dev, &problem, inputs.bias),
+        Some(sel) => sel.check_bias(dev, &problem, &inputs.bias.view()),
         None => Ok(()),
     }
 }
@@ -272,13 +272,15 @@ fn launch<T: CudaElement>(
     let scale = params.scale_for(problem.head_dim);
     let scale_log2 = scale * std::f32::consts::LOG2_E;
     let (seqs, blocks) = (tables.seqs(), tables.blocks());
+    let [q, k, v, out, dout] = [x.q, x.k, x.v, x.out, x.dout].map(|t| t.view());
+    let lse = x.lse.view();
     let mut l = dev.stream().launch_builder(&f);
-    l.arg(x.q)
-        .arg(x.k)
-        .arg(x.v)
-        .arg(x.out)
-        .arg(x.dout)
-        .arg(x.lse)
+    l.arg(&q)
+        .arg(&k)
+        .arg(&v)
+        .arg(&out)
+        .arg(&dout)
+        .arg(&lse)
         .arg(&seqs)
         .arg(&blocks)
         .arg(&sel.cand)

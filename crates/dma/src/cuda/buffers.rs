@@ -4,8 +4,7 @@
 use super::device::Device;
 use super::error;
 use crate::Result;
-use cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
-use std::borrow::Cow;
+use cudarc::driver::{CudaSlice, CudaView, DeviceRepr, DeviceSlice};
 
 /// A device copy of `x`, `what` naming it in an out-of-memory error.
 pub(crate) fn upload<T: DeviceRepr>(
@@ -48,46 +47,21 @@ pub(crate) unsafe fn alloc_uninit<T: DeviceRepr>(
 }
 
 /// A device buffer the kernels read: a whole [`CudaSlice`], or a [`CudaView`] of part of one
-/// (e.g. the filled prefix of a KV cache allocated with room to grow, read in place).
-pub trait DeviceInput<T> {
-    /// The elements, as a view.
+/// (e.g. the filled prefix of a KV cache allocated with room to grow, or one half of a buffer
+/// holding k and v), read in place.
+pub trait DeviceInput<T>: DeviceSlice<T> {
+    /// The elements, as a view (what a kernel launch takes).
     fn view(&self) -> CudaView<'_, T>;
-    /// The elements as a whole slice: borrowed where they are one, else copied.
-    fn whole(&self, dev: &Device) -> Result<Cow<'_, CudaSlice<T>>>
-    where
-        T: DeviceRepr,
-        CudaSlice<T>: Clone;
 }
 
 impl<T> DeviceInput<T> for CudaSlice<T> {
     fn view(&self) -> CudaView<'_, T> {
         self.as_view()
     }
-
-    fn whole(&self, _: &Device) -> Result<Cow<'_, CudaSlice<T>>>
-    where
-        T: DeviceRepr,
-        CudaSlice<T>: Clone,
-    {
-        Ok(Cow::Borrowed(self))
-    }
 }
 
 impl<T> DeviceInput<T> for CudaView<'_, T> {
     fn view(&self) -> CudaView<'_, T> {
         self.slice(..)
-    }
-
-    fn whole(&self, dev: &Device) -> Result<Cow<'_, CudaSlice<T>>>
-    where
-        T: DeviceRepr,
-        CudaSlice<T>: Clone,
-    {
-        let n = self.len() * std::mem::size_of::<T>();
-        let copy = dev
-            .stream()
-            .clone_dtod(self)
-            .map_err(error::alloc("a copy of a device view", n))?;
-        Ok(Cow::Owned(copy))
     }
 }

@@ -131,11 +131,16 @@ fn decode_fused<T: CudaElement>(
     params: &Params,
     problem: &Problem,
     layout: &FusedLayout,
-    (q, k, v): (&CudaSlice<T>, &CudaSlice<T>, &CudaSlice<T>),
-    bias: &CudaSlice<f32>,
+    (q, k, v): (
+        &impl DeviceInput<T>,
+        &impl DeviceInput<T>,
+        &impl DeviceInput<T>,
+    ),
+    bias: &impl DeviceInput<f32>,
     out: &mut CudaSlice<T>,
     lse: &mut CudaSlice<f32>,
 ) -> Result<()> {
+    let (q, k, v, bias) = (&q.view(), &k.view(), &v.view(), &bias.view());
     let f = step_function(dev, &fused_spec::<T>(problem.head_dim)?, layout.smem, true)?;
     let mut ints = slot_ints(problem)?.to_vec();
     for x in [
@@ -335,10 +340,10 @@ pub fn decode_into<T: CudaElement>(
     dev: &Device,
     params: &Params,
     shape: &Shape,
-    q: &CudaSlice<T>,
-    k: &CudaSlice<T>,
-    v: &CudaSlice<T>,
-    bias: &CudaSlice<f32>,
+    q: &impl DeviceInput<T>,
+    k: &impl DeviceInput<T>,
+    v: &impl DeviceInput<T>,
+    bias: &impl DeviceInput<f32>,
     out: &mut CudaSlice<T>,
     lse: &mut CudaSlice<f32>,
 ) -> Result<()> {

@@ -153,8 +153,7 @@ impl DecodeState {
     /// `decode_into`; on an error the sets are rebuilt at the next step.
     ///
     /// q, k, v and bias are whole slices or views ([`DeviceInput`]): a cache allocated with room
-    /// to grow passes views of its filled prefix, read in place. (Where the call runs
-    /// `decode_into` instead, views are copied first.)
+    /// to grow passes views of its filled prefix, read in place.
     #[allow(clippy::too_many_arguments)]
     pub fn step_into<T: CudaElement>(
         &mut self,
@@ -172,9 +171,7 @@ impl DecodeState {
         let problem = shape.problem()?;
         let Some(smem) = step_smem(dev, params, &problem)? else {
             self.sets = None;
-            let (q, k, v) = (q.whole(dev)?, k.whole(dev)?, v.whole(dev)?);
-            let bias = bias.whole(dev)?;
-            return decode::decode_into(dev, params, shape, &q, &k, &v, &bias, out, lse);
+            return decode::decode_into(dev, params, shape, q, k, v, bias, out, lse);
         };
         let (q, k, v, bias) = (q.view(), k.view(), v.view(), bias.view());
         forward::check_buffers(&problem, &q, &k, &v, &bias, out, lse)?;

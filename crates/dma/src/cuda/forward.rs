@@ -1,7 +1,7 @@
 //! The forward on device buffers: selection, then the gather-and-attend kernel
 //! (kernels/forward.cu).
 
-use super::buffers::{self, alloc_uninit};
+use super::buffers::{self, alloc_uninit, DeviceInput};
 use super::compile::KernelSpec;
 use super::device::{Arch, Device};
 use super::error;
@@ -235,10 +235,10 @@ pub fn forward<T: CudaElement>(
     dev: &Device,
     params: &Params,
     shape: &Shape,
-    q: &CudaSlice<T>,
-    k: &CudaSlice<T>,
-    v: &CudaSlice<T>,
-    bias: &CudaSlice<f32>,
+    q: &impl DeviceInput<T>,
+    k: &impl DeviceInput<T>,
+    v: &impl DeviceInput<T>,
+    bias: &impl DeviceInput<f32>,
 ) -> Result<DeviceForward<T>> {
     let n = q.len().max(1);
     let lse_len = shape.problem()?.lse_len().max(1);
@@ -259,10 +259,10 @@ pub fn forward_into<T: CudaElement>(
     dev: &Device,
     params: &Params,
     shape: &Shape,
-    q: &CudaSlice<T>,
-    k: &CudaSlice<T>,
-    v: &CudaSlice<T>,
-    bias: &CudaSlice<f32>,
+    q: &impl DeviceInput<T>,
+    k: &impl DeviceInput<T>,
+    v: &impl DeviceInput<T>,
+    bias: &impl DeviceInput<f32>,
     out: &mut CudaSlice<T>,
     lse: &mut CudaSlice<f32>,
 ) -> Result<()> {
@@ -276,10 +276,10 @@ pub fn forward_into_with_selection<T: CudaElement>(
     dev: &Device,
     params: &Params,
     shape: &Shape,
-    q: &CudaSlice<T>,
-    k: &CudaSlice<T>,
-    v: &CudaSlice<T>,
-    bias: &CudaSlice<f32>,
+    q: &impl DeviceInput<T>,
+    k: &impl DeviceInput<T>,
+    v: &impl DeviceInput<T>,
+    bias: &impl DeviceInput<f32>,
     out: &mut CudaSlice<T>,
     lse: &mut CudaSlice<f32>,
 ) -> Result<Selection> {
@@ -332,11 +332,16 @@ pub(crate) fn attend<T: CudaElement>(
     tables: &DevicePlan,
     sel: &Selection,
     sure: Option<&CudaSlice<u32>>,
-    (q, k, v): (&CudaSlice<T>, &CudaSlice<T>, &CudaSlice<T>),
+    (q, k, v): (
+        &impl DeviceInput<T>,
+        &impl DeviceInput<T>,
+        &impl DeviceInput<T>,
+    ),
     out: &mut CudaSlice<T>,
     lse: &mut CudaSlice<f32>,
     split: Option<(usize, &mut CudaSlice<f32>)>,
 ) -> Result<()> {
+    let (q, k, v) = (q.view(), k.view(), v.view());
     let splits = split.as_ref().map_or(1, |(n, _)| *n);
     let (spec, smem, threads) = attend_kernel::<T>(dev, problem.head_dim, params.causal, splits)?;
     let (f, cfg, ints) = block_launch(dev, &spec, smem, threads, problem, plan, splits)?;
@@ -345,9 +350,9 @@ pub(crate) fn attend<T: CudaElement>(
     let (seqs, blocks) = (tables.seqs(), tables.blocks());
     let mut launch = dev.stream().launch_builder(&f);
     launch
-        .arg(q)
-        .arg(k)
-        .arg(v)
+        .arg(&q)
+        .arg(&k)
+        .arg(&v)
         .arg(&seqs)
         .arg(&blocks)
         .arg(&sel.cand)
@@ -533,7 +538,7 @@ pub fn select(
     dev: &Device,
     params: &Params,
     shape: &Shape,
-    bias: &CudaSlice<f32>,
+    bias: &impl DeviceInput<f32>,
 ) -> Result<Selection> {
     select_then(dev, params, shape, bias, |_, _, _, _| Ok(())).map(|(sel, ())| sel)
 }
@@ -545,7 +550,7 @@ pub fn select_partitioned(
     dev: &Device,
     params: &Params,
     shape: &Shape,
-    bias: &CudaSlice<f32>,
+    bias: &impl DeviceInput<f32>,
 ) -> Result<(Selection, Vec<u32>)> {
     select_then(
         dev,
@@ -564,7 +569,7 @@ fn select_then<R>(
     dev: &Device,
     params: &Params,
     shape: &Shape,
-    bias: &CudaSlice<f32>,
+    bias: &impl DeviceInput<f32>,
     then: impl FnOnce(&Problem, &Plan, &DevicePlan, &mut Selection) -> Result<R>,
 ) -> Result<(Selection, R)> {
     params.validate()?;

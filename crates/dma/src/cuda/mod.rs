@@ -31,6 +31,11 @@
 //! 128 it is `kernels/backward_hopper.cu` (the Hopper forward's structure, with dV = P^T dO and
 //! dK = dS^T Q as warpgroup MMAs); elsewhere, and with `DMA_CUDA_NO_WGMMA`, `kernels/backward.cu`.
 //!
+//! The device entry points of the attention ([`forward_into`], [`decode_into`],
+//! [`DecodeState::step_into`], [`backward_into`] and their allocating forms) read their inputs
+//! as [`DeviceInput`]s: whole `CudaSlice`s or `CudaView`s of part of one (k and v as two halves
+//! of one buffer, the filled prefix of a cache with room to grow), in place.
+//!
 //! Besides the attention, a few f32 kernels serve the layers around it in a model trained with
 //! the op (dma-candle's `gather_rows`, `RmsNorm`, RoPE, `silu_mul` and `scale_add`):
 //! [`scatter_add_rows`] (the backward of an embedding lookup), [`rms_norm_forward`] and

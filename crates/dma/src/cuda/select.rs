@@ -280,7 +280,7 @@ pub(crate) fn run(
     problem: &Problem,
     plan: &Plan,
     tables: &DevicePlan,
-    bias: &CudaSlice<f32>,
+    bias: &impl DeviceInput<f32>,
 ) -> Result<Selection> {
     let mut sel = alloc_selection(dev, params, problem, plan)?;
     // Anchors first, then the lists that read their anchor's list (stream order).
