@@ -1,7 +1,7 @@
 //! A generation step on CUDA tensors: `dma::cuda::DecodeState::step_into` on candle's buffers,
 //! k and v read in place (views of their storage) instead of stacked and copied like the op's.
 
-use super::{cuda, device, driver, dtype_error, tensor, view};
+use super::{alloc_out_lse, cuda, device, dtype_error, tensor, view};
 use crate::Error;
 use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::CudaDType;
@@ -50,16 +50,8 @@ where
     let kv = view::<T>("k", cuda(&ks)?, lk)?;
     let vv = view::<T>("v", cuda(&vs)?, lv)?;
     let bv = view::<f32>("bias", cuda(&bs)?, lb)?;
-    let stream = cdev.cuda_stream();
     // SAFETY: the step writes every element of out and lse.
-    let (mut out, mut lse) = unsafe {
-        (
-            stream.alloc::<T>(problem.q_len().max(1)).map_err(driver)?,
-            stream
-                .alloc::<f32>(problem.lse_len().max(1))
-                .map_err(driver)?,
-        )
-    };
+    let (mut out, mut lse) = unsafe { alloc_out_lse::<T>(&cdev, &problem)? };
     state
         .step_into(&dev, params, shape, &qv, &kv, &vv, &bv, &mut out, &mut lse)
         .map_err(Error::from)?;

@@ -139,16 +139,8 @@ where
     let qs = view::<T>("q", q, lq)?;
     let (k, v) = split_kv::<T>(kv, lkv)?;
     let bias = view::<f32>("bias", bias, lb)?;
-    let stream = cdev.cuda_stream();
     // SAFETY: the forward writes every element of out and lse.
-    let (mut out, mut lse) = unsafe {
-        (
-            stream.alloc::<T>(problem.q_len().max(1)).map_err(driver)?,
-            stream
-                .alloc::<f32>(problem.lse_len().max(1))
-                .map_err(driver)?,
-        )
-    };
+    let (mut out, mut lse) = unsafe { alloc_out_lse::<T>(&cdev, &problem)? };
     let few_queries = problem
         .sequences
         .iter()
@@ -167,6 +159,23 @@ where
     let lse = tensor(lse, lse_dims(lq.dims()), &cdev);
     let out = CudaStorage::wrap_cuda_slice(out, cdev);
     Ok((out, Saved { lse, selection }))
+}
+
+/// Uninitialised out (like q) and lse buffers of a call.
+///
+/// # Safety
+/// The caller writes every element before anything reads it.
+pub(crate) unsafe fn alloc_out_lse<T: CudaDType + DeviceRepr>(
+    cdev: &CudaDevice,
+    problem: &dma::Problem,
+) -> Result<(CudaSlice<T>, CudaSlice<f32>)> {
+    let stream = cdev.cuda_stream();
+    Ok((
+        stream.alloc::<T>(problem.q_len().max(1)).map_err(driver)?,
+        stream
+            .alloc::<f32>(problem.lse_len().max(1))
+            .map_err(driver)?,
+    ))
 }
 
 /// `[B, Hq, Nq]` of q `[B, Nq, Hq, D]`.
