@@ -56,6 +56,7 @@ fi
 if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
   for tool in memcheck racecheck; do
     for t in forward_matches_cpu backward_matches_cpu decode_matches_cpu decode_state_matches_cpu \
+      decode_state_errors_and_fallbacks \
       partition_puts_the_sure_keys_first; do
       DMA_CUDA_SMALL=1 DMA_CUDA_EVERY=${SAN_EVERY:-4} timeout ${SAN_TIMEOUT:-150} compute-sanitizer --tool $tool \
         --print-limit 20 $B --exact $t >"$OUT/$tool-$t.log" 2>&1

@@ -65,6 +65,48 @@ pub fn op(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
     ]))
 }
 
+/// `dma_candle::dma_decode_step` on CUDA, over caches with room to grow (the filled prefix of
+/// longer tensors) and one `DecodeState` carried across steps (single keys, three at once, and a
+/// jump past `STEP_MAX_NEW` that selects again), against the op on the CPU at every step.
+pub fn decode_steps(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
+    let Layout::Dense {
+        batch,
+        seqlen_q,
+        seqlen_k,
+    } = case.shape.layout
+    else {
+        bail!("the decode steps take dense tensors");
+    };
+    let (h, d) = (case.shape.heads, case.shape.head_dim);
+    let cuda = Device::new_cuda(0)?;
+    cuda.set_seed(seed)?;
+    let randn = |dims: &[usize], dtype: DType| -> Result<Tensor> {
+        Ok(Tensor::randn(0f32, 1.0, dims, &cuda)?.to_dtype(dtype)?)
+    };
+    let growth = [0usize, 1, 1, 3, 1, 100, 1];
+    let capacity = seqlen_k + growth.iter().sum::<usize>() + 50;
+    let k_all = randn(&[batch, capacity, h.kv, d], DType::BF16)?;
+    let v_all = randn(&[batch, capacity, h.kv, d], DType::BF16)?;
+    let bias_all = (randn(&[batch, h.bias, capacity], DType::F32)? * 2.0)?;
+    let mut state = dma_candle::DecodeState::new();
+    let (mut len, mut worst) = (seqlen_k, 0.0f64);
+    for add in growth {
+        len += add;
+        let q = randn(&[batch, seqlen_q, h.q, d], DType::BF16)?;
+        let k = k_all.narrow(1, 0, len)?;
+        let v = v_all.narrow(1, 0, len)?;
+        let bias = bias_all.narrow(2, 0, len)?;
+        let got = dma_candle::dma_decode_step(&q, &k, &v, &bias, &case.params, &mut state)?;
+        let [q, k, v, bias] = [&q, &k, &v, &bias].map(|t| t.to_device(&Device::Cpu));
+        let want = dma_candle::dma_attention(&q?, &k?, &v?, &bias?, &case.params)?;
+        worst = worst.max(rel_err(
+            &flat(&got.to_device(&Device::Cpu)?)?,
+            &flat(&want)?,
+        ));
+    }
+    Ok(at_limit([("out (worst of 7 steps)", worst)]))
+}
+
 /// `dma_candle::gather_rows` on CUDA vs the CPU: the rows of an embedding table `[8192, 128]`
 /// picked by 65536 ids (a tenth of them one id), and the table's gradient of `sum(rows * g)`,
 /// which CUDA sums with atomics. (The case only names the check.)

@@ -277,6 +277,21 @@ mod imp {
         ) {
             plan.push(("candle", "bf16", case, super::candle::op));
         }
+        // Generation steps through dma-candle: the decode cases' shapes, and a batch of two
+        // (whose narrowed caches are not dense: copied) with a bias head per query head.
+        let batched_steps = Case {
+            shape: Shape::dense(2, 1, 3000, Heads::new(8, 2).with_bias(8), 64),
+            params: Params::new(512),
+            ties: false,
+            label: "D=64 causal Hq=8 Hkv=2 Hb=8 w=512 B=2 Nq=1 Nk=3000".into(),
+        };
+        for case in decoding
+            .iter()
+            .filter(|c| matches!(c.shape.layout, dma::Layout::Dense { seqlen_k: 5000, .. }))
+            .chain([&batched_steps])
+        {
+            plan.push(("step", "bf16", case, super::candle::decode_steps));
+        }
         let doge_case = Case {
             shape: Shape::dense(1, 700, 700, Heads::new(4, 2), 64),
             params: Params::new(200),
