@@ -43,6 +43,10 @@
 //! With the feature `cuda` the op also runs on CUDA tensors (bf16 or f16) through the kernels
 //! of `dma::cuda`, on candle's stream; without it, CUDA tensors get an error saying so.
 //!
+//! For generation, [`dma_decode_step`] with a [`DecodeState`] per layer is the op without a
+//! gradient that carries each sequence's kept keys from step to step on CUDA and reads a KV
+//! cache's filled prefix in place (Doge's cache uses it).
+//!
 //! For training the layers around the attention, a few f32 ops take one kernel each way on CUDA
 //! where candle's composites take many: [`rms_norm`] (and the [`RmsNorm`] layer),
 //! [`silu_mul`] (the gated MLP), [`scale_add`] (a residual with a per-column scale) and
