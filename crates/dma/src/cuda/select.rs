@@ -12,7 +12,22 @@ use crate::{DmaError, Params, Problem, Result};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
 const SOURCE: &str = include_str!("kernels/select.cu");
+/// Threads of a dependent list's CTA and of the partition's (`SEL_THREADS` in select.cu).
 const THREADS: u32 = 256;
+
+/// Threads of an anchor's CTA (and of a non-causal list's). There are few anchors (at 32K, 16
+/// per bias head) and each selects over up to N keys, so at 256 threads they filled a third of
+/// the H100 for ~0.28 ms (ncu); with 1024 the forward at 32K took ~0.1 ms less
+/// (docs/benchmarks.md, "Stop 18").
+const ANCHOR_THREADS: u32 = 1024;
+
+/// Threads of a selection CTA: of an anchor list, or of the lists after their anchors.
+fn select_threads(from_anchor: bool) -> u32 {
+    match from_anchor {
+        true => THREADS,
+        false => ANCHOR_THREADS,
+    }
+}
 
 /// The selection kernel for causal or non-causal masking, for anchor lists (from all earlier
 /// keys) or the lists after them (from their anchor's list).
@@ -23,7 +38,13 @@ pub(crate) fn spec(causal: bool, from_anchor: bool) -> KernelSpec {
     } else {
         ("anchor", "false")
     };
-    KernelSpec::new(SOURCE, "DMA_SELECT_KERNEL", "dma_select", &[c, a])
+    let threads = select_threads(from_anchor).to_string();
+    KernelSpec::new(
+        SOURCE,
+        "DMA_SELECT_KERNEL",
+        "dma_select",
+        &[c, a, (&format!("t{threads}"), &threads)],
+    )
 }
 
 /// Keys before a list's first row that the partition kernel stages in shared memory (its
@@ -321,7 +342,7 @@ pub(crate) fn launch_lists(
     let f = dev.function(&spec(params.causal, from_anchor))?;
     let cfg = LaunchConfig {
         grid_dim: (count as u32, hb as u32, 1),
-        block_dim: (THREADS, 1, 1),
+        block_dim: (select_threads(from_anchor), 1, 1),
         shared_mem_bytes: 0,
     };
     let (seqs, lists) = (tables.seqs(), tables.lists());

@@ -21,12 +21,15 @@
 // [0, P) of an anchor, [E_a, P) of a dependent list, and the own keys [P, E) of each), which is
 // where a non-finite bias is reported (dma_check_bias): one test per key, not one per radix pass.
 
+// Threads of a dependent list's CTA and of the partition's. An anchor's CTA takes THREADS of its
+// own (cuda/select.rs, ANCHOR_THREADS): there are few anchors, each over many keys.
 #define SEL_THREADS 256
 #define SEL_WARPS (SEL_THREADS / 32)
+#define SEL_MAX_WARPS 32
 
 struct SelectShared {
     u32 hist[256];
-    u32 warp_counts[SEL_WARPS];
+    u32 warp_counts[SEL_MAX_WARPS];
     u32 digit, need, nz, exact;
     u64 min_key;
     u64 z[DMA_LIST_M + 1];
@@ -108,14 +111,14 @@ __device__ u64 radix_select_largest(int n, u32 k, int index_bits, Get get, Selec
     return prefix;
 }
 
-// Ordered compaction by the whole CTA (SEL_THREADS threads, every one must call it): writes the
+// Ordered compaction by the whole CTA (THREADS threads, every one must call it): writes the
 // values value(i), i in [0, n), that keep() accepts to out[base], out[base + 1], ... in the order
 // of i, and returns base plus their number.
-template <typename Value, typename Keep>
+template <int THREADS, typename Value, typename Keep>
 __device__ __forceinline__ int compact_ordered(int n, Value value, Keep keep, u64* out, int base,
                                                u32* warp_counts) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int start = 0; start < n; start += SEL_THREADS) {
+    for (int start = 0; start < n; start += THREADS) {
         const int i = start + threadIdx.x;
         const u64 v = i < n ? value(i) : 0;
         const bool kept = i < n && keep(v);
@@ -124,7 +127,7 @@ __device__ __forceinline__ int compact_ordered(int n, Value value, Keep keep, u6
         __syncthreads();
         int before = 0, total = 0;
 #pragma unroll
-        for (int w = 0; w < SEL_WARPS; ++w) {
+        for (int w = 0; w < THREADS / 32; ++w) {
             const int c = warp_counts[w];
             before += w < warp ? c : 0;
             total += c;
@@ -136,7 +139,7 @@ __device__ __forceinline__ int compact_ordered(int n, Value value, Keep keep, u6
     return base;
 }
 
-template <bool CAUSAL, bool FROM_ANCHOR>
+template <bool CAUSAL, bool FROM_ANCHOR, int THREADS>
 __device__ __forceinline__ void select_body(const float* __restrict__ bias,
                                             const SeqInfo* __restrict__ seqs,
                                             const int4* __restrict__ lists,
@@ -191,8 +194,8 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     };
     auto at_least_tau = [=](u64 rank) { return rank >= tau; };
     const int kept_before =  // == min(P, window)
-        compact_ordered(n, checked_source, at_least_tau, list, 0, sh.warp_counts);
-    for (int i = P + threadIdx.x; i < E; i += SEL_THREADS) {
+        compact_ordered<THREADS>(n, checked_source, at_least_tau, list, 0, sh.warp_counts);
+    for (int i = P + threadIdx.x; i < E; i += THREADS) {
         dma_check_bias(b[i], bad_bias, L.x, bias_heads, hb, i);
         list[kept_before + i - P] = key_rank(i);
     }
@@ -200,10 +203,10 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     if (threadIdx.x == 0) cand_count[slot] = (u32)count;
     // Rank 0 (below every threshold) up to the next whole tile: the forward reads whole tiles.
     const int padded = min((count + DMA_TILE_N - 1) / DMA_TILE_N * DMA_TILE_N, cap);
-    for (int i = count + threadIdx.x; i < padded; i += SEL_THREADS) list[i] = DMA_NO_KEY;
+    for (int i = count + threadIdx.x; i < padded; i += THREADS) list[i] = DMA_NO_KEY;
 
     if (!CAUSAL) {
-        for (int r = threadIdx.x; r < s.nq; r += SEL_THREADS) row_thr[r] = tau;
+        for (int r = threadIdx.x; r < s.nq; r += THREADS) row_thr[r] = tau;
         return;
     }
     __syncthreads();  // the list, written above, is read below by every thread
@@ -222,13 +225,13 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
         sigma = radix_select_largest(count, (u32)(count - own), index_bits, list_rank, sh);
     if (threadIdx.x == 0) sh.nz = 0;
     __syncthreads();
-    for (int i = threadIdx.x; i < count; i += SEL_THREADS) {
+    for (int i = threadIdx.x; i < count; i += THREADS) {
         const u64 r = list_rank(i);
         if (r <= sigma) sh.z[atomicAdd(&sh.nz, 1u)] = r;
     }
     __syncthreads();
     const int nz = (int)sh.nz;
-    for (int i = threadIdx.x; i < nz; i += SEL_THREADS) {
+    for (int i = threadIdx.x; i < nz; i += THREADS) {
         const u64 r = sh.z[i];
         int pos = 0;
         for (int t = 0; t < nz; ++t) pos += sh.z[t] < r;
@@ -237,7 +240,7 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     __syncthreads();
 
     // thr_p: the m-th smallest of Z's keys <= p (derived above).
-    for (int r = L.y + threadIdx.x; r < L.z; r += SEL_THREADS) {
+    for (int r = L.y + threadIdx.x; r < L.z; r += THREADS) {
         const int p = offset + r;
         u64 t = DMA_KEEP_NONE;
         if (p >= 0) {
@@ -260,14 +263,14 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     }
 }
 
-#define DMA_SELECT_KERNEL(NAME, CAUSAL, FROM_ANCHOR)                                             \
-    extern "C" __global__ void __launch_bounds__(SEL_THREADS)                                    \
+#define DMA_SELECT_KERNEL(NAME, CAUSAL, FROM_ANCHOR, THREADS)                                    \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                        \
         NAME(const float* bias, const SeqInfo* seqs, const int4* lists, const int* ids,          \
              int window, int cap, int bias_heads, int bias_head_stride, int total_q, u64* cand,   \
              u32* cand_count, u64* thr, u64* bad_bias) {                                         \
-        select_body<CAUSAL, FROM_ANCHOR>(bias, seqs, lists, ids, window, cap, bias_heads,        \
-                                         bias_head_stride, total_q, cand, cand_count, thr,       \
-                                         bad_bias);                                              \
+        select_body<CAUSAL, FROM_ANCHOR, THREADS>(bias, seqs, lists, ids, window, cap,           \
+                                                  bias_heads, bias_head_stride, total_q, cand,   \
+                                                  cand_count, thr, bad_bias);                    \
     }
 
 // The Hopper forward skips the keep test on a causal list's "sure" keys, those that every row of
@@ -322,8 +325,8 @@ __device__ __forceinline__ void partition_body(const SeqInfo* __restrict__ seqs,
     auto staged = [&](int i) { return before_p[i]; };
     auto is_sure = [&](u64 rank) { return rank >= ts; };
     auto not_sure = [&](u64 rank) { return rank < ts; };
-    const int n_sure = compact_ordered(old, staged, is_sure, list, 0, warp_counts);
-    compact_ordered(old, staged, not_sure, list, n_sure, warp_counts);
+    const int n_sure = compact_ordered<SEL_THREADS>(old, staged, is_sure, list, 0, warp_counts);
+    compact_ordered<SEL_THREADS>(old, staged, not_sure, list, n_sure, warp_counts);
     if (threadIdx.x == 0) sure[slot] = (u32)n_sure;
 }
 
