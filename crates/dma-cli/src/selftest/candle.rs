@@ -14,17 +14,8 @@ use rand::{Rng, SeedableRng};
 
 /// The op on CUDA vs CPU: out, and the gradients of q, k, v and bias of `sum(out * g)`.
 pub fn op(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
-    let Layout::Dense {
-        batch,
-        seqlen_q,
-        seqlen_k,
-    } = case.shape.layout
-    else {
-        bail!("the candle op takes dense tensors");
-    };
+    let ([batch, seqlen_q, seqlen_k], cuda) = dense_on_cuda(case, seed, "the candle op")?;
     let (h, d) = (case.shape.heads, case.shape.head_dim);
-    let cuda = Device::new_cuda(0)?;
-    cuda.set_seed(seed)?;
     let cpu = Device::Cpu;
     let randn = |dims: &[usize], dtype: DType| -> Result<Tensor> {
         Ok(Tensor::randn(0f32, 1.0, dims, &cuda)?.to_dtype(dtype)?)
@@ -65,21 +56,27 @@ pub fn op(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
     ]))
 }
 
-/// `dma_candle::dma_decode_step` on CUDA, over caches with room to grow (the filled prefix of
-/// longer tensors) and one `DecodeState` carried across steps (single keys, three at once, and a
-/// jump past `STEP_MAX_NEW` that selects again), against the op on the CPU at every step.
-pub fn decode_steps(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
+/// A dense case's batch, Nq and Nk, and the CUDA device with its generator seeded.
+fn dense_on_cuda(case: &Case, seed: u64, check: &str) -> Result<([usize; 3], Device)> {
     let Layout::Dense {
         batch,
         seqlen_q,
         seqlen_k,
     } = case.shape.layout
     else {
-        bail!("the decode steps take dense tensors");
+        bail!("{check} takes dense tensors");
     };
-    let (h, d) = (case.shape.heads, case.shape.head_dim);
     let cuda = Device::new_cuda(0)?;
     cuda.set_seed(seed)?;
+    Ok(([batch, seqlen_q, seqlen_k], cuda))
+}
+
+/// `dma_candle::dma_decode_step` on CUDA, over caches with room to grow (the filled prefix of
+/// longer tensors) and one `DecodeState` carried across steps (single keys, three at once, and a
+/// jump past `STEP_MAX_NEW` that selects again), against the op on the CPU at every step.
+pub fn decode_steps(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
+    let ([batch, seqlen_q, seqlen_k], cuda) = dense_on_cuda(case, seed, "the decode steps")?;
+    let (h, d) = (case.shape.heads, case.shape.head_dim);
     let randn = |dims: &[usize], dtype: DType| -> Result<Tensor> {
         Ok(Tensor::randn(0f32, 1.0, dims, &cuda)?.to_dtype(dtype)?)
     };
