@@ -309,19 +309,29 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     u64 sigma = DMA_KEEP_NONE;
     if (count > own + 1)
         sigma = radix_select_largest(count, (u32)(count - own), index_bits, list_rank, sh);
+    // Z's largest rank is sigma when it was selected (rank DMA_KEEP_NONE is no key's, so r <
+    // sigma collects all of Z otherwise): the others are sorted, a power of two fewer for a full
+    // list (256 instead of 512), and sigma put after them.
     if (threadIdx.x == 0) sh.nz = 0;
     __syncthreads();
     for (int i = threadIdx.x; i < count; i += THREADS) {
         const u64 r = list_rank(i);
-        if (r <= sigma) sh.z[atomicAdd(&sh.nz, 1u)] = r;
+        if (r < sigma) sh.z[atomicAdd(&sh.nz, 1u)] = r;
     }
     __syncthreads();
-    const int nz = (int)sh.nz;
+    int nz = (int)sh.nz;
     int n2 = 32;
     while (n2 < nz) n2 <<= 1;
     for (int i = nz + threadIdx.x; i < n2; i += THREADS) sh.z[i] = DMA_KEEP_NONE;
     __syncthreads();
     sort_ascending<THREADS>(sh.z, n2);
+    if (sigma != DMA_KEEP_NONE) {
+        if (threadIdx.x == 0) sh.z[nz] = sigma;  // [nz, n2) held the sort's padding
+        nz += 1;
+    }
+    const int nw = (max(nz, n2) + 31) / 32 * 32;  // what the walk below reads
+    for (int i = max(nz, n2) + threadIdx.x; i < nw; i += THREADS) sh.z[i] = DMA_KEEP_NONE;
+    __syncthreads();
 
     // thr_p: the m-th smallest of Z's keys <= p (derived above).
     auto want = [&](int r, u64& t) {
@@ -335,7 +345,7 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
         return members - window + 1;
     };
     auto write = [&](int r, u64 t) { row_thr[r] = t; };
-    thresholds_from_sorted<THREADS>(sh.z, n2, L.y, L.z, offset, want, write);
+    thresholds_from_sorted<THREADS>(sh.z, nw, L.y, L.z, offset, want, write);
 }
 
 #define DMA_SELECT_KERNEL(NAME, CAUSAL, FROM_ANCHOR, THREADS)                                    \
