@@ -174,7 +174,9 @@ __device__ u64 radix_select_largest(int n, u32 k, int index_bits, Get get, Selec
 
 // Ordered compaction by the whole CTA (THREADS threads, every one must call it): writes the
 // values value(i), i in [0, n), that keep() accepts to out[base], out[base + 1], ... in the order
-// of i, and returns base plus their number. Each thread takes ITEMS consecutive values per
+// of i, and returns base plus their number. With rejected_at >= 0 it also writes the others, in
+// the order of i, to out[rejected_at], out[rejected_at + 1], ... (a stable two-way partition in
+// one pass). Each thread takes ITEMS consecutive values per
 // round, so a round is THREADS * ITEMS values and two barriers; the offsets come from shuffle
 // scans. (ncu: a 1024-thread anchor spent 29% of its instructions summing the warps' counts
 // when each thread summed them all and took one value per round; with 4 values per round and
@@ -182,8 +184,9 @@ __device__ u64 radix_select_largest(int n, u32 k, int index_bits, Get get, Selec
 // takes 1: 4 consecutive u64 per thread conflict on the banks, 55 us instead of 33.)
 template <int THREADS, int ITEMS, typename Value, typename Keep>
 __device__ __forceinline__ int compact_ordered(int n, Value value, Keep keep, u64* out, int base,
-                                               u32* warp_counts) {
+                                               u32* warp_counts, int rejected_at = -1) {
     constexpr int WARPS = THREADS / 32;
+    const int base0 = base;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int start = 0; start < n; start += THREADS * ITEMS) {
         const int first = start + threadIdx.x * ITEMS;
@@ -215,7 +218,10 @@ __device__ __forceinline__ int compact_ordered(int n, Value value, Keep keep, u6
         int at = base + before_warp + upto - mine;
 #pragma unroll
         for (int u = 0; u < ITEMS; ++u) {
-            if (kept >> u & 1u) out[at++] = v[u];
+            if (kept >> u & 1u)
+                out[at++] = v[u];
+            else if (rejected_at >= 0 && first + u < n)  // at - base0 kept before it
+                out[rejected_at + first + u - (at - base0)] = v[u];
         }
         __syncthreads();
         base += total;
@@ -380,6 +386,7 @@ __device__ __forceinline__ void partition_body(const SeqInfo* __restrict__ seqs,
     __shared__ u64 before_p[MAX_KEYS];
     __shared__ u32 warp_counts[SEL_WARPS];
     __shared__ u64 t_star;
+    __shared__ u32 n_sure;
     const int id = blockIdx.x;
     const int4 L = lists[id];  // (sequence, first row, end row, anchor list or -1)
     const int hb = blockIdx.y;
@@ -391,7 +398,10 @@ __device__ __forceinline__ void partition_body(const SeqInfo* __restrict__ seqs,
     const int E = min(max(offset + L.z, 0), s.nk);
     const int old = (int)cand_count[slot] - (E - P);  // the list's keys before P
 
-    if (threadIdx.x == 0) t_star = 0;
+    if (threadIdx.x == 0) {
+        t_star = 0;
+        n_sure = 0;
+    }
     __syncthreads();
     const u64* row_thr = thr + (i64)hb * total_q + s.q_start;
     for (int r = L.y + threadIdx.x; r < L.z; r += SEL_THREADS) {
@@ -405,15 +415,19 @@ __device__ __forceinline__ void partition_body(const SeqInfo* __restrict__ seqs,
         return;
     }
     const u64 ts = t_star;
-    for (int i = threadIdx.x; i < old; i += SEL_THREADS) before_p[i] = list[i];
+    u32 mine = 0;  // sure keys among this thread's, counted while staging
+    for (int i = threadIdx.x; i < old; i += SEL_THREADS) {
+        const u64 rank = list[i];
+        before_p[i] = rank;
+        mine += rank >= ts;
+    }
+    mine = __reduce_add_sync(0xffffffffu, mine);
+    if ((threadIdx.x & 31) == 0) atomicAdd(&n_sure, mine);
     __syncthreads();
     auto staged = [&](int i) { return before_p[i]; };
     auto is_sure = [&](u64 rank) { return rank >= ts; };
-    auto not_sure = [&](u64 rank) { return rank < ts; };
-    const int n_sure =
-        compact_ordered<SEL_THREADS, 1>(old, staged, is_sure, list, 0, warp_counts);
-    compact_ordered<SEL_THREADS, 1>(old, staged, not_sure, list, n_sure, warp_counts);
-    if (threadIdx.x == 0) sure[slot] = (u32)n_sure;
+    compact_ordered<SEL_THREADS, 1>(old, staged, is_sure, list, 0, warp_counts, (int)n_sure);
+    if (threadIdx.x == 0) sure[slot] = n_sure;
 }
 
 #define DMA_PARTITION_KERNEL(NAME, MAX_KEYS)                                                     \
