@@ -33,9 +33,11 @@ impl DecodeState {
 /// Nq = 1) over the cache's k, v `[B, Nk, Hkv, D]` and bias `[B, Hb, Nk]`; the same result,
 /// without a gradient.
 ///
-/// On CUDA tensors (bf16 or f16) it runs `dma::cuda::DecodeState::step_into`, and k and v that
-/// are dense (as the filled prefix of a cache with room to grow is, for one sequence) are read
-/// in place. Elsewhere it is `dma_attention`.
+/// On CUDA tensors (bf16 or f16) it runs `dma::cuda::DecodeState::step_into`. k, v and the bias
+/// are read in place when they are the filled prefix of a cache with room to grow (each a
+/// `narrow` of the keys' dimension of row-major tensors of one capacity: a padded layout,
+/// `dma::Shape::padded`) or dense; otherwise they are copied first. Elsewhere it is
+/// `dma_attention`.
 ///
 /// ```
 /// use candle_core::{Device, Tensor};

@@ -44,6 +44,8 @@ pub enum DmaError {
     BadCuSeqlens { which: &'static str, reason: String },
     #[error("sequence too long: {0} keys or queries exceed the supported 2^31 - 1")]
     TooLong(usize),
+    #[error("{seqlen_k} keys do not fit a key capacity of {capacity_k} (padded layout)")]
+    KeysPastCapacity { seqlen_k: usize, capacity_k: usize },
     #[error("backend unavailable: {0}")]
     Backend(String),
     // The CUDA backend (feature `cuda`). Plain data, so the enum is the same in every build.

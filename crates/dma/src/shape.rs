@@ -41,6 +41,16 @@ pub enum Layout {
         cu_seqlens_q: Vec<i32>,
         cu_seqlens_k: Vec<i32>,
     },
+    /// Like `Dense`, with k/v `[B, capacity_k, Hkv, D]` and bias `[B, Hb, capacity_k]` of which
+    /// each sequence's keys are the first `seqlen_k`: a KV cache with room to grow, read in
+    /// place. The keys past `seqlen_k` are never read (they may hold anything); dk, dv and
+    /// dbias are zero there.
+    Padded {
+        batch: usize,
+        seqlen_q: usize,
+        seqlen_k: usize,
+        capacity_k: usize,
+    },
 }
 
 /// The full geometry of one call.
@@ -65,6 +75,38 @@ impl Shape {
                 batch,
                 seqlen_q,
                 seqlen_k,
+            },
+            heads,
+            head_dim,
+        }
+    }
+
+    /// Dense batch whose keys sit in a cache of `capacity_k` rows per sequence
+    /// ([`Layout::Padded`]).
+    ///
+    /// ```
+    /// use dma::{Heads, Shape};
+    /// // Two sequences of 100 cached keys each in a cache of 256 rows, one query each.
+    /// let shape = Shape::padded(2, 1, 100, 256, Heads::new(8, 2), 64);
+    /// let problem = shape.problem()?;
+    /// assert_eq!(problem.k_len(), 2 * 256 * 2 * 64);
+    /// assert_eq!(problem.sequences[1].k_start, 256);
+    /// # Ok::<(), dma::DmaError>(())
+    /// ```
+    pub fn padded(
+        batch: usize,
+        seqlen_q: usize,
+        seqlen_k: usize,
+        capacity_k: usize,
+        heads: Heads,
+        head_dim: usize,
+    ) -> Self {
+        Shape {
+            layout: Layout::Padded {
+                batch,
+                seqlen_q,
+                seqlen_k,
+                capacity_k,
             },
             heads,
             head_dim,
@@ -123,6 +165,7 @@ pub struct Problem {
     pub head_dim: usize,
     pub sequences: Vec<Sequence>,
     pub total_q: usize,
+    /// Rows of k / v (with a padded layout, every sequence's whole capacity).
     pub total_k: usize,
     /// Distance between bias heads in bias / dbias.
     pub bias_head_stride: usize,
@@ -157,40 +200,20 @@ impl Problem {
                 batch,
                 seqlen_q,
                 seqlen_k,
+            } => Self::batched(shape, *batch, *seqlen_q, *seqlen_k, *seqlen_k),
+            Layout::Padded {
+                batch,
+                seqlen_q,
+                seqlen_k,
+                capacity_k,
             } => {
-                let (b, nq, nk) = (*batch, *seqlen_q, *seqlen_k);
-                if b == 0 {
-                    return Err(DmaError::EmptyBatch);
+                if seqlen_k > capacity_k {
+                    return Err(DmaError::KeysPastCapacity {
+                        seqlen_k: *seqlen_k,
+                        capacity_k: *capacity_k,
+                    });
                 }
-                for n in [nq, nk] {
-                    if n > i32::MAX as usize {
-                        return Err(DmaError::TooLong(n));
-                    }
-                }
-                check_sizes(b.saturating_mul(nq), b.saturating_mul(nk), &heads, d)?;
-                let sequences = (0..b)
-                    .map(|i| Sequence {
-                        q_start: i * nq,
-                        nq,
-                        k_start: i * nk,
-                        nk,
-                        bias_offset: i * bias * nk,
-                        lse_offset: i * q * nq,
-                    })
-                    .collect();
-                Ok(Problem {
-                    heads,
-                    head_dim: d,
-                    sequences,
-                    total_q: b * nq,
-                    total_k: b * nk,
-                    bias_head_stride: nk,
-                    lse_head_stride: nq,
-                    varlen: false,
-                    description: format!(
-                        "dense B={b} Nq={nq} Nk={nk} Hq={q} Hkv={kv} Hb={bias} D={d}"
-                    ),
-                })
+                Self::batched(shape, *batch, *seqlen_q, *seqlen_k, *capacity_k)
             }
             Layout::Varlen {
                 cu_seqlens_q,
@@ -239,6 +262,51 @@ impl Problem {
                 })
             }
         }
+    }
+
+    /// A dense or padded batch (heads already checked): sequence i's keys start at row
+    /// i * `cap` of k / v and at i * Hb * `cap` in the bias, `cap` apart per bias head.
+    fn batched(shape: &Shape, b: usize, nq: usize, nk: usize, cap: usize) -> Result<Problem> {
+        let heads = shape.heads;
+        let Heads { q, kv, bias } = heads;
+        let d = shape.head_dim;
+        if b == 0 {
+            return Err(DmaError::EmptyBatch);
+        }
+        for n in [nq, cap] {
+            if n > i32::MAX as usize {
+                return Err(DmaError::TooLong(n));
+            }
+        }
+        check_sizes(b.saturating_mul(nq), b.saturating_mul(cap), &heads, d)?;
+        let sequences = (0..b)
+            .map(|i| Sequence {
+                q_start: i * nq,
+                nq,
+                k_start: i * cap,
+                nk,
+                bias_offset: i * bias * cap,
+                lse_offset: i * q * nq,
+            })
+            .collect();
+        let padding = if cap == nk {
+            String::new()
+        } else {
+            format!(" (in a cache of {cap})")
+        };
+        Ok(Problem {
+            heads,
+            head_dim: d,
+            sequences,
+            total_q: b * nq,
+            total_k: b * cap,
+            bias_head_stride: cap,
+            lse_head_stride: nq,
+            varlen: false,
+            description: format!(
+                "dense B={b} Nq={nq} Nk={nk}{padding} Hq={q} Hkv={kv} Hb={bias} D={d}"
+            ),
+        })
     }
 
     /// Elements of q, out, dout and dq.

@@ -75,6 +75,8 @@ struct Case {
     hb_is_q: bool,
     /// `None`: dense; `Some((q lens, k lens))`: varlen.
     varlen: Option<(Vec<i32>, Vec<i32>)>,
+    /// Dense only: the keys in a cache of this many rows per sequence (`Shape::padded`).
+    capacity: Option<usize>,
     batch: usize,
     nq: usize,
     nk: usize,
@@ -87,9 +89,10 @@ impl Case {
     fn shape(&self) -> Shape {
         let heads =
             Heads::new(self.hq, self.hkv).with_bias(if self.hb_is_q { self.hq } else { self.hkv });
-        match &self.varlen {
-            None => Shape::dense(self.batch, self.nq, self.nk, heads, self.d),
-            Some((lq, lk)) => {
+        match (&self.varlen, self.capacity) {
+            (None, None) => Shape::dense(self.batch, self.nq, self.nk, heads, self.d),
+            (None, Some(cap)) => Shape::padded(self.batch, self.nq, self.nk, cap, heads, self.d),
+            (Some((lq, lk)), _) => {
                 let cu = |l: &[i32]| {
                     let mut c = vec![0];
                     for x in l {
@@ -107,9 +110,13 @@ impl Case {
     }
 
     fn label(&self) -> String {
-        let layout = match &self.varlen {
-            None => format!("dense B={} Nq={} Nk={}", self.batch, self.nq, self.nk),
-            Some((q, k)) => format!("varlen q={q:?} k={k:?}"),
+        let layout = match (&self.varlen, self.capacity) {
+            (None, None) => format!("dense B={} Nq={} Nk={}", self.batch, self.nq, self.nk),
+            (None, Some(cap)) => format!(
+                "padded B={} Nq={} Nk={} of {cap}",
+                self.batch, self.nq, self.nk
+            ),
+            (Some((q, k)), _) => format!("varlen q={q:?} k={k:?}"),
         };
         format!(
             "D={} {} Hq={} Hkv={} Hb={} w={} {}{}",
@@ -159,6 +166,9 @@ fn cases(small: bool) -> Vec<Case> {
                     }
                 });
                 let (nq, nk) = if small { (nq / 10, nk / 10) } else { (nq, nk) };
+                // A quarter of the dense cases (all of batch 2) keep their keys in a larger
+                // cache, whose spare rows the kernels must not read.
+                let capacity = (varlen.is_none() && i % 4 == 3).then_some(nk + 37);
                 out.push(Case {
                     d,
                     causal,
@@ -166,6 +176,7 @@ fn cases(small: bool) -> Vec<Case> {
                     hkv: if small { hkv.min(2) } else { hkv },
                     hb_is_q,
                     varlen,
+                    capacity,
                     batch,
                     nq,
                     nk,
@@ -205,7 +216,7 @@ fn random_inputs<T: Element>(
     let q = random_values(rng, p.q_len());
     let k = random_values(rng, p.k_len());
     let v = random_values(rng, p.k_len());
-    let bias = if ties {
+    let mut bias = if ties {
         let levels = [0.0f32, -0.0, 1.0, -1.0, 2.5];
         (0..p.bias_len())
             .map(|_| levels[rng.random_range(0..levels.len())])
@@ -213,6 +224,17 @@ fn random_inputs<T: Element>(
     } else {
         random_bias(rng, p.bias_len())
     };
+    // NaN where no key is (a padded layout's spare rows): a kernel that read it would report
+    // a non-finite bias.
+    let mut is_key = vec![false; bias.len()];
+    for seq in &p.sequences {
+        for h in 0..p.heads.bias {
+            is_key[p.bias_range(seq, h)].fill(true);
+        }
+    }
+    for (b, _) in bias.iter_mut().zip(&is_key).filter(|(_, &key)| !key) {
+        *b = f32::NAN;
+    }
     (q, k, v, bias)
 }
 
@@ -537,6 +559,7 @@ fn decode_matches_cpu() {
                     let n = nk as i32;
                     (vec![nq as i32, 0, nq as i32], vec![n, 7, n / 2 + 1])
                 }),
+                capacity: (i % 5 == 2).then_some(nk + 100),
                 batch: 1,
                 nq,
                 nk,
@@ -552,6 +575,7 @@ fn decode_matches_cpu() {
         hkv,
         hb_is_q: false,
         varlen: None,
+        capacity: None,
         batch,
         nq: 1,
         nk,
@@ -559,6 +583,11 @@ fn decode_matches_cpu() {
         ties,
     };
     cases.push(step(128, 16, 1, 2, 3000, false));
+    // Two sequences in a cache with room to grow (a batched generation step).
+    cases.push(Case {
+        capacity: Some(4096),
+        ..step(128, 16, 1, 2, 3000, false)
+    });
     cases.push(step(64, 8, 2, 1, 20000, true));
     cases.push(step(128, 8, 8, 3, 9000, true));
     // More sequences than one fused launch takes (32).

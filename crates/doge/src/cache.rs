@@ -4,9 +4,10 @@
 //! a cache").
 //!
 //! Each layer's tensors are allocated with room to grow (a power of two, doubling when full) and
-//! new keys are written in place, so a step copies only its own keys, not the whole cache; the attention reads the
-//! filled prefix. Each layer also carries the attention's [`DecodeState`] (on CUDA, its kept
-//! keys), which the same cache's steps continue.
+//! new keys are written in place, so a step copies only its own keys, not the whole cache; the
+//! attention reads the filled prefix (on CUDA in place, for any batch: `dma_decode_step` takes
+//! the narrowed k, v and bias as a padded layout). Each layer also carries the attention's
+//! [`DecodeState`] (on CUDA, its kept keys), which the same cache's steps continue.
 
 use candle_core::{Result, Tensor};
 use dma_candle::DecodeState;

@@ -72,7 +72,7 @@ fn dense_on_cuda(case: &Case, seed: u64, check: &str) -> Result<([usize; 3], Dev
 }
 
 /// `dma_candle::dma_decode_step` on CUDA, over caches with room to grow (the filled prefix of
-/// longer tensors) and one `DecodeState` carried across steps (single keys, three at once, and a
+/// longer tensors, NaN bias past it) and one `DecodeState` carried across steps (single keys, three at once, and a
 /// jump past `STEP_MAX_NEW` that selects again), against the op on the CPU at every step.
 pub fn decode_steps(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
     let ([batch, seqlen_q, seqlen_k], cuda) = dense_on_cuda(case, seed, "the decode steps")?;
@@ -85,6 +85,8 @@ pub fn decode_steps(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Err
     let k_all = randn(&[batch, capacity, h.kv, d], DType::BF16)?;
     let v_all = randn(&[batch, capacity, h.kv, d], DType::BF16)?;
     let bias_all = (randn(&[batch, h.bias, capacity], DType::F32)? * 2.0)?;
+    let nan = Tensor::full(f32::NAN, (batch, h.bias, capacity), &cuda)?;
+    let position = Tensor::arange(0u32, capacity as u32, &cuda)?.broadcast_as(nan.shape())?;
     let mut state = dma_candle::DecodeState::new();
     let (mut len, mut worst) = (seqlen_k, 0.0f64);
     for add in growth {
@@ -92,7 +94,9 @@ pub fn decode_steps(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Err
         let q = randn(&[batch, seqlen_q, h.q, d], DType::BF16)?;
         let k = k_all.narrow(1, 0, len)?;
         let v = v_all.narrow(1, 0, len)?;
-        let bias = bias_all.narrow(2, 0, len)?;
+        // NaN past the filled prefix: a step that read it would fail (non-finite bias).
+        let filled = position.lt(len as u32)?;
+        let bias = filled.where_cond(&bias_all, &nan)?.narrow(2, 0, len)?;
         let got = dma_candle::dma_decode_step(&q, &k, &v, &bias, &case.params, &mut state)?;
         let [q, k, v, bias] = [&q, &k, &v, &bias].map(|t| t.to_device(&Device::Cpu));
         let want = dma_candle::dma_attention(&q?, &k?, &v?, &bias?, &case.params)?;
@@ -292,7 +296,7 @@ pub fn layers(_: &dma::cuda::Device, _: &Case, seed: u64) -> Result<Errors> {
 pub fn doge(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
     let n = match case.shape.layout {
         Layout::Dense { seqlen_q, .. } => seqlen_q,
-        Layout::Varlen { .. } => bail!("the doge check takes a dense case"),
+        Layout::Varlen { .. } | Layout::Padded { .. } => bail!("the doge check takes a dense case"),
     };
     let mut config = DogeConfig::new(512, 256, 512, 2, 4, 2);
     config.keep_window_size = case.params.window;

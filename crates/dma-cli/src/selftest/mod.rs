@@ -278,7 +278,8 @@ mod imp {
             plan.push(("candle", "bf16", case, super::candle::op));
         }
         // Generation steps through dma-candle: the decode cases' shapes, and a batch of two
-        // (whose narrowed caches are not dense: copied) with a bias head per query head.
+        // (whose narrowed caches are read in place as a padded layout) with a bias head per
+        // query head.
         let batched_steps = Case {
             shape: Shape::dense(2, 1, 3000, Heads::new(8, 2).with_bias(8), 64),
             params: Params::new(512),
