@@ -70,7 +70,8 @@ where
             step(state, &dev, &cdev, params, &padded, (&qv, &k, &v, &bias))?
         }
         None => {
-            // Copies of whatever is not dense.
+            // Copies of whatever is not dense (which read the storages: release them first).
+            drop((ks, vs, bs));
             let [k, v, bias] = [k, v, bias].map(|x| x.contiguous());
             let (k, v, bias) = (k?, v?, bias?);
             let (ks, lk) = k.storage_and_layout();

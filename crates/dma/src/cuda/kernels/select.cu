@@ -56,9 +56,9 @@ __device__ __forceinline__ void sort_ascending(u64* z, int n) {
 }
 
 // Row thresholds from Z, sorted ascending (z[0, n), n a multiple of 32, padded with
-// DMA_KEEP_NONE, whose index bits no row reaches): row r of [r_begin, r_end), at position
-// offset + r, gets want(r) (0: its answer `t` is already known) and returns the want-th smallest
-// rank of Z whose key index is at most its position. A warp takes 32 consecutive rows, whose
+// DMA_KEEP_NONE, whose index bits no row reaches): for row r of [r_begin, r_end), at position
+// offset + r, m = want(r, t) (0: t already holds its answer) and then write(r, t) with t the
+// m-th smallest rank of Z whose key index is at most that position. A warp takes 32 consecutive rows, whose
 // positions are q0 + lane, and walks Z 32 ranks at a time: lane l's keys in a chunk are those
 // before q0 (one ballot) and those in [q0, q0 + l] (the low l + 1 bits of one OR over the lanes).
 // That is ~15 instructions per chunk for 32 rows; a scan of Z per row was 30% of the dependent
@@ -176,12 +176,11 @@ __device__ u64 radix_select_largest(int n, u32 k, int index_bits, Get get, Selec
 // values value(i), i in [0, n), that keep() accepts to out[base], out[base + 1], ... in the order
 // of i, and returns base plus their number. With rejected_at >= 0 it also writes the others, in
 // the order of i, to out[rejected_at], out[rejected_at + 1], ... (a stable two-way partition in
-// one pass). Each thread takes ITEMS consecutive values per
-// round, so a round is THREADS * ITEMS values and two barriers; the offsets come from shuffle
-// scans. (ncu: a 1024-thread anchor spent 29% of its instructions summing the warps' counts
-// when each thread summed them all and took one value per round; with 4 values per round and
-// the scans its kernel took 83 us instead of 150 at 32K. The partition, reading shared memory,
-// takes 1: 4 consecutive u64 per thread conflict on the banks, 55 us instead of 33.)
+// one pass). Each thread takes ITEMS consecutive values per round, so a round is THREADS * ITEMS
+// values and two barriers; the offsets come from shuffle scans. (ncu: a 1024-thread anchor spent
+// 29% of its instructions summing the warps' counts when every thread summed them all, one value
+// per round. Values read from shared memory take ITEMS = 1: 4 consecutive u64 per thread
+// conflict on the banks. docs/benchmarks.md, "Stop 19".)
 template <int THREADS, int ITEMS, typename Value, typename Keep>
 __device__ __forceinline__ int compact_ordered(int n, Value value, Keep keep, u64* out, int base,
                                                u32* warp_counts, int rejected_at = -1) {
