@@ -10,8 +10,8 @@ use dma::{DmaError, Heads, Shape};
 use half::bf16;
 use proptest::prelude::*;
 
-/// `x`, `runs` runs of `rows` values (a sequence's k or v rows, or the keys of one of its bias heads),
-/// each spread to `cap` values, the spare ones `fill`.
+/// `x`, `runs` runs of `rows` values (a sequence's k or v rows, or the keys of one of its bias
+/// heads), each spread to `cap` values, the spare ones `fill`.
 fn spread<T: Copy>(x: &[T], runs: usize, rows: usize, cap: usize, fill: T) -> Vec<T> {
     let mut out = vec![fill; runs * cap];
     for run in 0..runs {

@@ -70,7 +70,9 @@ where
             step(state, &dev, &cdev, params, &padded, (&qv, &k, &v, &bias))?
         }
         None => {
-            // Copies of whatever is not dense (which read the storages: release them first).
+            // Copies of whatever is not dense (which read the storages: release them first),
+            // read as dense tensors: `contiguous` leaves a one-sequence prefix as it is, whose
+            // strides still span the whole capacity.
             drop((ks, vs, bs));
             let [k, v, bias] = [k, v, bias].map(|x| x.contiguous());
             let (k, v, bias) = (k?, v?, bias?);

@@ -72,8 +72,9 @@ fn dense_on_cuda(case: &Case, seed: u64, check: &str) -> Result<([usize; 3], Dev
 }
 
 /// `dma_candle::dma_decode_step` on CUDA, over caches with room to grow (the filled prefix of
-/// longer tensors, NaN bias past it) and one `DecodeState` carried across steps (single keys, three at once, and a
-/// jump past `STEP_MAX_NEW` that selects again), against the op on the CPU at every step.
+/// longer tensors, NaN bias past it) and one `DecodeState` carried across steps (single keys,
+/// three at once, and a jump past `STEP_MAX_NEW` that selects again), against the op on the CPU
+/// at every step.
 pub fn decode_steps(_: &dma::cuda::Device, case: &Case, seed: u64) -> Result<Errors> {
     let ([batch, seqlen_q, seqlen_k], cuda) = dense_on_cuda(case, seed, "the decode steps")?;
     let (h, d) = (case.shape.heads, case.shape.head_dim);

@@ -58,9 +58,10 @@ __device__ __forceinline__ void sort_ascending(u64* z, int n) {
 // Row thresholds from Z, sorted ascending (z[0, n), n a multiple of 32, padded with
 // DMA_KEEP_NONE, whose index bits no row reaches): for row r of [r_begin, r_end), at position
 // offset + r, m = want(r, t) (0: t already holds its answer) and then write(r, t) with t the
-// m-th smallest rank of Z whose key index is at most that position. A warp takes 32 consecutive rows, whose
-// positions are q0 + lane, and walks Z 32 ranks at a time: lane l's keys in a chunk are those
-// before q0 (one ballot) and those in [q0, q0 + l] (the low l + 1 bits of one OR over the lanes).
+// m-th smallest rank of Z whose key index is at most that position. A warp takes 32 consecutive
+// rows, whose positions are q0 + lane, and walks Z 32 ranks at a time: lane l's keys in a chunk
+// are those before q0 (one ballot) and those in [q0, q0 + l] (the low l + 1 bits of one OR over
+// the lanes).
 // That is ~15 instructions per chunk for 32 rows; a scan of Z per row was 30% of the dependent
 // lists' kernel.
 template <int THREADS, typename Want, typename Write>
