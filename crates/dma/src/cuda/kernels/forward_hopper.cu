@@ -4,8 +4,8 @@
 // - a producer warpgroup gathers each tile's K/V rows (cp.async, addressed by the list's ranks)
 //   into a ring of STAGES shared-memory stages and marks a stage full on an mbarrier;
 // - two consumer warpgroups, 64 query rows each, run S = Q K^T and O += P V as warpgroup MMAs
-//   (wgmma; Q, K, V in shared memory, P from registers), the keep test and the online softmax in
-//   registers, and mark a stage empty once its V has been used.
+//   (wgmma; K and V in shared memory, Q and P in registers), the keep test and the online
+//   softmax in registers, and mark a stage empty once its V has been used.
 // Each consumer overlaps its own MMAs with its softmax: the products of tile t (S_t = Q K_t and
 // O += P_{t-1} V_{t-1}) are issued together, and the softmax of S_t waits only for the first.
 // The two consumers take turns issuing their MMAs (FA3's ping-pong), so that one's softmax runs
@@ -86,16 +86,15 @@ __device__ __forceinline__ void forward_hopper_body(
     float sc[BN / 8][4];
     u32 pa[BN / 16][4];
 
-    // S_t = Q K_t: Q (A, K-major) is this consumer's 64 rows, a step of 16 columns 32 bytes
-    // inside a 128-byte row, a step of 64 columns the next column block.
-    // The descriptors of this consumer's Q rows and of stage 0's K and V tiles; the others are
-    // these plus a byte offset (desc_plus).
-    const u64 q_desc = smem_desc(sQ + c * 64 * 64, 16, 1024);
+    // S_t = Q K_t: Q (A) from registers, this consumer's 64 rows.
+    // The descriptors of stage 0's K and V tiles; the others are these plus a byte offset
+    // (desc_plus).
+    u32 qa[D / 16][4];  // this thread's fragments of Q, loaded once tile 0 (and Q) has landed
     const u64 k_desc = smem_desc(sK, 16, 1024);
     const u64 v_desc = smem_desc(sV, BN * 128, 1024);
     constexpr u32 KV_BYTES = L::KV * sizeof(T);
     auto issue_s = [&](int t) {
-        issue_rows_by_keys<T, D>(sc, q_desc, desc_plus(k_desc, (t % STAGES) * KV_BYTES));
+        issue_fragments_by_keys<T, D>(sc, qa, desc_plus(k_desc, (t % STAGES) * KV_BYTES));
     };
     // O += P_t V_t (V the MN-major operand).
     auto issue_pv = [&](int t) {
@@ -136,6 +135,7 @@ __device__ __forceinline__ void forward_hopper_body(
         float alpha[2], use[2];
         if (c == 1) turn_pass(c);
         mbar_wait(full, 0);
+        load_row_fragments<T, D>(sQ, warp * 16 + (lane >> 2), tq, qa);
         turn_wait(c);
         wgmma_fence();
         issue_s(0);

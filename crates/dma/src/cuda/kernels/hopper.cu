@@ -34,6 +34,7 @@
 
 // The warpgroup MMAs of the Hopper kernels, for one 16-bit input type (PTX name TY):
 //   ss64: d (+)= A(64x16, smem, K-major) B(16x64, smem, K-major); accumulate = false zeroes d;
+//   rs64k: d (+)= A(64x16, registers) B(16x64, smem, K-major);
 //   rs64 / rs128: d += A(64x16, registers) B(16x64 / 16x128, smem, MN-major);
 //   tt64 / tt128: d (+)= A(64x16, smem, MN-major) B(16x64 / 16x128, smem, MN-major) (the
 //     backward's transposed products, dV = P^T dO and dK = dS^T Q).
@@ -47,6 +48,15 @@
                 ", %32, %33, p, 1, 1, 0, 0;\n}\n"                                                \
                 : DMA_F32(d)                                                                     \
                 : "l"(a), "l"(b), "r"((int)accumulate));                                         \
+        }                                                                                        \
+        __device__ __forceinline__ static void rs64k(float (&d)[8][4], const u32 (&a)[4], u64 b,    \
+                                                     bool accumulate) {                            \
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                          \
+                         "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " DMA_D32     \
+                         ", {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"                        \
+                         : DMA_F32(d)                                                            \
+                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b),                   \
+                           "r"((int)accumulate));                                                \
         }                                                                                        \
         __device__ __forceinline__ static void rs64(float (&d)[8][4], const u32 (&a)[4], u64 b) {  \
             asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                          \
@@ -332,6 +342,34 @@ __device__ __forceinline__ void issue_rows_by_keys(float (&d)[8][4], u64 a_desc,
                        desc_plus(b_desc, (cb * HOP_BN * 64 + in) * sizeof(T)), kk > 0);
     }
     wgmma_commit();
+}
+
+// d = A B^T over D columns, one commit group, as issue_rows_by_keys but with A in registers: a
+// consumer's 64 rows as D / 16 fragments of 16 columns (load_row_fragments). With A in shared
+// memory, each m64n64k16 reads as many bytes of A as of B: S's shared-memory reads halve.
+template <typename T, int D>
+__device__ __forceinline__ void issue_fragments_by_keys(float (&d)[8][4],
+                                                        const u32 (&a)[D / 16][4], u64 b_desc) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const int cb = kk >> 2, in = (kk & 3) * 16;
+        Wgmma<T>::rs64k(d, a[kk], desc_plus(b_desc, (cb * HOP_BN * 64 + in) * sizeof(T)), kk > 0);
+    }
+    wgmma_commit();
+}
+
+// This thread's A fragments (the m16n8k16 layout: rows r and r + 8, columns 16 kk + 2 tq (+1)
+// and + 8) of rows r, r + 8 of a swizzled tile of DMA_BLOCK_M rows, over D columns.
+template <typename T, int D>
+__device__ __forceinline__ void load_row_fragments(const T* tile, int r, int tq,
+                                                   u32 (&a)[D / 16][4]) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int row = r + 8 * (i & 1), col = 16 * kk + 8 * (i >> 1);
+            a[kk][i] = *reinterpret_cast<const u32*>(tile + swz(DMA_BLOCK_M, row, col) + 2 * tq);
+        }
 }
 
 // d += A B over a key tile's 64 keys, one commit group: A from registers (a consumer's 64 rows of
