@@ -20,10 +20,12 @@ __device__ __forceinline__ void thread_rows(const int4& B, int warp, int lane, i
 // What the keep test of a tile checks (SPEC.md: key j is kept by the row at position p iff
 // rank_j >= thr_p, and j <= p when causal): the rank; the rank and the position (only tiles that
 // reach the block's own keys need the causal test); or, for a tile of sure keys (kept by every
-// row that keeps anything: select.cu's partition), only whether the row keeps anything at all.
+// row that keeps anything: select.cu's partition), only whether the row keeps anything at all,
+// or nothing when every row of the warp keeps something (no select per score).
 #define KEEP_BY_RANK 0
 #define KEEP_BY_RANK_AND_POS 1
 #define KEEP_LIVE_ROWS 2
+#define KEEP_ALL 3
 
 // The keep test of one tile of BN scores: kept scores become scale * s + bias (log2 domain), the
 // others -inf; mx gets each row's max. A thread's columns come in adjacent pairs (2 tq, 2 tq + 1),
@@ -42,14 +44,15 @@ __device__ __forceinline__ void mask_scores(float (&sc)[BN / 8][4], const u64* r
         const float2 b = *reinterpret_cast<const float2*>(biases + c);
         // ranks: DMA_NO_KEY past the list's end (never in a tile of sure keys)
         ulonglong2 rk = make_ulonglong2(0, 0);
-        if (TEST != KEEP_LIVE_ROWS) rk = *reinterpret_cast<const ulonglong2*>(ranks + c);
+        if (TEST < KEEP_LIVE_ROWS) rk = *reinterpret_cast<const ulonglong2*>(ranks + c);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int r = e >> 1;
             const bool keep =
-                TEST == KEEP_LIVE_ROWS
-                    ? live[r]
-                    : dma_keeps<TEST == KEEP_BY_RANK_AND_POS>((e & 1) ? rk.y : rk.x, rthr[r], pos[r]);
+                TEST == KEEP_ALL         ? true
+                : TEST == KEEP_LIVE_ROWS ? live[r]
+                                         : dma_keeps<TEST == KEEP_BY_RANK_AND_POS>(
+                                               (e & 1) ? rk.y : rk.x, rthr[r], pos[r]);
             const float x = fmaf(sc[nt][e], scale_log2, (e & 1) ? b.y : b.x);
             sc[nt][e] = keep ? x : -DMA_INF;
             mx[r] = fmaxf(mx[r], sc[nt][e]);
@@ -72,7 +75,7 @@ __device__ __forceinline__ bool needs_causal_test(const u64* ranks, int count, i
 }
 
 // The keep test of one tile (mask_scores): only whether a row keeps anything on a tile of sure
-// keys, the rank and the position where the tile needs the causal test (needs_causal_test), the
+// keys (no test when every row of the warp does: a warp-uniform branch), the rank and the position where the tile needs the causal test (needs_causal_test), the
 // rank alone otherwise.
 template <int BN>
 __device__ __forceinline__ void mask_tile(bool sure_tile, bool causal_tile,
@@ -80,7 +83,11 @@ __device__ __forceinline__ void mask_tile(bool sure_tile, bool causal_tile,
                                           const float* biases, const u64 (&rthr)[2],
                                           const int (&pos)[2], int tq, float scale_log2,
                                           float (&mx)[2]) {
-    if (sure_tile)
+    const bool warp_live =
+        __all_sync(0xffffffffu, rthr[0] != DMA_KEEP_NONE && rthr[1] != DMA_KEEP_NONE);
+    if (sure_tile && warp_live)
+        mask_scores<KEEP_ALL, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
+    else if (sure_tile)
         mask_scores<KEEP_LIVE_ROWS, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
     else if (causal_tile)
         mask_scores<KEEP_BY_RANK_AND_POS, BN>(sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
