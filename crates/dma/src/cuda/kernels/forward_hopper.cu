@@ -135,7 +135,7 @@ __device__ __forceinline__ void forward_hopper_body(
         float alpha[2], use[2];
         if (c == 1) turn_pass(c);
         mbar_wait(full, 0);
-        load_row_fragments<T, D>(sQ, warp * 16 + (lane >> 2), tq, qa);
+        load_row_fragments<T, D>(sQ, warp * 16, lane, qa);
         turn_wait(c);
         wgmma_fence();
         issue_s(0);

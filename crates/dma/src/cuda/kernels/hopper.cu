@@ -358,18 +358,16 @@ __device__ __forceinline__ void issue_fragments_by_keys(float (&d)[8][4],
     wgmma_commit();
 }
 
-// This thread's A fragments (the m16n8k16 layout: rows r and r + 8, columns 16 kk + 2 tq (+1)
-// and + 8) of rows r, r + 8 of a swizzled tile of DMA_BLOCK_M rows, over D columns.
+// This warp's A fragments (the m16n8k16 layout, as ldmatrix gives them) of rows first_row ..
+// first_row + 15 of a swizzled tile of DMA_BLOCK_M rows, over D columns: lane l addresses row
+// first_row + l % 16, the 8 columns from 16 kk + 8 (l / 16).
 template <typename T, int D>
-__device__ __forceinline__ void load_row_fragments(const T* tile, int r, int tq,
+__device__ __forceinline__ void load_row_fragments(const T* tile, int first_row, int lane,
                                                    u32 (&a)[D / 16][4]) {
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int row = r + 8 * (i & 1), col = 16 * kk + 8 * (i >> 1);
-            a[kk][i] = *reinterpret_cast<const u32*>(tile + swz(DMA_BLOCK_M, row, col) + 2 * tq);
-        }
+        ldmatrix_x4(a[kk],
+                    tile + swz(DMA_BLOCK_M, first_row + (lane & 15), 16 * kk + (lane >> 4) * 8));
 }
 
 // d += A B over a key tile's 64 keys, one commit group: A from registers (a consumer's 64 rows of
