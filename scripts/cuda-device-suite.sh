@@ -16,7 +16,7 @@
 # it as three calls, each ending with the selftest (~60 s):
 #   SKIP_SWITCHES=1 SKIP_SANITIZER=1   the kernel tests (~210 s)
 #   SKIP_TESTS=1 SKIP_SANITIZER=1      the switches (~290 s)
-#   SKIP_TESTS=1 SKIP_SWITCHES=1       the sanitizers (~140 s)
+#   SKIP_TESTS=1 SKIP_SWITCHES=1       the sanitizers (~330 s in stop 21)
 set -u
 B=.devbin/dma-cuda-tests
 OUT=${OUT:-/tmp/dma-out}
@@ -54,11 +54,14 @@ if [ "${SKIP_SWITCHES:-0}" != 1 ]; then
   done
 fi
 if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
+  # Per run: racecheck of the decode test took 150.4 s in stop 21 (the whole sanitizer call
+  # ~330 s), so 240 leaves room without letting a hang take the device tool's 600 s.
+  SAN_TIMEOUT=${SAN_TIMEOUT:-240}
   for tool in memcheck racecheck; do
     for t in forward_matches_cpu backward_matches_cpu decode_matches_cpu decode_state_matches_cpu \
       decode_state_errors_and_fallbacks \
       partition_puts_the_sure_keys_first; do
-      DMA_CUDA_SMALL=1 DMA_CUDA_EVERY=${SAN_EVERY:-4} timeout ${SAN_TIMEOUT:-150} compute-sanitizer --tool $tool \
+      DMA_CUDA_SMALL=1 DMA_CUDA_EVERY=${SAN_EVERY:-4} timeout $SAN_TIMEOUT compute-sanitizer --tool $tool \
         --print-limit 20 $B --exact $t >"$OUT/$tool-$t.log" 2>&1
       echo "$tool $t rc=$? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool-$t.log")" >>"$S"
     done
@@ -66,7 +69,7 @@ if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
   # The Hopper kernels' mbarriers and named barriers. With synccheck's default number of tracked
   # barriers it reports an overflow and the launch fails; 8192 is enough (100000: out of memory).
   for t in forward_matches_cpu backward_matches_cpu; do
-    DMA_CUDA_SMALL=1 DMA_CUDA_EVERY=${SAN_EVERY:-4} timeout ${SAN_TIMEOUT:-150} compute-sanitizer --tool synccheck \
+    DMA_CUDA_SMALL=1 DMA_CUDA_EVERY=${SAN_EVERY:-4} timeout $SAN_TIMEOUT compute-sanitizer --tool synccheck \
       --num-cuda-barriers 8192 --print-limit 20 $B --exact $t >"$OUT/synccheck-$t.log" 2>&1
     echo "synccheck $t rc=$? $(grep -h 'ERROR SUMMARY' "$OUT/synccheck-$t.log")" >>"$S"
   done
