@@ -249,7 +249,7 @@ __device__ __forceinline__ void produce_key_tiles(const BlockWork& w, int first,
     const int p = threadIdx.x - 256, count = w.count;
     const u64* __restrict__ list = w.list;
     const i64 first_key = (i64)w.s.k_start * kv_row + w.hkv * D;
-    constexpr int BN = HOP_BN, CHUNKS = D / 8;  // 16-byte chunks per row
+    constexpr int BN = HOP_BN;
     constexpr float LOG2E = 1.4426950408889634f;
     static_assert(LAG >= 1 && LAG < STAGES, "hand a tile over before waiting for a free stage");
     const int tiles = (count + BN - 1) / BN;
@@ -263,12 +263,14 @@ __device__ __forceinline__ void produce_key_tiles(const BlockWork& w, int first,
     cp_async_commit();
     load_rows(p);
     cp_async_commit();
-    // The gather: thread p copies the 16-byte chunk p % CHUNKS of rows p / CHUNKS + ROW_STEP i
-    // of each tile. Its chunk's column, and so its source offset within a row and its place in
-    // the tile's swizzle, are the same for every row it copies.
-    constexpr int ROW_STEP = 128 / CHUNKS;
+    // The gather: thread p copies the 16-byte chunk p % 8 of each 64-column block of rows
+    // p / 8 + ROW_STEP i of each tile (one row address for D / 64 chunks of K and of V). Its
+    // chunks' columns, and so their source offsets within a row and their places in the tile's
+    // swizzle, are the same for every row it copies; the column blocks are 128 bytes apart in
+    // a row and BN * 64 elements apart in the tile, with the same swizzle.
+    constexpr int ROW_STEP = 128 / 8, BLOCKS = D / 64;
     static_assert(ROW_STEP % 8 == 0 && BN % ROW_STEP == 0, "rows ROW_STEP apart must share the swizzle");
-    const int gather_row = p / CHUNKS, gather_col = (p % CHUNKS) * 8;
+    const int gather_row = p / 8, gather_col = (p % 8) * 8;
     const int gather_dst = swz(BN, gather_row, gather_col);
     const T* k_src = k + first_key + gather_col;
     const T* v_src = v + first_key + gather_col;
@@ -294,8 +296,11 @@ __device__ __forceinline__ void produce_key_tiles(const BlockWork& w, int first,
             const bool valid = r < keys;
             const i64 at = valid ? (i64)(u32)ranks[r] * kv_row : 0;
             // Rows ROW_STEP (a multiple of 8) apart share the swizzle: a constant offset.
-            cp_async16(dk + i * ROW_STEP * 64, k_src + at, valid);
-            cp_async16(dv + i * ROW_STEP * 64, v_src + at, valid);
+#pragma unroll
+            for (int cb = 0; cb < BLOCKS; ++cb) {
+                cp_async16(dk + i * ROW_STEP * 64 + cb * BN * 64, k_src + at + cb * 64, valid);
+                cp_async16(dv + i * ROW_STEP * 64 + cb * BN * 64, v_src + at + cb * 64, valid);
+            }
         }
         if (p < BN) sB[st * BN + p] = rank_bias(ranks[p]) * LOG2E;
         load_ranks(t + STAGES);
