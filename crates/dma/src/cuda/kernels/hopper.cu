@@ -268,7 +268,8 @@ __device__ __forceinline__ void produce_key_tiles(const BlockWork& w, int first,
     // chunks' columns, and so their source offsets within a row and their places in the tile's
     // swizzle, are the same for every row it copies; the column blocks are 128 bytes apart in
     // a row and BN * 64 elements apart in the tile, with the same swizzle.
-    constexpr int ROW_STEP = 128 / 8, BLOCKS = D / 64;
+    constexpr int ROW_STEP = 128 / 8, BLOCKS = D / 64;  // 8 chunks per block, 128 threads
+    static_assert(D % 64 == 0, "the gather copies whole 64-column blocks");
     static_assert(ROW_STEP % 8 == 0 && BN % ROW_STEP == 0, "rows ROW_STEP apart must share the swizzle");
     const int gather_row = p / 8, gather_col = (p % 8) * 8;
     const int gather_dst = swz(BN, gather_row, gather_col);
