@@ -75,8 +75,8 @@ __device__ __forceinline__ bool needs_causal_test(const u64* ranks, int count, i
 }
 
 // The keep test of one tile (mask_scores): only whether a row keeps anything on a tile of sure
-// keys (no test when every row of the warp does: a warp-uniform branch), the rank and the position where the tile needs the causal test (needs_causal_test), the
-// rank alone otherwise.
+// keys (no test when every row of the warp does: a warp-uniform branch), the rank and the
+// position where the tile needs the causal test (needs_causal_test), the rank alone otherwise.
 template <int BN>
 __device__ __forceinline__ void mask_tile(bool sure_tile, bool causal_tile,
                                           float (&sc)[BN / 8][4], const u64* ranks,

@@ -336,17 +336,21 @@ __device__ __forceinline__ void init_stage_barriers(u64* full, u64* empty) {
     __syncthreads();
 }
 
+// The byte offset of the 16-column step kk in a K-major swizzled tile of `rows` rows: 32 bytes
+// within a 128-byte row, every 4 steps the next column block (rows * 128 bytes).
+template <typename T>
+__device__ __forceinline__ u32 k_step_bytes(int kk, int rows) {
+    return ((kk >> 2) * rows * 64 + (kk & 3) * 16) * sizeof(T);
+}
+
 // d = A B^T over D columns, one commit group: A a consumer's 64 rows of a query-row tile (Q or
-// dO, column blocks DMA_BLOCK_M * 128 bytes apart), B a key tile (K or V, column blocks
-// HOP_BN * 128 bytes apart), both K-major; a 16-column step is 32 bytes within a 128-byte row.
+// dO, DMA_BLOCK_M rows), B a key tile (K or V, HOP_BN rows), both K-major.
 template <typename T, int D>
 __device__ __forceinline__ void issue_rows_by_keys(float (&d)[8][4], u64 a_desc, u64 b_desc) {
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        const int cb = kk >> 2, in = (kk & 3) * 16;
-        Wgmma<T>::ss64(d, desc_plus(a_desc, (cb * DMA_BLOCK_M * 64 + in) * sizeof(T)),
-                       desc_plus(b_desc, (cb * HOP_BN * 64 + in) * sizeof(T)), kk > 0);
-    }
+    for (int kk = 0; kk < D / 16; ++kk)
+        Wgmma<T>::ss64(d, desc_plus(a_desc, k_step_bytes<T>(kk, DMA_BLOCK_M)),
+                       desc_plus(b_desc, k_step_bytes<T>(kk, HOP_BN)), kk > 0);
     wgmma_commit();
 }
 
@@ -357,10 +361,8 @@ template <typename T, int D>
 __device__ __forceinline__ void issue_fragments_by_keys(float (&d)[8][4],
                                                         const u32 (&a)[D / 16][4], u64 b_desc) {
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        const int cb = kk >> 2, in = (kk & 3) * 16;
-        Wgmma<T>::rs64k(d, a[kk], desc_plus(b_desc, (cb * HOP_BN * 64 + in) * sizeof(T)), kk > 0);
-    }
+    for (int kk = 0; kk < D / 16; ++kk)
+        Wgmma<T>::rs64k(d, a[kk], desc_plus(b_desc, k_step_bytes<T>(kk, HOP_BN)), kk > 0);
     wgmma_commit();
 }
 
