@@ -1792,6 +1792,14 @@ fn bench_hkv(default: usize) -> usize {
 }
 
 /// Query heads of the forward and backward benchmarks: DMA_BENCH_HQ, or 16.
+/// The decode benchmark's head dim: DMA_BENCH_D, default 128.
+fn bench_head_dim() -> usize {
+    std::env::var("DMA_BENCH_D")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(128)
+}
+
 fn bench_hq() -> usize {
     std::env::var("DMA_BENCH_HQ")
         .ok()
@@ -2016,7 +2024,7 @@ fn bench_backward() {
     }
 }
 
-/// Decode timing: B=1, one query, Hq=32, Hkv=8, Hb=Hkv, D=128, bf16, w=2048, causal, context in
+/// Decode timing: B=1, one query, Hq=32, Hkv=8, Hb=Hkv, D=DMA_BENCH_D (default 128), bf16, w=2048, causal, context in
 /// DMA_BENCH_CTX (default 8192,32768,131072); medians of CUDA-event times over the whole
 /// `decode_into` call (planning, selection, split-K attend and combine), of a
 /// `cuda::DecodeState` step (the kept set carried from the step before), and the general
@@ -2026,7 +2034,8 @@ fn bench_backward() {
 fn bench_decode() {
     let Some(dev) = device() else { return };
     let sizes = bench_sizes("DMA_BENCH_CTX", "8192,32768,131072");
-    let (hq, hkv, d, w, nq) = (32usize, 8usize, 128usize, 2048usize, 1usize);
+    let (hq, hkv, w, nq) = (32usize, 8usize, 2048usize, 1usize);
+    let d = bench_head_dim();
     let mut rng = StdRng::seed_from_u64(fresh_seed());
     let s = dev.stream().clone();
     for n in sizes {

@@ -181,6 +181,47 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// One exchange of warp_sum_each per lane bit OFF, 16 down to 1: a lane holding N > 1 values
+// keeps half of them (the upper half where its bit OFF is set) plus the other lane's same half;
+// with one value left, the two lanes just add.
+template <int N, int OFF, int C>
+__device__ __forceinline__ void exchange_halves(float (&a)[C], int lane) {
+    if constexpr (OFF > 0) {
+        if constexpr (N > 1) {
+            const bool upper = lane & OFF;
+#pragma unroll
+            for (int j = 0; j < N / 2; ++j) {
+                const float lo = a[j], hi = a[j + N / 2];
+                a[j] = (upper ? hi : lo) + __shfl_xor_sync(0xffffffffu, upper ? lo : hi, OFF);
+            }
+        } else {
+            a[0] += __shfl_xor_sync(0xffffffffu, a[0], OFF);
+        }
+        exchange_halves<(N > 1 ? N / 2 : 1), OFF / 2>(a, lane);
+    }
+}
+
+// warp_sum of each of N values, every lane getting every sum, in about 2 shuffles a value
+// instead of 5. Per chunk of C values (C the power of two >= N, at most 32; missing values 0):
+// five exchanges (exchange_halves) leave lane l with the sum of value l >> (5 - log2 C) of the
+// chunk, then every lane reads each sum from its lane.
+template <int N>
+__device__ __forceinline__ void warp_sum_each(float (&v)[N]) {
+    constexpr int C = N > 16 ? 32 : N > 8 ? 16 : N > 4 ? 8 : N > 2 ? 4 : N > 1 ? 2 : 1;
+    constexpr int SHIFT = C == 32 ? 0 : C == 16 ? 1 : C == 8 ? 2 : C == 4 ? 3 : C == 2 ? 4 : 5;
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int c0 = 0; c0 < N; c0 += C) {
+        float a[C];
+#pragma unroll
+        for (int i = 0; i < C; ++i) a[i] = c0 + i < N ? v[c0 + i] : 0.f;
+        exchange_halves<C, 16>(a, lane);
+#pragma unroll
+        for (int i = 0; i < C; ++i)
+            if (c0 + i < N) v[c0 + i] = __shfl_sync(0xffffffffu, a[0], i << SHIFT);
+    }
+}
+
 __device__ __forceinline__ void column_sums_zero(float* sums, unsigned int d) {
     for (unsigned int c = threadIdx.x; c < d; c += blockDim.x) sums[c] = 0.f;
     __syncthreads();

@@ -339,6 +339,8 @@ __device__ __forceinline__ void attend_share(const T* q, const T* k, const T* v,
     constexpr int E = D / 32;
     using Row = LaneRow<T, E>;
     constexpr int KB = Row::WORDS >= 4 ? 4 : 16 / Row::WORDS;  // keys a warp has in flight
+    constexpr int HG = 32 / KB < DEC_HEADS ? 32 / KB : DEC_HEADS;  // heads per warp_sum_each
+    static_assert(HG >= 1 && DEC_HEADS % HG == 0, "whole groups of heads");
     constexpr float LOG2E = 1.4426950408889634f;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float qr[DEC_HEADS][E], o[DEC_HEADS][E], mx[DEC_HEADS], l[DEC_HEADS];
@@ -365,32 +367,43 @@ __device__ __forceinline__ void attend_share(const T* q, const T* k, const T* v,
             vr[u].load(v + j * kv_stride + lane * E);
             bias[u] = t < m ? b[j] * LOG2E : -DMA_INF;
         }
+        // The dot products, HG heads at a time: this lane's parts, then the sums (warp_sum_each,
+        // at most 32 at once: more spill). Heads past gn have q 0.
 #pragma unroll
-        for (int g = 0; g < DEC_HEADS; ++g) {
-            if (g >= gn) break;
-            float s[KB], best = -DMA_INF;
+        for (int ga = 0; ga < DEC_HEADS; ga += HG) {
+            if (ga >= gn) break;
+            float dots[HG * KB];
 #pragma unroll
-            for (int u = 0; u < KB; ++u) {
-                float dot = 0.f;
+            for (int i = 0; i < HG * KB; ++i) {
+                dots[i] = 0.f;
 #pragma unroll
-                for (int e = 0; e < E; ++e) dot += qr[g][e] * kr[u][e];
-                s[u] = warp_sum(dot) + bias[u];
-                best = fmaxf(best, s[u]);
+                for (int e = 0; e < E; ++e) dots[i] += qr[ga + i / KB][e] * kr[i % KB][e];
             }
-            const float nm = fmaxf(mx[g], best);
-            if (nm == -DMA_INF) continue;  // no key yet (warp-uniform)
-            const float corr = fast_exp2(mx[g] - nm);
-            l[g] *= corr;
+            warp_sum_each(dots);
 #pragma unroll
-            for (int e = 0; e < E; ++e) o[g][e] *= corr;
+            for (int g = ga; g < ga + HG; ++g) {
+                if (g >= gn) break;
+                float s[KB], best = -DMA_INF;
 #pragma unroll
-            for (int u = 0; u < KB; ++u) {
-                const float p = fast_exp2(s[u] - nm);
-                l[g] += p;
+                for (int u = 0; u < KB; ++u) {
+                    s[u] = dots[(g - ga) * KB + u] + bias[u];
+                    best = fmaxf(best, s[u]);
+                }
+                const float nm = fmaxf(mx[g], best);
+                if (nm == -DMA_INF) continue;  // no key yet (warp-uniform)
+                const float corr = fast_exp2(mx[g] - nm);
+                l[g] *= corr;
 #pragma unroll
-                for (int e = 0; e < E; ++e) o[g][e] += p * vr[u][e];
+                for (int e = 0; e < E; ++e) o[g][e] *= corr;
+#pragma unroll
+                for (int u = 0; u < KB; ++u) {
+                    const float p = fast_exp2(s[u] - nm);
+                    l[g] += p;
+#pragma unroll
+                    for (int e = 0; e < E; ++e) o[g][e] += p * vr[u][e];
+                }
+                mx[g] = nm;
             }
-            mx[g] = nm;
         }
     }
     // Merge the warps: stage[warp][g] = {o, m, l}, then one thread per (head, dim).
