@@ -179,15 +179,14 @@ fn sure_keys_wanted(dev: &Device, head_dim: usize) -> bool {
 }
 
 /// The sure-key counts a launch (forward or backward) takes from `sel`: `None` where the sure keys
-/// are off ([`sure_keys_wanted`]) or, for a causal selection, not yet partitioned.
+/// are off ([`sure_keys_wanted`]).
 pub(crate) fn launch_sure_counts<'a>(
     dev: &Device,
     params: &Params,
     head_dim: usize,
     sel: &'a Selection,
 ) -> Option<&'a CudaSlice<u32>> {
-    sel.sure_counts(params.causal)
-        .filter(|_| sure_keys_wanted(dev, head_dim))
+    Some(sel.sure_counts(params.causal)).filter(|_| sure_keys_wanted(dev, head_dim))
 }
 
 /// Dynamic shared memory of the forward kernel (`FwdSmem::BYTES`).
@@ -289,14 +288,9 @@ pub fn forward_into_with_selection<T: CudaElement>(
     spec::<T>(problem.head_dim, params.causal)?;
     let plan = Plan::new(params, &problem)?;
     let tables = DevicePlan::upload(dev, &plan)?;
-    let mut sel = select::run(dev, params, &problem, &plan, &tables, bias)?;
+    let sel = select::run(dev, params, &problem, &plan, &tables, bias)?;
     if plan.num_blocks() == 0 {
         return Ok(sel);
-    }
-    // The sure keys: every key of a non-causal list (all its rows share one threshold), the
-    // front of a causal list once partitioned (kept with the selection for the backward).
-    if params.causal && sure_keys_wanted(dev, problem.head_dim) {
-        sel.sure = Some(select::partition(dev, &problem, &plan, &tables, &mut sel)?);
     }
     let sure = launch_sure_counts(dev, params, problem.head_dim, &sel);
     attend(
@@ -533,52 +527,33 @@ pub(crate) fn run_host<T: CudaElement>(
     })
 }
 
-/// The selection of a call alone, on the device (shared by the forward; for tests).
+/// The selection of a call alone, on the device (shared by the forward; for tests). Each causal
+/// list holds its sure keys (kept by every row of its block that keeps anything) first.
 pub fn select(
     dev: &Device,
     params: &Params,
     shape: &Shape,
     bias: &impl DeviceInput<f32>,
 ) -> Result<Selection> {
-    select_then(dev, params, shape, bias, |_, _, _, _| Ok(())).map(|(sel, ())| sel)
+    params.validate()?;
+    let problem = shape.problem()?;
+    problem.check_len("bias", problem.bias_len(), bias.len())?;
+    let plan = Plan::new(params, &problem)?;
+    let tables = DevicePlan::upload(dev, &plan)?;
+    let sel = select::run(dev, params, &problem, &plan, &tables, bias)?;
+    sel.check_bias(dev, &problem, bias)?;
+    Ok(sel)
 }
 
-/// [`select`], then each list's sure keys (kept by every row of its block that keeps anything)
-/// moved to its front, as the Hopper forward does, and their number per list
-/// `[lists, Hb]` (every key of a non-causal list). For tests and inspection.
+/// [`select`] and the number of sure keys at the front of each list, `[lists, Hb]` (every key
+/// of a non-causal list). For tests and inspection.
 pub fn select_partitioned(
     dev: &Device,
     params: &Params,
     shape: &Shape,
     bias: &impl DeviceInput<f32>,
 ) -> Result<(Selection, Vec<u32>)> {
-    select_then(
-        dev,
-        params,
-        shape,
-        bias,
-        |problem, plan, tables, sel| match params.causal {
-            true => buffers::download(dev, &select::partition(dev, problem, plan, tables, sel)?),
-            false => buffers::download(dev, &sel.count),
-        },
-    )
-}
-
-/// The selection, then `then` on it (enqueued before the bias check, which waits for both).
-fn select_then<R>(
-    dev: &Device,
-    params: &Params,
-    shape: &Shape,
-    bias: &impl DeviceInput<f32>,
-    then: impl FnOnce(&Problem, &Plan, &DevicePlan, &mut Selection) -> Result<R>,
-) -> Result<(Selection, R)> {
-    params.validate()?;
-    let problem = shape.problem()?;
-    problem.check_len("bias", problem.bias_len(), bias.len())?;
-    let plan = Plan::new(params, &problem)?;
-    let tables = DevicePlan::upload(dev, &plan)?;
-    let mut sel = select::run(dev, params, &problem, &plan, &tables, bias)?;
-    let r = then(&problem, &plan, &tables, &mut sel)?;
-    sel.check_bias(dev, &problem, bias)?;
-    Ok((sel, r))
+    let sel = select(dev, params, shape, bias)?;
+    let sure = buffers::download(dev, sel.sure_counts(params.causal))?;
+    Ok((sel, sure))
 }

@@ -12,10 +12,10 @@
 //!    blocks of 128 rows share one; `DMA_CUDA_LIST_ROWS=128` gives each block its own, see
 //!    [`list_rows`]) and bias head, the candidate keys (at most w + 256) and each row's threshold
 //!    rank (two launches when causal: the anchor lists, then the lists that start from them);
-//! 2. where the Hopper forward runs and the mask is causal, the partition (also in select.cu):
-//!    each list's "sure" keys, kept by every row of the list that keeps anything, moved to its
-//!    front, so that the forward skips their keep test (`DMA_CUDA_NO_SURE_KEYS` turns this off);
-//! 3. forward: gathers the candidates' K/V rows into shared memory, runs QK^T and PV on the
+//!    and, when causal, each list's "sure" keys (kept by every row of the list that keeps
+//!    anything) moved to its front, so that the Hopper forward skips their keep test
+//!    (`DMA_CUDA_NO_SURE_KEYS` turns the skipping off);
+//! 2. forward: gathers the candidates' K/V rows into shared memory, runs QK^T and PV on the
 //!    tensor cores with an online softmax that applies each row's keep test. On sm_90 at head
 //!    dims 64 and 128 this is `kernels/forward_hopper.cu` (warpgroup MMAs, a producer warpgroup
 //!    gathering for two consumer warpgroups); elsewhere `kernels/forward.cu` (mma.sync). The
@@ -100,7 +100,6 @@ pub fn all_kernels() -> Vec<compile::KernelSpec> {
         specs.push(select::spec(causal, false));
         if causal {
             specs.push(select::spec(causal, true));
-            specs.push(select::partition_spec());
         }
         for &d in HEAD_DIMS {
             for spec in [

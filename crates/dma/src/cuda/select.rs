@@ -12,7 +12,7 @@ use crate::{DmaError, Params, Problem, Result};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
 const SOURCE: &str = include_str!("kernels/select.cu");
-/// Threads of a dependent list's CTA and of the partition's (`SEL_THREADS` in select.cu).
+/// Threads of a dependent list's CTA (`SEL_THREADS` in select.cu).
 const THREADS: u32 = 256;
 
 /// Threads of an anchor's CTA (and of a non-causal list's). There are few anchors (at 32K, 16
@@ -47,22 +47,6 @@ pub(crate) fn spec(causal: bool, from_anchor: bool) -> KernelSpec {
     )
 }
 
-/// Keys before a list's first row that the partition kernel stages in shared memory (its
-/// `MAX_KEYS`, 32 KB); a list with more keeps its order and has no sure keys.
-const PARTITION_MAX_KEYS: usize = 4096;
-
-/// The kernel that moves each causal list's sure keys (kept by every row of the list that keeps
-/// anything) to its front, for the Hopper forward (kernels/select.cu, `partition_body`).
-pub(crate) fn partition_spec() -> KernelSpec {
-    let max = PARTITION_MAX_KEYS.to_string();
-    KernelSpec::new(
-        SOURCE,
-        "DMA_PARTITION_KERNEL",
-        "dma_partition",
-        &[(&format!("k{max}"), &max)],
-    )
-}
-
 /// The kept-key structure of one call, on the device. O(N·w / LIST_M) memory, no Nq x Nk.
 #[derive(Debug)]
 pub struct Selection {
@@ -79,8 +63,9 @@ pub struct Selection {
     /// (`dma_check_bias` in kernels/common.cu).
     pub(crate) bad_bias: CudaSlice<u64>,
     /// `[lists, Hb]` how many keys at the front of each causal list every row of its block that
-    /// keeps anything keeps (its "sure" keys), once [`partition`] has moved them there.
-    pub(crate) sure: Option<CudaSlice<u32>>,
+    /// keeps anything keeps (its "sure" keys: the selection kernels move them there); unused for
+    /// a non-causal selection.
+    pub(crate) sure: CudaSlice<u32>,
     pub(crate) cap: usize,
     /// What it was made for: (window, causal, lists, Hb, total_q), checked on reuse.
     made_for: (usize, bool, usize, usize, usize),
@@ -112,13 +97,12 @@ impl Selection {
         }
     }
 
-    /// The sure-key counts of each list (see [`Selection::sure`]'s field): the partition's for a
-    /// causal selection (`None` before it), every key for a non-causal one (one threshold for all
-    /// the rows of a list).
-    pub(crate) fn sure_counts(&self, causal: bool) -> Option<&CudaSlice<u32>> {
+    /// The sure-key counts of each list (see [`Selection::sure`]'s field): for a non-causal
+    /// selection every key (one threshold for all the rows of a list).
+    pub(crate) fn sure_counts(&self, causal: bool) -> &CudaSlice<u32> {
         match causal {
-            true => self.sure.as_ref(),
-            false => Some(&self.count),
+            true => &self.sure,
+            false => &self.count,
         }
     }
 
@@ -288,7 +272,7 @@ pub(crate) fn alloc_selection(
             .alloc_zeros::<u64>(1)
             .map_err(error::alloc("bias check flag", 8))?,
         cap: plan.cap,
-        sure: None,
+        sure: alloc(dev, "sure-key counts", lists * hb)?,
         made_for: made_for(params, problem, plan),
     })
 }
@@ -360,51 +344,10 @@ pub(crate) fn launch_lists(
         .arg(&mut sel.cand)
         .arg(&mut sel.count)
         .arg(&mut sel.thr)
+        .arg(&mut sel.sure)
         .arg(&mut sel.bad_bias);
     // SAFETY: the arguments match the kernel's signature (kernels/select.cu) and every
     // buffer holds what the plan's geometry indexes.
     unsafe { launch.launch(cfg) }.map_err(error::driver)?;
     Ok(())
-}
-
-/// Partitions every list of a causal selection, sure keys first (see [`partition_spec`]), and
-/// returns `[lists, Hb]` the number of sure keys of each. The keep rule reads a list as a set, so
-/// `sel` stays valid for every kernel that takes it.
-pub(crate) fn partition(
-    dev: &Device,
-    problem: &Problem,
-    plan: &Plan,
-    tables: &DevicePlan,
-    sel: &mut Selection,
-) -> Result<CudaSlice<u32>> {
-    let hb = problem.heads.bias;
-    let lists = plan.num_lists();
-    let mut sure = alloc::<u32>(dev, "sure-key counts", lists * hb)?;
-    if lists == 0 {
-        return Ok(sure);
-    }
-    let f = dev.function(&partition_spec())?;
-    let cfg = LaunchConfig {
-        grid_dim: (lists as u32, hb as u32, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let (cap, heads, total_q) = (plan.cap as i32, hb as i32, problem.total_q as i32);
-    let (seqs, list_table) = (tables.seqs(), tables.lists());
-    let mut launch = dev.stream().launch_builder(&f);
-    launch
-        .arg(&seqs)
-        .arg(&list_table)
-        .arg(&cap)
-        .arg(&heads)
-        .arg(&total_q)
-        .arg(&mut sel.cand)
-        .arg(&sel.count)
-        .arg(&sel.thr)
-        .arg(&mut sure);
-    // SAFETY: the arguments match the kernel's signature (kernels/select.cu), the selection was
-    // made for this plan (causal: one list per run of list rows), and `sure` has a slot per
-    // (list, head).
-    unsafe { launch.launch(cfg) }.map_err(error::driver)?;
-    Ok(sure)
 }

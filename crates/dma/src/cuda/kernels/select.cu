@@ -4,8 +4,9 @@
 // forward blocks; cuda/plan.rs) or a whole sequence (not causal). For a causal list whose first
 // row sits at position p0, with P = clamp(p0, 0, Nk) and the list's own keys [P, E), E - P <= R:
 //   tau   = the w-th best rank among keys [0, P) (radix select; every key when P <= w),
-//   list  = { j < P : rank_j >= tau } (ascending) ++ [P, E)        (at most w + R keys),
-//           stored as the keys' ranks (index in the low word, order-preserving bias bits above),
+//   list  = { j < P : rank_j >= tau } ++ [P, E)        (at most w + R keys; the first part's
+//           sure keys first, see the end of select_body; [P, E) ascending), stored as the keys'
+//           ranks (index in the low word, order-preserving bias bits above),
 //   thr_p = the w-th best rank among { list keys <= p } for each row p of the list,
 // and row p keeps key j iff j <= p and rank_j >= thr_p. Every row's kept set lies in the list
 // because the w-th best rank only rises with p. thr_p is found among the (E - P) + 1 smallest
@@ -21,7 +22,7 @@
 // [0, P) of an anchor, [E_a, P) of a dependent list, and the own keys [P, E) of each), which is
 // where a non-finite bias is reported (dma_check_bias): one test per key, not one per radix pass.
 
-// Threads of a dependent list's CTA and of the partition's. An anchor's CTA takes THREADS of its
+// Threads of a dependent list's CTA. An anchor's CTA takes THREADS of its
 // own (cuda/select.rs, ANCHOR_THREADS): there are few anchors, each over many keys.
 #define SEL_THREADS 256
 #define SEL_WARPS (SEL_THREADS / 32)
@@ -32,6 +33,7 @@ struct SelectShared {
     u32 warp_counts[SEL_MAX_WARPS];
     u32 digit, need, nz, exact;
     u64 min_key;
+    u64 t_star;  // the largest threshold of a list's rows that keep anything (0: none)
     // Z (below): at most DMA_LIST_M + 1 ranks, padded to a power of two for the sort.
     u64 z[2 * DMA_LIST_M];
 };
@@ -175,16 +177,17 @@ __device__ u64 radix_select_largest(int n, u32 k, int index_bits, Get get, Selec
 
 // Ordered compaction by the whole CTA (THREADS threads, every one must call it): writes the
 // values value(i), i in [0, n), that keep() accepts to out[base], out[base + 1], ... in the order
-// of i, and returns base plus their number. With rejected_at >= 0 it also writes the others, in
-// the order of i, to out[rejected_at], out[rejected_at + 1], ... (a stable two-way partition in
-// one pass). Each thread takes ITEMS consecutive values per round, so a round is THREADS * ITEMS
+// of i, and returns base plus their number. With `rejected` it also writes the others, in the
+// order of i, to rejected[0], rejected[1], ... (a stable two-way partition in one pass). out may
+// be where value(i) reads (in place): a value is written at or before its own index, after every
+// value of its round has been read. Each thread takes ITEMS consecutive values per round, so a round is THREADS * ITEMS
 // values and two barriers; the offsets come from shuffle scans. (ncu: a 1024-thread anchor spent
 // 29% of its instructions summing the warps' counts when every thread summed them all, one value
 // per round. Values read from shared memory take ITEMS = 1: 4 consecutive u64 per thread
 // conflict on the banks. docs/benchmarks.md, "Stop 19".)
 template <int THREADS, int ITEMS, typename Value, typename Keep>
 __device__ __forceinline__ int compact_ordered(int n, Value value, Keep keep, u64* out, int base,
-                                               u32* warp_counts, int rejected_at = -1) {
+                                               u32* warp_counts, u64* rejected = nullptr) {
     constexpr int WARPS = THREADS / 32;
     const int base0 = base;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -220,8 +223,8 @@ __device__ __forceinline__ int compact_ordered(int n, Value value, Keep keep, u6
         for (int u = 0; u < ITEMS; ++u) {
             if (kept >> u & 1u)
                 out[at++] = v[u];
-            else if (rejected_at >= 0 && first + u < n)  // at - base0 kept before it
-                out[rejected_at + first + u - (at - base0)] = v[u];
+            else if (rejected && first + u < n)  // at - base0 kept before it
+                rejected[first + u - (at - base0)] = v[u];
         }
         __syncthreads();
         base += total;
@@ -236,7 +239,8 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
                                             const int* __restrict__ ids, int window, int cap,
                                             int bias_heads, int bias_head_stride, int total_q,
                                             u64* __restrict__ cand, u32* __restrict__ cand_count,
-                                            u64* __restrict__ thr, u64* __restrict__ bad_bias) {
+                                            u64* __restrict__ thr, u32* __restrict__ sure,
+                                            u64* __restrict__ bad_bias) {
     __shared__ SelectShared sh;
     const int id = ids[blockIdx.x];
     const int4 L = lists[id];  // (sequence, first row, end row, anchor list or -1)
@@ -318,7 +322,10 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     // Z's largest rank is sigma when it was selected (rank DMA_KEEP_NONE is no key's, so r <
     // sigma collects all of Z otherwise): the others are sorted, a power of two fewer for a full
     // list (256 instead of 512), and sigma put after them.
-    if (threadIdx.x == 0) sh.nz = 0;
+    if (threadIdx.x == 0) {
+        sh.nz = 0;
+        sh.t_star = 0;
+    }
     __syncthreads();
     for (int i = threadIdx.x; i < count; i += THREADS) {
         const u64 r = list_rank(i);
@@ -350,90 +357,44 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
         }
         return members - window + 1;
     };
-    auto write = [&](int r, u64 t) { row_thr[r] = t; };
+    auto write = [&](int r, u64 t) {
+        row_thr[r] = t;
+        if (t != DMA_KEEP_NONE) atomicMax(&sh.t_star, t);
+    };
     thresholds_from_sorted<THREADS>(sh.z, nw, L.y, L.z, offset, want, write);
+    __syncthreads();  // t*, and Z is read no more
+
+    // The sure keys first. The Hopper forward skips the keep test on a causal list's "sure" keys,
+    // those that every row of the list that keeps anything keeps. A key j < P is visible to every
+    // row, so it is sure iff rank_j >= t*, the largest threshold of a row that keeps anything.
+    // Every threshold lies among Z, the (E - P) + 1 smallest ranks of the list, so at most
+    // E - P <= DMA_LIST_M keys before P are not sure (of about w + E - P): a stable partition of
+    // the keys before P moves the sure ones to the front in place and stages the others in Z's
+    // room (checked: a list with more keeps its order, with no sure keys). The own keys [P, E)
+    // stay last and ascending, which the forward's causal shortcut and dma_visible_count need;
+    // the keys before P are a set to every kernel (the keep rule reads them so).
+    const u64 ts = sh.t_star;
+    auto is_sure = [=](u64 rank) { return rank >= ts; };
+    int not_sure = 0;
+    for (int i0 = 0; i0 < kept_before; i0 += THREADS) {
+        const int i = i0 + threadIdx.x;
+        not_sure += __syncthreads_count(i < kept_before && !is_sure(list[i]));
+    }
+    int n_sure = 0;
+    if (ts != 0 && not_sure <= 2 * DMA_LIST_M) {
+        n_sure = compact_ordered<THREADS, 1>(kept_before, list_rank, is_sure, list, 0,
+                                             sh.warp_counts, sh.z);
+        for (int i = n_sure + threadIdx.x; i < kept_before; i += THREADS) list[i] = sh.z[i - n_sure];
+    }
+    if (threadIdx.x == 0) sure[slot] = (u32)n_sure;
 }
 
 #define DMA_SELECT_KERNEL(NAME, CAUSAL, FROM_ANCHOR, THREADS)                                    \
     extern "C" __global__ void __launch_bounds__(THREADS)                                        \
         NAME(const float* bias, const SeqInfo* seqs, const int4* lists, const int* ids,          \
              int window, int cap, int bias_heads, int bias_head_stride, int total_q, u64* cand,   \
-             u32* cand_count, u64* thr, u64* bad_bias) {                                         \
+             u32* cand_count, u64* thr, u32* sure, u64* bad_bias) {                              \
         select_body<CAUSAL, FROM_ANCHOR, THREADS>(bias, seqs, lists, ids, window, cap,           \
                                                   bias_heads, bias_head_stride, total_q, cand,   \
-                                                  cand_count, thr, bad_bias);                    \
-    }
-
-// The Hopper forward skips the keep test on a causal list's "sure" keys, those that every row of
-// the list that keeps anything keeps. A key j < P (before the list's first row) is visible to
-// every row, so it is sure iff rank_j >= t*, the largest threshold of a row that keeps anything
-// (thr != DMA_KEEP_NONE). Every threshold lies among the (E - P) + 1 smallest ranks of the list
-// (select_body), so at most E - P <= R (the list's rows) keys before P are not sure: about w - R
-// of the list's w + R keys. This kernel, one CTA per (list, bias head) after the selection, moves
-// the sure keys to the front of the list (each part stays ascending, and the own keys [P, E) stay
-// last, which the forward's causal shortcut and dma_visible_count need) and writes their number
-// to sure[list * Hb + head]. Lists with more than MAX_KEYS keys before P are left as they are,
-// with 0 sure keys. The keep rule reads a list as a set, so the backward and forward.cu take a
-// partitioned list as well.
-template <int MAX_KEYS>
-__device__ __forceinline__ void partition_body(const SeqInfo* __restrict__ seqs,
-                                               const int4* __restrict__ lists, int cap,
-                                               int bias_heads, int total_q,
-                                               u64* __restrict__ cand,
-                                               const u32* __restrict__ cand_count,
-                                               const u64* __restrict__ thr,
-                                               u32* __restrict__ sure) {
-    __shared__ u64 before_p[MAX_KEYS];
-    __shared__ u32 warp_counts[SEL_WARPS];
-    __shared__ u64 t_star;
-    __shared__ u32 n_sure;
-    const int id = blockIdx.x;
-    const int4 L = lists[id];  // (sequence, first row, end row, anchor list or -1)
-    const int hb = blockIdx.y;
-    const SeqInfo s = seqs[L.x];
-    const i64 slot = (i64)id * bias_heads + hb;
-    u64* list = cand + slot * cap;
-    const int offset = s.nk - s.nq;
-    const int P = min(max(offset + L.y, 0), s.nk);
-    const int E = min(max(offset + L.z, 0), s.nk);
-    const int old = (int)cand_count[slot] - (E - P);  // the list's keys before P
-
-    if (threadIdx.x == 0) {
-        t_star = 0;
-        n_sure = 0;
-    }
-    __syncthreads();
-    const u64* row_thr = thr + (i64)hb * total_q + s.q_start;
-    for (int r = L.y + threadIdx.x; r < L.z; r += SEL_THREADS) {
-        const u64 t = row_thr[r];
-        if (t != DMA_KEEP_NONE) atomicMax(&t_star, t);
-    }
-    __syncthreads();
-    // t* = 0: no row keeps anything.
-    if (old <= 0 || old > MAX_KEYS || t_star == 0) {
-        if (threadIdx.x == 0) sure[slot] = 0;
-        return;
-    }
-    const u64 ts = t_star;
-    u32 mine = 0;  // sure keys among this thread's, counted while staging
-    for (int i = threadIdx.x; i < old; i += SEL_THREADS) {
-        const u64 rank = list[i];
-        before_p[i] = rank;
-        mine += rank >= ts;
-    }
-    mine = __reduce_add_sync(0xffffffffu, mine);
-    if ((threadIdx.x & 31) == 0) atomicAdd(&n_sure, mine);
-    __syncthreads();
-    auto staged = [&](int i) { return before_p[i]; };
-    auto is_sure = [&](u64 rank) { return rank >= ts; };
-    compact_ordered<SEL_THREADS, 1>(old, staged, is_sure, list, 0, warp_counts, (int)n_sure);
-    if (threadIdx.x == 0) sure[slot] = n_sure;
-}
-
-#define DMA_PARTITION_KERNEL(NAME, MAX_KEYS)                                                     \
-    extern "C" __global__ void __launch_bounds__(SEL_THREADS)                                    \
-        NAME(const SeqInfo* seqs, const int4* lists, int cap, int bias_heads, int total_q,       \
-             u64* cand, const u32* cand_count, const u64* thr, u32* sure) {                      \
-        partition_body<MAX_KEYS>(seqs, lists, cap, bias_heads, total_q, cand, cand_count, thr,   \
-                                 sure);                                                          \
+                                                  cand_count, thr, sure, bad_bias);              \
     }
