@@ -22,8 +22,8 @@
 // [0, P) of an anchor, [E_a, P) of a dependent list, and the own keys [P, E) of each), which is
 // where a non-finite bias is reported (dma_check_bias): one test per key, not one per radix pass.
 
-// Threads of a dependent list's CTA. An anchor's CTA takes THREADS of its
-// own (cuda/select.rs, ANCHOR_THREADS): there are few anchors, each over many keys.
+// Threads of a dependent list's CTA. An anchor's CTA takes THREADS of its own (cuda/select.rs,
+// ANCHOR_THREADS): there are few anchors, each over many keys.
 #define SEL_THREADS 256
 #define SEL_WARPS (SEL_THREADS / 32)
 #define SEL_MAX_WARPS 32
@@ -180,11 +180,11 @@ __device__ u64 radix_select_largest(int n, u32 k, int index_bits, Get get, Selec
 // of i, and returns base plus their number. With `rejected` it also writes the others, in the
 // order of i, to rejected[0], rejected[1], ... (a stable two-way partition in one pass). out may
 // be where value(i) reads (in place): a value is written at or before its own index, after every
-// value of its round has been read. Each thread takes ITEMS consecutive values per round, so a round is THREADS * ITEMS
-// values and two barriers; the offsets come from shuffle scans. (ncu: a 1024-thread anchor spent
-// 29% of its instructions summing the warps' counts when every thread summed them all, one value
-// per round. Values read from shared memory take ITEMS = 1: 4 consecutive u64 per thread
-// conflict on the banks. docs/benchmarks.md, "Stop 19".)
+// value of its round has been read. Each thread takes ITEMS consecutive values per round, so a
+// round is THREADS * ITEMS values and two barriers; the offsets come from shuffle scans. (ncu: a
+// 1024-thread anchor spent 29% of its instructions summing the warps' counts when every thread
+// summed them all, one value per round. Values read from shared memory take ITEMS = 1: 4
+// consecutive u64 per thread conflict on the banks. docs/benchmarks.md, "Stop 19".)
 template <int THREADS, int ITEMS, typename Value, typename Keep>
 __device__ __forceinline__ int compact_ordered(int n, Value value, Keep keep, u64* out, int base,
                                                u32* warp_counts, u64* rejected = nullptr) {
@@ -384,7 +384,8 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     if (ts != 0 && not_sure <= 2 * DMA_LIST_M) {
         n_sure = compact_ordered<THREADS, 1>(kept_before, list_rank, is_sure, list, 0,
                                              sh.warp_counts, sh.z);
-        for (int i = n_sure + threadIdx.x; i < kept_before; i += THREADS) list[i] = sh.z[i - n_sure];
+        for (int i = n_sure + threadIdx.x; i < kept_before; i += THREADS)
+            list[i] = sh.z[i - n_sure];
     }
     if (threadIdx.x == 0) sure[slot] = (u32)n_sure;
 }
