@@ -205,10 +205,14 @@ __device__ __forceinline__ void exchange_halves(float (&a)[C], int lane) {
 // instead of 5. Per chunk of C values (C the power of two >= N, at most 32; missing values 0):
 // five exchanges (exchange_halves) leave lane l with the sum of value l >> (5 - log2 C) of the
 // chunk, then every lane reads each sum from its lane.
+__host__ __device__ constexpr int log2_chunk(int n) {  // log2 of the power of two >= n, <= 5
+    int s = 0;
+    while ((1 << s) < n && s < 5) ++s;
+    return s;
+}
 template <int N>
 __device__ __forceinline__ void warp_sum_each(float (&v)[N]) {
-    constexpr int C = N > 16 ? 32 : N > 8 ? 16 : N > 4 ? 8 : N > 2 ? 4 : N > 1 ? 2 : 1;
-    constexpr int SHIFT = C == 32 ? 0 : C == 16 ? 1 : C == 8 ? 2 : C == 4 ? 3 : C == 2 ? 4 : 5;
+    constexpr int C = 1 << log2_chunk(N), SHIFT = 5 - log2_chunk(N);
     const int lane = threadIdx.x & 31;
 #pragma unroll
     for (int c0 = 0; c0 < N; c0 += C) {
