@@ -367,21 +367,16 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     // The sure keys first. The Hopper forward skips the keep test on a causal list's "sure" keys,
     // those that every row of the list that keeps anything keeps. A key j < P is visible to every
     // row, so it is sure iff rank_j >= t*, the largest threshold of a row that keeps anything.
-    // Every threshold lies among Z, the (E - P) + 1 smallest ranks of the list, so at most
-    // E - P <= DMA_LIST_M keys before P are not sure (of about w + E - P): a stable partition of
-    // the keys before P moves the sure ones to the front in place and stages the others in Z's
-    // room (checked: a list with more keeps its order, with no sure keys). The own keys [P, E)
-    // stay last and ascending, which the forward's causal shortcut and dma_visible_count need;
-    // the keys before P are a set to every kernel (the keep rule reads them so).
+    // t* is one of Z's ranks (or DMA_KEEP_ALL, which no key is below), and Z holds the list's
+    // smallest ranks, so every key ranked below t* is among Z's nz <= 2 * DMA_LIST_M ranks: a
+    // stable partition of the keys before P moves the sure ones to the front in place and stages
+    // the others (about E - P of w + E - P) in Z's room. The own keys [P, E) stay last and
+    // ascending, which the forward's causal shortcut and dma_visible_count need; the keys before
+    // P are a set to every kernel (the keep rule reads them so).
     const u64 ts = sh.t_star;
     auto is_sure = [=](u64 rank) { return rank >= ts; };
-    int not_sure = 0;
-    for (int i0 = 0; i0 < kept_before; i0 += THREADS) {
-        const int i = i0 + threadIdx.x;
-        not_sure += __syncthreads_count(i < kept_before && !is_sure(list[i]));
-    }
     int n_sure = 0;
-    if (ts != 0 && not_sure <= 2 * DMA_LIST_M) {
+    if (ts != 0) {
         n_sure = compact_ordered<THREADS, 1>(kept_before, list_rank, is_sure, list, 0,
                                              sh.warp_counts, sh.z);
         for (int i = n_sure + threadIdx.x; i < kept_before; i += THREADS)
