@@ -24,8 +24,7 @@ use super::plan::{self, Plan, BLOCK_M, BLOCK_N, SEQ_INFO_INTS};
 use super::select::{self, DevicePlan, Selection};
 use crate::{cpu, DmaError, Params, Problem, Result, Shape};
 use cudarc::driver::sys::CUdevice_attribute_enum as DevAttr;
-use cudarc::driver::sys::CUfunction_attribute_enum as FuncAttr;
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 const SOURCE: &str = include_str!("kernels/decode_select.cu");
 pub(super) const FUSED_SOURCE: &str = include_str!("kernels/decode_fused.cu");
@@ -141,7 +140,7 @@ fn decode_fused<T: CudaElement>(
     lse: &mut CudaSlice<f32>,
 ) -> Result<()> {
     let (q, k, v, bias) = (&q.view(), &k.view(), &v.view(), &bias.view());
-    let f = step_function(dev, &fused_spec::<T>(problem.head_dim)?, layout.smem, true)?;
+    let f = dev.function_with(&fused_spec::<T>(problem.head_dim)?, layout.smem, true)?;
     let mut ints = slot_ints(problem)?.to_vec();
     for x in [
         layout.window,
@@ -202,30 +201,6 @@ pub(super) fn slot_ints(problem: &Problem) -> Result<[i32; 5]> {
         int(problem.bias_head_stride)?,
         int(problem.lse_head_stride)?,
     ])
-}
-
-/// A decode-step kernel with `smem` bytes of dynamic shared memory allowed (and, for the fused
-/// kernel's clusters of CLUSTER CTAs, above the portable 8, that size opted in).
-pub(super) fn step_function(
-    dev: &Device,
-    spec: &KernelSpec,
-    smem: usize,
-    clusters: bool,
-) -> Result<CudaFunction> {
-    let f = dev.function(spec)?;
-    f.set_attribute(
-        FuncAttr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        smem as i32,
-    )
-    .map_err(error::driver)?;
-    if clusters {
-        f.set_attribute(
-            FuncAttr::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
-            1,
-        )
-        .map_err(error::driver)?;
-    }
-    Ok(f)
 }
 
 /// Runs a decode-step kernel over every sequence: `launch(cfg, first, flags)` launches it for

@@ -17,7 +17,7 @@
 
 use super::buffers::{self, DeviceInput};
 use super::compile::KernelSpec;
-use super::decode::{self, run_slots, slot_ints, step_function, LAUNCH_SEQS};
+use super::decode::{self, run_slots, slot_ints, LAUNCH_SEQS};
 use super::device::Device;
 use super::error;
 use super::forward::{self, CudaElement};
@@ -194,7 +194,7 @@ impl DecodeState {
         out: &mut CudaSlice<T>,
         lse: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let f = step_function(dev, &step_spec::<T>(problem.head_dim)?, smem, false)?;
+        let f = dev.function_with(&step_spec::<T>(problem.head_dim)?, smem, false)?;
         let sets = match self.sets.take() {
             Some(sets) if sets.carries(dev, params, problem) => sets,
             _ => KeptSets::select(dev, params, problem, bias)?,

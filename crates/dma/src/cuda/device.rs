@@ -6,6 +6,7 @@ use super::mapped::MappedWords;
 use super::{error, libs};
 use crate::{DmaError, Result};
 use cudarc::driver::result::{device, mem_pool};
+use cudarc::driver::sys::CUfunction_attribute as FuncAttr;
 use cudarc::driver::{sys, CudaContext, CudaFunction, CudaStream};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,8 +46,8 @@ pub struct Device {
     /// The most shared memory a CTA may opt in to, in bytes (queried once: decode calls check
     /// their layouts against it).
     max_shared_memory: usize,
-    /// Kernels loaded into this context, by kernel name.
-    functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Kernels loaded into this context, by kernel name, with the attributes set on them.
+    functions: Mutex<HashMap<String, Loaded>>,
     /// Mapped host words the fused decode's kernels report to (grown on demand).
     mapped: Mutex<Option<MappedWords>>,
 }
@@ -191,20 +192,70 @@ impl Device {
 
     /// The kernel `spec`, compiled (once per process) and loaded (once per device).
     pub fn function(&self, spec: &KernelSpec) -> Result<CudaFunction> {
+        self.function_with(spec, 0, false)
+    }
+
+    /// [`function`](Self::function), allowed `smem` bytes of dynamic shared memory and, with
+    /// `clusters`, clusters above the portable 8 CTAs. The attributes are set only when they
+    /// grow, not at every call.
+    pub(crate) fn function_with(
+        &self,
+        spec: &KernelSpec,
+        smem: usize,
+        clusters: bool,
+    ) -> Result<CudaFunction> {
         let mut loaded = self
             .functions
             .lock()
             .map_err(|_| DmaError::Cuda("kernel cache lock poisoned".into()))?;
-        if let Some(f) = loaded.get(spec.name()) {
-            return Ok(f.clone());
+        if !loaded.contains_key(spec.name()) {
+            let ptx = compile::ptx(spec, self.arch)?;
+            let module = self
+                .context()
+                .load_module(cudarc::nvrtc::Ptx::from_src(ptx.as_str()))
+                .map_err(error::driver)?;
+            let f = module.load_function(spec.name()).map_err(error::driver)?;
+            let unset = Loaded {
+                f,
+                smem: 0,
+                clusters: false,
+            };
+            loaded.insert(spec.name().to_string(), unset);
         }
-        let ptx = compile::ptx(spec, self.arch)?;
-        let module = self
-            .context()
-            .load_module(cudarc::nvrtc::Ptx::from_src(ptx.as_str()))
-            .map_err(error::driver)?;
-        let f = module.load_function(spec.name()).map_err(error::driver)?;
-        loaded.insert(spec.name().to_string(), f.clone());
-        Ok(f)
+        let entry = loaded
+            .get_mut(spec.name())
+            .expect("inserted just above when missing");
+        if smem > entry.smem {
+            let bytes = i32::try_from(smem).map_err(|_| DmaError::TooLong(smem))?;
+            entry
+                .f
+                .set_attribute(
+                    FuncAttr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes,
+                )
+                .map_err(error::driver)?;
+            entry.smem = smem;
+        }
+        if clusters && !entry.clusters {
+            entry
+                .f
+                .set_attribute(
+                    FuncAttr::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                    1,
+                )
+                .map_err(error::driver)?;
+            entry.clusters = true;
+        }
+        Ok(entry.f.clone())
     }
+}
+
+/// A kernel loaded into a device's context and the attributes set on it.
+#[derive(Debug)]
+struct Loaded {
+    f: CudaFunction,
+    /// The dynamic shared memory it is allowed, in bytes.
+    smem: usize,
+    /// Whether clusters above the portable size are allowed.
+    clusters: bool,
 }

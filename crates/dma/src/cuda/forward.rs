@@ -8,7 +8,6 @@ use super::error;
 use super::plan::{Plan, BLOCK_M, BLOCK_N};
 use super::select::{self, DevicePlan, Selection};
 use crate::{cpu, DmaError, Element, Params, Problem, Result, Shape};
-use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
 use cudarc::driver::{
     CudaFunction, CudaSlice, DeviceRepr, DeviceSlice, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
@@ -391,12 +390,7 @@ pub(crate) fn block_launch(
     plan: &Plan,
     splits: usize,
 ) -> Result<(CudaFunction, LaunchConfig, [i32; 7])> {
-    let f = dev.function(spec)?;
-    f.set_attribute(
-        Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        smem as i32,
-    )
-    .map_err(error::driver)?;
+    let f = dev.function_with(spec, smem, false)?;
     let h = &problem.heads;
     let ints = [
         h.q as i32,
