@@ -443,6 +443,7 @@ pub(super) fn select_decode(
             unsafe { l.launch(cfg) }.map_err(error::driver)?;
         }
     }
+    let bad_bias = sel.bad_bias.device_ptr();
     let mut l = s.launch_builder(&gather_k);
     l.arg(bias)
         .arg(&seqs)
@@ -455,7 +456,7 @@ pub(super) fn select_decode(
         .arg(&mut sel.cand)
         .arg(&mut sel.count)
         .arg(&mut sel.thr)
-        .arg(&mut sel.bad_bias);
+        .arg(&bad_bias);
     // SAFETY: matches the gather kernel; each slot writes at most min(P, w) <= cap keys into its
     // own list (tau is the w-th best rank, ranks are distinct).
     unsafe { l.launch(cfg) }.map_err(error::driver)?;

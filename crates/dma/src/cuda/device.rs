@@ -2,7 +2,7 @@
 //! into it.
 
 use super::compile::{self, KernelSpec};
-use super::mapped::MappedWords;
+use super::mapped::{LentWord, MappedWords, WordPool};
 use super::{error, libs};
 use crate::{DmaError, Result};
 use cudarc::driver::result::{device, mem_pool};
@@ -50,6 +50,8 @@ pub struct Device {
     functions: Mutex<HashMap<String, Loaded>>,
     /// Mapped host words the fused decode's kernels report to (grown on demand).
     mapped: Mutex<Option<MappedWords>>,
+    /// Mapped words lent to selections for their non-finite-bias reports.
+    words: WordPool,
 }
 
 impl Device {
@@ -108,6 +110,7 @@ impl Device {
             max_shared_memory,
             functions: Mutex::new(HashMap::new()),
             mapped: Mutex::new(None),
+            words: WordPool::default(),
         })
     }
 
@@ -188,6 +191,11 @@ impl Device {
             }
         };
         f(mapped.insert(words))
+    }
+
+    /// A zeroed mapped word the kernels enqueued from now on may write, read back without a copy.
+    pub(crate) fn lend_word(&self) -> Result<LentWord> {
+        LentWord::lend(&self.words, &self.stream)
     }
 
     /// The kernel `spec`, compiled (once per process) and loaded (once per device).

@@ -7,6 +7,7 @@ use super::compile::KernelSpec;
 use super::device::Device;
 use super::error;
 use super::forward::causal_arg;
+use super::mapped::LentWord;
 use super::plan::Plan;
 use crate::{DmaError, Params, Problem, Result};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
@@ -61,7 +62,8 @@ pub struct Selection {
     /// One u64 the selection kernels set when they read a non-finite bias: 0, or the complement
     /// of `(sequence * Hb + bias head) << 32 | key` of the first one in the CPU backend's order
     /// (`dma_check_bias` in kernels/common.cu).
-    pub(crate) bad_bias: CudaSlice<u64>,
+    /// A mapped host word: the call reads it without a copy once its kernels have finished.
+    pub(crate) bad_bias: LentWord,
     /// `[lists, Hb]` how many keys at the front of each causal list every row of its block that
     /// keeps anything keeps (its "sure" keys: the selection kernels move them there); unused for
     /// a non-causal selection.
@@ -109,12 +111,13 @@ impl Selection {
     /// The CPU backend's error for a non-finite bias, if the selection kernels read one
     /// ([`DmaError::NonFiniteBias`](crate::DmaError::NonFiniteBias), the first in the order sequence, bias head, key).
     ///
-    /// Costs one 8-byte device-to-host copy, which waits for everything enqueued on the stream
-    /// so far: the device entry points call it last, after their kernels are enqueued, so the GPU
-    /// never idles between them, but the calls no longer return before the GPU has finished
-    /// (the host's work for the next call cannot overlap this call's kernels; for decode, whose
-    /// host work is a large part of a call, that is measurable). The value itself is copied only
-    /// when there is an error. Keys of a sequence without queries are never read by the kernels
+    /// Waits for everything enqueued on the stream so far, then reads the kernels' report from
+    /// mapped host memory (no copy is enqueued: an 8-byte copy cost ~8 us). The device entry
+    /// points call it last, after their kernels are enqueued, so the GPU never idles between
+    /// them, but the calls no longer return before the GPU has finished (the host's work for
+    /// the next call cannot overlap this call's kernels; for decode, whose host work is a large
+    /// part of a call, that is measurable). The value itself is copied only when there is an
+    /// error. Keys of a sequence without queries are never read by the kernels
     /// and so not checked here (the host entry points check every value).
     pub(crate) fn check_bias(
         &self,
@@ -122,8 +125,8 @@ impl Selection {
         problem: &Problem,
         bias: &impl DeviceInput<f32>,
     ) -> Result<()> {
-        let flag = buffers::download(dev, &self.bad_bias)?;
-        report_bad_bias(dev, problem, bias, flag.first().copied().unwrap_or(0))
+        let flag = self.bad_bias.read_synced()?;
+        report_bad_bias(dev, problem, bias, flag)
     }
 
     /// Copies the selection to the host.
@@ -267,10 +270,7 @@ pub(crate) fn alloc_selection(
         cand: alloc(dev, "candidate lists", lists * hb * plan.cap)?,
         count: alloc(dev, "candidate counts", lists * hb)?,
         thr: alloc(dev, "row thresholds", hb * problem.total_q)?,
-        bad_bias: dev
-            .stream()
-            .alloc_zeros::<u64>(1)
-            .map_err(error::alloc("bias check flag", 8))?,
+        bad_bias: dev.lend_word()?,
         cap: plan.cap,
         sure: alloc(dev, "sure-key counts", lists * hb)?,
         made_for: made_for(params, problem, plan),
@@ -330,6 +330,7 @@ pub(crate) fn launch_lists(
         shared_mem_bytes: 0,
     };
     let (seqs, lists) = (tables.seqs(), tables.lists());
+    let bad_bias = sel.bad_bias.device_ptr();
     let mut launch = dev.stream().launch_builder(&f);
     launch
         .arg(bias)
@@ -345,7 +346,7 @@ pub(crate) fn launch_lists(
         .arg(&mut sel.count)
         .arg(&mut sel.thr)
         .arg(&mut sel.sure)
-        .arg(&mut sel.bad_bias);
+        .arg(&bad_bias);
     // SAFETY: the arguments match the kernel's signature (kernels/select.cu) and every
     // buffer holds what the plan's geometry indexes.
     unsafe { launch.launch(cfg) }.map_err(error::driver)?;
