@@ -358,6 +358,9 @@ __device__ __forceinline__ void attend_share(const T* q, const T* k, const T* v,
     }
     for (int t0 = warp; t0 < m; t0 += DEC_WARPS * KB) {
         Row kr[KB], vr[KB];
+        // The biases as loaded: scaled only where the scores are formed, so that nothing waits
+        // for them before the K and V loads are issued (a multiply here stalled the warp on
+        // each bias load first: two memory round trips per iteration instead of one).
         float bias[KB];
 #pragma unroll
         for (int u = 0; u < KB; ++u) {
@@ -365,7 +368,7 @@ __device__ __forceinline__ void attend_share(const T* q, const T* k, const T* v,
             const u32 j = t < m ? mine[t] : 0u;
             kr[u].load(k + j * kv_stride + lane * E);
             vr[u].load(v + j * kv_stride + lane * E);
-            bias[u] = t < m ? b[j] * LOG2E : -DMA_INF;
+            bias[u] = t < m ? b[j] : -DMA_INF;
         }
         // The dot products, HG heads at a time: this lane's parts, then the sums (warp_sum_each,
         // at most 32 at once: more spill). Heads past gn have q 0.
@@ -386,7 +389,7 @@ __device__ __forceinline__ void attend_share(const T* q, const T* k, const T* v,
                 float s[KB], best = -DMA_INF;
 #pragma unroll
                 for (int u = 0; u < KB; ++u) {
-                    s[u] = dots[(g - ga) * KB + u] + bias[u];
+                    s[u] = fmaf(bias[u], LOG2E, dots[(g - ga) * KB + u]);
                     best = fmaxf(best, s[u]);
                 }
                 const float nm = fmaxf(mx[g], best);
