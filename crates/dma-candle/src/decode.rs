@@ -29,7 +29,7 @@ impl DecodeState {
     }
 }
 
-/// One generation step of [`dma_attention`](crate::dma_attention): q `[B, Nq, Hq, D]` (usually
+/// One generation step of [`dma_attention`]: q `[B, Nq, Hq, D]` (usually
 /// Nq = 1) over the cache's k, v `[B, Nk, Hkv, D]` and bias `[B, Hb, Nk]`; the same result,
 /// without a gradient.
 ///

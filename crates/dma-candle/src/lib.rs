@@ -49,9 +49,9 @@
 //!
 //! For training the layers around the attention, a few f32 ops take one kernel each way on CUDA
 //! where candle's composites take many: [`rms_norm`] (and the [`RmsNorm`] layer),
-//! [`silu_mul`] (the gated MLP), [`scale_add`] (a residual with a per-column scale) and
+//! [`silu_mul()`] (the gated MLP), [`scale_add()`] (a residual with a per-column scale) and
 //! [`gather_rows`] (an embedding lookup whose backward scatters in parallel), and
-//! [`cross_entropy`] (the loss over the logits); RoPE inside [`DmaAttention`] likewise. Other
+//! [`cross_entropy()`] (the loss over the logits); RoPE inside [`DmaAttention`] likewise. Other
 //! dtypes fall back to candle's own ops.
 
 mod adamw;

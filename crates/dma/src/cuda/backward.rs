@@ -187,7 +187,7 @@ pub fn backward<T: CudaElement>(
 
 /// DMA backward on device buffers into caller-provided gradients (every element is written).
 /// With `selection = None` a non-finite bias gives [`DmaError::NonFiniteBias`](crate::DmaError::NonFiniteBias) (as in
-/// [`forward`](super::forward), the call then waits for its kernels); a selection passed in was
+/// [`forward`](super::forward()), the call then waits for its kernels); a selection passed in was
 /// checked by the forward that made it.
 pub fn backward_into<T: CudaElement>(
     dev: &Device,

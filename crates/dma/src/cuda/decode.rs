@@ -308,7 +308,7 @@ pub(super) fn decode_plan(params: &Params, problem: &Problem) -> Result<DecodePl
 /// Hkv = 8, D = 128, w = 2048: ~0.045 ms a call, docs/benchmarks.md).
 ///
 /// Returns after the GPU has finished (it synchronises the stream to report a non-finite bias as
-/// [`DmaError::NonFiniteBias`](crate::DmaError::NonFiniteBias)). A generation loop is faster
+/// [`DmaError::NonFiniteBias`]). A generation loop is faster
 /// with a [`DecodeState`](super::DecodeState), which carries the kept keys between steps.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_into<T: CudaElement>(

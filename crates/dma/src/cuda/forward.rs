@@ -223,7 +223,7 @@ pub(crate) fn check_buffers<T>(
 
 /// DMA forward on device buffers, allocating out and lse.
 ///
-/// A non-finite bias gives [`DmaError::NonFiniteBias`](crate::DmaError::NonFiniteBias) like the CPU backend: the selection
+/// A non-finite bias gives [`DmaError::NonFiniteBias`] like the CPU backend: the selection
 /// kernels flag it and the call reads the flag back at its end, so it waits for its kernels
 /// (out and lse then hold unspecified values; nothing out of bounds is ever accessed). Unlike
 /// the CPU and host entry points, a NaN among the keys of a sequence without queries is not
@@ -268,7 +268,7 @@ pub fn forward_into<T: CudaElement>(
 }
 
 /// [`forward_into`] that also returns its selection, for the backward of the same call
-/// ([`backward`](super::backward)), so that the backward does not select again.
+/// ([`backward`](super::backward())), so that the backward does not select again.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_into_with_selection<T: CudaElement>(
     dev: &Device,
@@ -539,7 +539,7 @@ pub fn select(
     Ok(sel)
 }
 
-/// [`select`] and the number of sure keys at the front of each list, `[lists, Hb]` (every key
+/// [`select()`] and the number of sure keys at the front of each list, `[lists, Hb]` (every key
 /// of a non-causal list). For tests and inspection.
 pub fn select_partitioned(
     dev: &Device,

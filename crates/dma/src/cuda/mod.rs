@@ -26,7 +26,7 @@
 //! selects the top-w cached keys and attends to them; other calls run the selection over many CTAs
 //! (`kernels/decode_select.cu`) and a split-K forward (`DMA_CUDA_NO_FUSED_DECODE` forces this).
 //!
-//! The backward ([`backward`]) runs over the forward's selection: dq, dk, dv and dbias, dk and
+//! The backward ([`backward()`]) runs over the forward's selection: dq, dk, dv and dbias, dk and
 //! dv through f32 scratch buffers (many blocks add into one key). On sm_90 at head dims 64 and
 //! 128 it is `kernels/backward_hopper.cu` (the Hopper forward's structure, with dV = P^T dO and
 //! dK = dS^T Q as warpgroup MMAs); elsewhere, and with `DMA_CUDA_NO_WGMMA`, `kernels/backward.cu`.

@@ -109,7 +109,7 @@ impl Selection {
     }
 
     /// The CPU backend's error for a non-finite bias, if the selection kernels read one
-    /// ([`DmaError::NonFiniteBias`](crate::DmaError::NonFiniteBias), the first in the order sequence, bias head, key).
+    /// ([`DmaError::NonFiniteBias`], the first in the order sequence, bias head, key).
     ///
     /// Waits for everything enqueued on the stream so far, then reads the kernels' report from
     /// mapped host memory (no copy is enqueued: an 8-byte copy cost ~8 us). The device entry
