@@ -1787,28 +1787,27 @@ fn bench_sizes(var: &str, default: &str) -> Vec<usize> {
         .collect()
 }
 
-/// Hkv of the forward and backward benchmarks: DMA_BENCH_HKV, or `default`.
-fn bench_hkv(default: usize) -> usize {
-    std::env::var("DMA_BENCH_HKV")
+/// The environment variable `var` as a number, or `default`.
+fn bench_knob(var: &str, default: usize) -> usize {
+    std::env::var(var)
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
 }
 
-/// Query heads of the forward and backward benchmarks: DMA_BENCH_HQ, or 16.
-/// The decode benchmark's head dim: DMA_BENCH_D, default 128.
-fn bench_head_dim() -> usize {
-    std::env::var("DMA_BENCH_D")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(128)
+/// Hkv of the forward and backward benchmarks: DMA_BENCH_HKV, or `default`.
+fn bench_hkv(default: usize) -> usize {
+    bench_knob("DMA_BENCH_HKV", default)
 }
 
+/// Query heads of the forward and backward benchmarks: DMA_BENCH_HQ, or 16.
 fn bench_hq() -> usize {
-    std::env::var("DMA_BENCH_HQ")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(16)
+    bench_knob("DMA_BENCH_HQ", 16)
+}
+
+/// The decode benchmark's head dim: DMA_BENCH_D, or 128.
+fn bench_head_dim() -> usize {
+    bench_knob("DMA_BENCH_D", 128)
 }
 
 /// The most device memory in use (bytes, stream-ordered allocations of the device's default
@@ -2028,8 +2027,8 @@ fn bench_backward() {
     }
 }
 
-/// Decode timing: B=1, one query, Hq=32, Hkv=8, Hb=Hkv, D=DMA_BENCH_D (default 128), bf16, w=2048, causal, context in
-/// DMA_BENCH_CTX (default 8192,32768,131072); medians of CUDA-event times over the whole
+/// Decode timing: B=1, one query, Hq=32, Hkv=8, Hb=Hkv, D=DMA_BENCH_D (default 128), bf16,
+/// w=2048, causal, context in DMA_BENCH_CTX (default 8192,32768,131072); medians of CUDA-event times over the whole
 /// `decode_into` call (planning, selection, split-K attend and combine), of a
 /// `cuda::DecodeState` step (the kept set carried from the step before), and the general
 /// forward on the same inputs for comparison.

@@ -5,15 +5,17 @@
 //! and attends to the set in one launch (kernels/decode_fused.cu, `decode_step_body`), reading
 //! the set, its w K/V rows and the new keys' biases instead of every cached bias: its cost does
 //! not grow with the context (an H100 at 128K cached keys, Hq = 32, Hkv = 8, D = 128, w = 2048:
-//! 0.023-0.029 ms a step against 0.043-0.046 ms for [`decode_into`](super::decode_into), docs/benchmarks.md).
+//! 0.023-0.029 ms a step against 0.043-0.046 ms for [`decode_into`], docs/benchmarks.md).
 //!
-//! The result is [`decode_into`](super::decode_into)'s, the same kept keys; like it, the same bits on every run.
+//! The result is [`decode_into`]'s, the same kept keys; like it, the same bits on every run.
 //! The state is rebuilt from the whole cache (the decode selection) on its first step and
 //! whenever it cannot be carried: another stream, the batch, heads, head dim or window changed,
 //! a cache is shorter than what the state has seen (a new cache) or grew by more than
 //! [`STEP_MAX_NEW`] keys, or the last step failed. Calls the kept set does not serve (a sequence
 //! without exactly one query, a GPU older than sm_90, a window too large for shared memory,
-//! `DMA_CUDA_NO_DECODE_STATE` set) run [`decode_into`](super::decode_into) instead.
+//! `DMA_CUDA_NO_DECODE_STATE` set) run [`decode_into`] instead.
+//!
+//! [`decode_into`]: super::decode_into
 
 use super::buffers::{self, DeviceInput};
 use super::compile::KernelSpec;

@@ -185,7 +185,7 @@ pub(crate) fn launch_sure_counts<'a>(
     head_dim: usize,
     sel: &'a Selection,
 ) -> Option<&'a CudaSlice<u32>> {
-    Some(sel.sure_counts(params.causal)).filter(|_| sure_keys_wanted(dev, head_dim))
+    sure_keys_wanted(dev, head_dim).then(|| sel.sure_counts(params.causal))
 }
 
 /// Dynamic shared memory of the forward kernel (`FwdSmem::BYTES`).

@@ -61,8 +61,8 @@ pub struct Selection {
     pub(crate) thr: CudaSlice<u64>,
     /// One u64 the selection kernels set when they read a non-finite bias: 0, or the complement
     /// of `(sequence * Hb + bias head) << 32 | key` of the first one in the CPU backend's order
-    /// (`dma_check_bias` in kernels/common.cu).
-    /// A mapped host word: the call reads it without a copy once its kernels have finished.
+    /// (`dma_check_bias` in kernels/common.cu). Mapped host memory: the call reads it without a
+    /// copy once its kernels have finished.
     pub(crate) bad_bias: LentWord,
     /// `[lists, Hb]` how many keys at the front of each causal list every row of its block that
     /// keeps anything keeps (its "sure" keys: the selection kernels move them there); unused for
