@@ -1079,13 +1079,14 @@ fn selection_matches_cpu() {
 /// The sure keys the Hopper forward takes: the selection puts each causal list's sure keys
 /// first, and the sure count is exactly the number of the list's keys ranked at least the
 /// largest threshold of a row that keeps anything (so each is kept by every such row), all of
-/// them before the list's first row; the list's own keys come last, ascending. Two calls agree.
-/// A non-causal list's keys are all sure.
+/// them before the list's first row; the list's own keys that some row keeps come last,
+/// ascending, and no others; the first-block count is what the list's first BLOCK_M rows see. Two
+/// calls agree. A non-causal list's keys are all sure.
 #[test]
 fn partition_puts_the_sure_keys_first() {
     let Some(dev) = device() else { return };
     let mut partitioned = 0;
-    with_random_biases(&dev, 1, |case, shape, _, dbias| {
+    with_random_biases(&dev, 1, |case, shape, bias, dbias| {
         let problem = shape.problem().unwrap();
         let params = case.params();
         let label = case.label();
@@ -1120,15 +1121,28 @@ fn partition_puts_the_sure_keys_first() {
                     let slot = list * hb + h;
                     let n = sel.count[slot] as usize;
                     let keys = &sel.cand[slot * sel.cap..slot * sel.cap + n];
-                    let own = n - (e0 - p0);
                     let index = |r: &u64| *r as u32 as usize;
+                    let thr = &sel.thr[h * problem.total_q + seq.q_start..][first..end];
+                    // The own keys some row keeps (the row at the key's position, whose
+                    // threshold is the lowest of the rows that see it), ascending, last.
+                    let bias = &bias[problem.bias_range(seq, h)];
+                    let kept_own: Vec<usize> = (p0..e0)
+                        .filter(|&j| {
+                            let r = (j as i64 - seq.query_offset()) as usize - first;
+                            rank(bias[j], j) >= thr[r]
+                        })
+                        .collect();
+                    let own = n - kept_own.len();
                     let own_keys: Vec<usize> = keys[own..].iter().map(index).collect();
-                    assert_eq!(own_keys, (p0..e0).collect::<Vec<_>>(), "{label}: own keys");
+                    assert_eq!(own_keys, kept_own, "{label}: own keys");
                     assert!(
                         keys[..own].iter().all(|r| index(r) < p0),
                         "{label}: keys before"
                     );
-                    let thr = &sel.thr[h * problem.total_q + seq.q_start..][first..end];
+                    // The first block's rows see the keys up to its last row's position.
+                    let last = seq.query_offset() + (first + cuda::BLOCK_M).min(end) as i64 - 1;
+                    let seen = keys.iter().filter(|r| index(r) as i64 <= last).count();
+                    assert_eq!(sel.first_count[slot] as usize, seen, "{label}: first count");
                     let live = thr.iter().copied().filter(|&t| t != u64::MAX);
                     let t_star = live.clone().max().unwrap_or(0);
                     let s = sure[slot] as usize;

@@ -284,7 +284,8 @@ fn launch<T: CudaElement>(
         .arg(&seqs)
         .arg(&blocks)
         .arg(&sel.cand)
-        .arg(&sel.count);
+        .arg(&sel.count)
+        .arg(&sel.first_count);
     // The Hopper backward skips the keep test of each list's sure keys, like the forward
     // (backward.cu ignores them).
     let null = 0u64;

@@ -349,7 +349,8 @@ pub(crate) fn attend<T: CudaElement>(
         .arg(&seqs)
         .arg(&blocks)
         .arg(&sel.cand)
-        .arg(&sel.count);
+        .arg(&sel.count)
+        .arg(&sel.first_count);
     match sure {
         Some(s) => launch.arg(s),
         None => launch.arg(&null),

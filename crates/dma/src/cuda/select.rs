@@ -56,6 +56,10 @@ pub struct Selection {
     pub(crate) cand: CudaSlice<u64>,
     /// `[lists, Hb]` number of keys of each list.
     pub(crate) count: CudaSlice<u32>,
+    /// `[lists, Hb]` how many of each list's keys its first block of `plan::BLOCK_M` rows can see
+    /// (causal: the first block of a two-block list stops before the second block's own keys;
+    /// `dma_visible_count` in kernels/common.cu).
+    pub(crate) first_count: CudaSlice<u32>,
     /// `[Hb, total_q]` threshold rank of each query row (see `dma::selection::rank`); a row keeps
     /// key j iff rank_j >= threshold (and j <= its position when causal).
     pub(crate) thr: CudaSlice<u64>,
@@ -79,6 +83,9 @@ pub struct HostSelection {
     /// Candidate ranks; `rank as u32` is the key index.
     pub cand: Vec<u64>,
     pub count: Vec<u32>,
+    /// How many of each list's keys its first block of [`BLOCK_M`](super::BLOCK_M) rows can see
+    /// (causal lists).
+    pub first_count: Vec<u32>,
     pub thr: Vec<u64>,
     /// Capacity of each list in `cand`.
     pub cap: usize,
@@ -134,6 +141,7 @@ impl Selection {
         Ok(HostSelection {
             cand: buffers::download(dev, &self.cand)?,
             count: buffers::download(dev, &self.count)?,
+            first_count: buffers::download(dev, &self.first_count)?,
             thr: buffers::download(dev, &self.thr)?,
             cap: self.cap,
         })
@@ -269,6 +277,7 @@ pub(crate) fn alloc_selection(
     Ok(Selection {
         cand: alloc(dev, "candidate lists", lists * hb * plan.cap)?,
         count: alloc(dev, "candidate counts", lists * hb)?,
+        first_count: alloc(dev, "first-block counts", lists * hb)?,
         thr: alloc(dev, "row thresholds", hb * problem.total_q)?,
         bad_bias: dev.lend_word()?,
         cap: plan.cap,
@@ -344,6 +353,7 @@ pub(crate) fn launch_lists(
         .arg(&total_q)
         .arg(&mut sel.cand)
         .arg(&mut sel.count)
+        .arg(&mut sel.first_count)
         .arg(&mut sel.thr)
         .arg(&mut sel.sure)
         .arg(&bad_bias);

@@ -37,6 +37,7 @@ __device__ __forceinline__ void backward_body(
     const T* __restrict__ out, const T* __restrict__ dout, const float* __restrict__ lse,
     const SeqInfo* __restrict__ seqs, const int4* __restrict__ blocks,
     const u64* __restrict__ cand, const u32* __restrict__ cand_count,
+    const u32* __restrict__ first_count,
     const u64* __restrict__ thr, T* __restrict__ dq, float* __restrict__ dk_acc,
     float* __restrict__ dv_acc, float* __restrict__ dbias, int q_heads, int kv_heads,
     int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,
@@ -68,7 +69,8 @@ __device__ __forceinline__ void backward_body(
     const int offset = s.nk - s.nq;
     // The list's keys this block's rows can see (the first block of a two-block list stops
     // before the second block's own keys).
-    const int count = dma_visible_count<CAUSAL>(list, (int)cand_count[slot], offset + B.z - 1);
+    const int count = dma_visible_count<CAUSAL>(list, (int)cand_count[slot],
+                                                (int)first_count[slot], offset + B.z - 1);
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
     const int tiles = (count + BN - 1) / BN;
 
@@ -308,17 +310,18 @@ __device__ __forceinline__ void backward_body(
 }
 
 // `sure` (the lists' sure-key counts) is the Hopper backward's; this kernel tests every key.
-#define DMA_BACKWARD_KERNEL(NAME, T, D, CAUSAL, BN)                                               \
-    extern "C" __global__ void __launch_bounds__(BWD_THREADS)                                     \
-        NAME(const T* q, const T* k, const T* v, const T* out, const T* dout, const float* lse,   \
-             const SeqInfo* seqs, const int4* blocks, const u64* cand, const u32* cand_count,     \
-             const u32* sure, const u64* thr, T* dq, float* dk_acc, float* dv_acc, float* dbias,  \
-             int q_heads, int kv_heads, int bias_heads, int bias_head_stride,                     \
-             int lse_head_stride, int total_q, int cap, float scale, float scale_log2) {          \
-        backward_body<T, D, CAUSAL, BN>(q, k, v, out, dout, lse, seqs, blocks, cand, cand_count,  \
-                                        thr, dq, dk_acc, dv_acc, dbias, q_heads, kv_heads,        \
-                                        bias_heads, bias_head_stride, lse_head_stride, total_q,   \
-                                        cap, scale, scale_log2);                                  \
+#define DMA_BACKWARD_KERNEL(NAME, T, D, CAUSAL, BN)                                                \
+    extern "C" __global__ void __launch_bounds__(BWD_THREADS)                                      \
+        NAME(const T* q, const T* k, const T* v, const T* out, const T* dout, const float* lse,    \
+             const SeqInfo* seqs, const int4* blocks, const u64* cand, const u32* cand_count,      \
+             const u32* first_count, const u32* sure, const u64* thr, T* dq, float* dk_acc,        \
+             float* dv_acc, float* dbias, int q_heads, int kv_heads, int bias_heads,               \
+             int bias_head_stride, int lse_head_stride, int total_q, int cap, float scale,         \
+             float scale_log2) {                                                                   \
+        backward_body<T, D, CAUSAL, BN>(q, k, v, out, dout, lse, seqs, blocks, cand, cand_count,   \
+                                        first_count, thr, dq, dk_acc, dv_acc, dbias, q_heads,      \
+                                        kv_heads, bias_heads, bias_head_stride, lse_head_stride,   \
+                                        total_q, cap, scale, scale_log2);                          \
     }
 
 // dk and dv (T) from their f32 scratch buffers, n elements each, in one launch: four elements

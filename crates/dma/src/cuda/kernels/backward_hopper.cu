@@ -91,6 +91,7 @@ __device__ __forceinline__ void backward_hopper_body(
     const T* __restrict__ out, const T* __restrict__ dout, const float* __restrict__ lse,
     const SeqInfo* __restrict__ seqs, const int4* __restrict__ blocks,
     const u64* __restrict__ cand, const u32* __restrict__ cand_count,
+    const u32* __restrict__ first_count,
     const u32* __restrict__ sure, const u64* __restrict__ thr, T* __restrict__ dq, float* __restrict__ dk_acc,
     float* __restrict__ dv_acc, float* __restrict__ dbias, int q_heads, int kv_heads,
     int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,
@@ -117,7 +118,8 @@ __device__ __forceinline__ void backward_hopper_body(
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
     const BlockWork w =
-        block_work<CAUSAL>(blocks, seqs, cand, cand_count, sure, q_heads, kv_heads, bias_heads, cap);
+        block_work<CAUSAL>(blocks, seqs, cand, cand_count, first_count, sure, q_heads,
+                           kv_heads, bias_heads, cap);
     const int4 B = w.B;
     const int count = w.count, tiles = w.tiles;
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
@@ -308,15 +310,16 @@ __device__ __forceinline__ void backward_hopper_body(
 
 // The same signature as DMA_BACKWARD_KERNEL (cuda/backward.rs launches either). min blocks 1
 // caps the registers at entry, which setmaxnreg needs.
-#define DMA_BACKWARD_HOPPER_KERNEL(NAME, T, D, CAUSAL)                                            \
-    extern "C" __global__ void __launch_bounds__(HOP_THREADS, 1)                                  \
-        NAME(const T* q, const T* k, const T* v, const T* out, const T* dout, const float* lse,   \
-             const SeqInfo* seqs, const int4* blocks, const u64* cand, const u32* cand_count,     \
-             const u32* sure, const u64* thr, T* dq, float* dk_acc, float* dv_acc, float* dbias,  \
-             int q_heads, int kv_heads, int bias_heads, int bias_head_stride,                     \
-             int lse_head_stride, int total_q, int cap, float scale, float scale_log2) {          \
-        backward_hopper_body<T, D, CAUSAL, HOPB_STAGES(D)>(                                       \
-            q, k, v, out, dout, lse, seqs, blocks, cand, cand_count, sure, thr, dq, dk_acc,       \
-            dv_acc, dbias, q_heads, kv_heads, bias_heads, bias_head_stride, lse_head_stride,      \
-            total_q, cap, scale, scale_log2);                                                     \
+#define DMA_BACKWARD_HOPPER_KERNEL(NAME, T, D, CAUSAL)                                             \
+    extern "C" __global__ void __launch_bounds__(HOP_THREADS, 1)                                   \
+        NAME(const T* q, const T* k, const T* v, const T* out, const T* dout, const float* lse,    \
+             const SeqInfo* seqs, const int4* blocks, const u64* cand, const u32* cand_count,      \
+             const u32* first_count, const u32* sure, const u64* thr, T* dq, float* dk_acc,        \
+             float* dv_acc, float* dbias, int q_heads, int kv_heads, int bias_heads,               \
+             int bias_head_stride, int lse_head_stride, int total_q, int cap, float scale,         \
+             float scale_log2) {                                                                   \
+        backward_hopper_body<T, D, CAUSAL, HOPB_STAGES(D)>(                                        \
+            q, k, v, out, dout, lse, seqs, blocks, cand, cand_count, first_count, sure, thr, dq,   \
+            dk_acc, dv_acc, dbias, q_heads, kv_heads, bias_heads, bias_head_stride,                \
+            lse_head_stride, total_q, cap, scale, scale_log2);                                     \
     }

@@ -49,21 +49,21 @@ __device__ __forceinline__ bool dma_keeps(u64 rank, u64 thr, int pos) {
     return rank >= thr && (!CAUSAL || (int)(u32)rank <= pos);
 }
 
-// How many leading keys of a list of `count` keys a CTA must read, its last row at position
-// last_pos. A causal list ends with its rows' own keys [P, E), contiguous and ascending (select.cu;
-// the partition keeps them last), and its other keys precede P, the position of its first row
-// (clamped to [0, Nk]), so none of them lies past last_pos: the keys past last_pos are the last
-// index(list[count - 1]) - last_pos, or all of them when last_pos < 0 (rows before any key). The
-// first CTA of a list of two blocks skips them: they fail the causal test, so this saves work and
-// changes no result. Ranks are loaded in 16-byte pairs, so the count is rounded up to even (at
-// most `count`): then no pair brings in an uncounted real key, and a counted key past last_pos
-// is the last counted one, so the tile holding it reaches past the block's first row and takes
-// the causal test. Not causal: `count`.
+// How many leading keys of a list a CTA must read, its last row at position last_pos: `count`
+// keys in all, of which `first_count` are at most the last position of the list's first
+// DMA_BLOCK_M rows (select.cu writes both). A causal list ends with those of its rows' own keys
+// [P, E) that some row keeps, ascending, and its other keys precede P, the position of its first
+// row (clamped to [0, Nk]): so a block sees every key when it sees the last one, and only the
+// first block of a two-block list can see fewer, exactly `first_count` (its rows fail the causal
+// test on the rest, so skipping them saves work and changes no result). Ranks are loaded in
+// 16-byte pairs, so the count is rounded up to even (at most `count`): then no pair brings in an
+// uncounted real key, and a counted key past last_pos is the last counted one, so the tile holding
+// it reaches past the block's first row and takes the causal test. Not causal: `count`.
 template <bool CAUSAL>
-__device__ __forceinline__ int dma_visible_count(const u64* list, int count, int last_pos) {
+__device__ __forceinline__ int dma_visible_count(const u64* list, int count, int first_count,
+                                                 int last_pos) {
     if (!CAUSAL || count == 0) return count;
-    const int past = (int)(u32)list[count - 1] - last_pos;
-    const int visible = count - min(max(past, 0), count);
+    const int visible = (int)(u32)list[count - 1] <= last_pos ? count : first_count;
     return min((visible + 1) & ~1, count);
 }
 

@@ -31,7 +31,8 @@ __device__ __forceinline__ void forward_body(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
     const SeqInfo* __restrict__ seqs,
     const int4* __restrict__ blocks, const u64* __restrict__ cand,
-    const u32* __restrict__ cand_count, const u64* __restrict__ thr, T* __restrict__ out,
+    const u32* __restrict__ cand_count, const u32* __restrict__ first_count,
+    const u64* __restrict__ thr, T* __restrict__ out,
     float* __restrict__ lse, float* __restrict__ part, int q_heads, int kv_heads,
     int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,
     float scale_log2) {
@@ -58,7 +59,8 @@ __device__ __forceinline__ void forward_body(
     const int offset = s.nk - s.nq;
     // The list's keys this block's rows can see (the first block of a two-block list stops
     // before the second block's own keys).
-    const int count = dma_visible_count<CAUSAL>(list, (int)cand_count[slot], offset + B.z - 1);
+    const int count = dma_visible_count<CAUSAL>(list, (int)cand_count[slot],
+                                                (int)first_count[slot], offset + B.z - 1);
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
     const int tiles = (count + BN - 1) / BN;
     // Split-K (gridDim.z > 1, decode): this CTA runs tiles [t0, t1) and writes a partial result.
@@ -224,16 +226,17 @@ __device__ __forceinline__ void forward_body(
 
 // `sure` (the Hopper forward's count of keys kept by every row, forward_hopper.cu) is unused here:
 // this kernel tests every key.
-#define DMA_FORWARD_KERNEL(NAME, T, D, CAUSAL, BN)                                                \
-    extern "C" __global__ void __launch_bounds__(FWD_THREADS)                                     \
-        NAME(const T* q, const T* k, const T* v, const SeqInfo* seqs,                             \
-             const int4* blocks, const u64* cand, const u32* cand_count, const u32* sure,         \
-             const u64* thr, T* out, float* lse, float* part, int q_heads, int kv_heads,          \
-             int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,     \
-             float scale_log2) {                                                                  \
-        forward_body<T, D, CAUSAL, BN>(q, k, v, seqs, blocks, cand, cand_count, thr, out, lse,    \
-                                       part, q_heads, kv_heads, bias_heads, bias_head_stride,     \
-                                       lse_head_stride, total_q, cap, scale_log2);                \
+#define DMA_FORWARD_KERNEL(NAME, T, D, CAUSAL, BN)                                                 \
+    extern "C" __global__ void __launch_bounds__(FWD_THREADS)                                      \
+        NAME(const T* q, const T* k, const T* v, const SeqInfo* seqs, const int4* blocks,          \
+             const u64* cand, const u32* cand_count, const u32* first_count, const u32* sure,      \
+             const u64* thr, T* out, float* lse, float* part, int q_heads, int kv_heads,           \
+             int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,      \
+             float scale_log2) {                                                                   \
+        forward_body<T, D, CAUSAL, BN>(q, k, v, seqs, blocks, cand, cand_count, first_count, thr,  \
+                                       out, lse, part, q_heads, kv_heads, bias_heads,              \
+                                       bias_head_stride, lse_head_stride, total_q, cap,            \
+                                       scale_log2);                                                \
     }
 
 // Split-K combine: one warp per (query row, query head) of `rows` = total_q * q_heads; out and lse

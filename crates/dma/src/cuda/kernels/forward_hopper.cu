@@ -36,6 +36,7 @@ __device__ __forceinline__ void forward_hopper_body(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
     const SeqInfo* __restrict__ seqs, const int4* __restrict__ blocks,
     const u64* __restrict__ cand, const u32* __restrict__ cand_count,
+    const u32* __restrict__ first_count,
     const u32* __restrict__ sure, const u64* __restrict__ thr, T* __restrict__ out,
     float* __restrict__ lse, int q_heads,
     int kv_heads, int bias_heads, int lse_head_stride, int total_q, int cap, float scale_log2) {
@@ -56,7 +57,8 @@ __device__ __forceinline__ void forward_hopper_body(
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
     const BlockWork w =
-        block_work<CAUSAL>(blocks, seqs, cand, cand_count, sure, q_heads, kv_heads, bias_heads, cap);
+        block_work<CAUSAL>(blocks, seqs, cand, cand_count, first_count, sure, q_heads,
+                           kv_heads, bias_heads, cap);
     const int4 B = w.B;
     const int count = w.count, tiles = w.tiles;
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
@@ -178,14 +180,14 @@ __device__ __forceinline__ void forward_hopper_body(
 // The same signature as DMA_FORWARD_KERNEL (cuda/forward.rs launches either); the split-K
 // scratch and the bias head stride are unused here (no split-K: decode keeps forward.cu).
 // min blocks 1 caps the registers at entry, which setmaxnreg needs.
-#define DMA_FORWARD_HOPPER_KERNEL(NAME, T, D, CAUSAL)                                     \
-    extern "C" __global__ void __launch_bounds__(HOP_THREADS, 1)                                  \
-        NAME(const T* q, const T* k, const T* v, const SeqInfo* seqs,                             \
-             const int4* blocks, const u64* cand, const u32* cand_count, const u32* sure,         \
-             const u64* thr, T* out, float* lse, float* part, int q_heads, int kv_heads,          \
-             int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,     \
-             float scale_log2) {                                                                  \
-        forward_hopper_body<T, D, CAUSAL, HOP_STAGES>(q, k, v, seqs, blocks, cand, cand_count, sure, thr, \
-                                                  out, lse, q_heads, kv_heads, bias_heads,       \
-                                                  lse_head_stride, total_q, cap, scale_log2);    \
+#define DMA_FORWARD_HOPPER_KERNEL(NAME, T, D, CAUSAL)                                              \
+    extern "C" __global__ void __launch_bounds__(HOP_THREADS, 1)                                   \
+        NAME(const T* q, const T* k, const T* v, const SeqInfo* seqs, const int4* blocks,          \
+             const u64* cand, const u32* cand_count, const u32* first_count, const u32* sure,      \
+             const u64* thr, T* out, float* lse, float* part, int q_heads, int kv_heads,           \
+             int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,      \
+             float scale_log2) {                                                                   \
+        forward_hopper_body<T, D, CAUSAL, HOP_STAGES>(                                             \
+            q, k, v, seqs, blocks, cand, cand_count, first_count, sure, thr, out, lse, q_heads,    \
+            kv_heads, bias_heads, lse_head_stride, total_q, cap, scale_log2);                      \
     }

@@ -194,6 +194,7 @@ __device__ __forceinline__ BlockWork block_work(const int4* __restrict__ blocks,
                                                 const SeqInfo* __restrict__ seqs,
                                                 const u64* __restrict__ cand,
                                                 const u32* __restrict__ cand_count,
+                                                const u32* __restrict__ first_count,
                                                 const u32* __restrict__ sure, int q_heads,
                                                 int kv_heads, int bias_heads, int cap) {
     BlockWork w;
@@ -205,7 +206,8 @@ __device__ __forceinline__ BlockWork block_work(const int4* __restrict__ blocks,
     w.slot = (i64)w.B.w * bias_heads + w.hb;
     w.list = cand + w.slot * cap;
     w.offset = w.s.nk - w.s.nq;
-    w.count = dma_visible_count<CAUSAL>(w.list, (int)cand_count[w.slot], w.offset + w.B.z - 1);
+    w.count = dma_visible_count<CAUSAL>(w.list, (int)cand_count[w.slot],
+                                        (int)first_count[w.slot], w.offset + w.B.z - 1);
     w.tiles = (w.count + HOP_BN - 1) / HOP_BN;
     w.sure_tiles = sure ? (int)sure[w.slot] / HOP_BN : 0;
     return w;

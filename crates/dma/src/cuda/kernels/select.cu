@@ -4,13 +4,14 @@
 // forward blocks; cuda/plan.rs) or a whole sequence (not causal). For a causal list whose first
 // row sits at position p0, with P = clamp(p0, 0, Nk) and the list's own keys [P, E), E - P <= R:
 //   tau   = the w-th best rank among keys [0, P) (radix select; every key when P <= w),
-//   list  = { j < P : rank_j >= tau } ++ [P, E)        (at most w + R keys; the first part's
-//           sure keys first, see the end of select_body; [P, E) ascending), stored as the keys'
-//           ranks (index in the low word, order-preserving bias bits above),
-//   thr_p = the w-th best rank among { list keys <= p } for each row p of the list,
+//   thr_p = the w-th best rank among { j <= p } for each row p of the list,
+//   list  = { j < P : rank_j >= tau } ++ { j in [P, E) : rank_j >= thr_j }
+//           (at most w + R keys; the first part's sure keys first, the second ascending: see the
+//           end of select_body), stored as the keys' ranks (index in the low word,
+//           order-preserving bias bits above),
 // and row p keeps key j iff j <= p and rank_j >= thr_p. Every row's kept set lies in the list
 // because the w-th best rank only rises with p. thr_p is found among the (E - P) + 1 smallest
-// ranks of the list (derived above the row loop below).
+// ranks of { j < P : rank_j >= tau } ++ [P, E) (derived above the row loop below).
 //
 // Anchors (every ANCHOR_EVERY-th list of a sequence, cuda/plan.rs, which says why 8) radix-select
 // over all P earlier keys: O(N^2 / (R * ANCHOR_EVERY)) bias reads per head. The lists between
@@ -34,6 +35,7 @@ struct SelectShared {
     u32 digit, need, nz, exact;
     u64 min_key;
     u64 t_star;  // the largest threshold of a list's rows that keep anything (0: none)
+    u32 own_kept[DMA_LIST_M / 32];  // bit i: own key P + i is kept by some row (its own)
     // Z (below): at most DMA_LIST_M + 1 ranks, padded to a power of two for the sort.
     u64 z[2 * DMA_LIST_M];
 };
@@ -256,7 +258,7 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
                                             const int* __restrict__ ids, int window, int cap,
                                             int bias_heads, int bias_head_stride, int total_q,
                                             u64* __restrict__ cand, u32* __restrict__ cand_count,
-                                            u64* __restrict__ thr, u32* __restrict__ sure,
+                                            u32* __restrict__ first_count, u64* __restrict__ thr, u32* __restrict__ sure,
                                             u64* __restrict__ bad_bias) {
     __shared__ SelectShared sh;
     const int id = ids[blockIdx.x];
@@ -277,8 +279,9 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     auto key_rank = [&](int i) { return dma_rank(b[i], i); };
 
     // The keys that may be among the w best before P: all of [0, P) for an anchor; for a list
-    // after its anchor a, the anchor's list (the w best before P_a and the keys [P_a, E_a)) and
-    // the keys [E_a, P), since a key outside the w best before P_a stays outside after it.
+    // after its anchor a, the anchor's list (the w best before P_a, and the keys of [P_a, E_a)
+    // that some row kept) and the keys [E_a, P), since a key outside the w best of the keys
+    // before some position stays outside after it.
     int n = P, from_list = 0, range_start = 0;
     const u64* anchor_list = list;
     if (FROM_ANCHOR) {
@@ -313,12 +316,18 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
         list[kept_before + i - P] = key_rank(i);
     }
     const int count = kept_before + (E - P);
-    if (threadIdx.x == 0) cand_count[slot] = (u32)count;
-    // Rank 0 (below every threshold) up to the next whole tile: the forward reads whole tiles.
-    const int padded = min((count + DMA_TILE_N - 1) / DMA_TILE_N * DMA_TILE_N, cap);
-    for (int i = count + threadIdx.x; i < padded; i += THREADS) list[i] = DMA_NO_KEY;
-
+    // The list's counts (common.cu's dma_visible_count), and rank 0 (below every threshold) from
+    // its end up to the next whole tile: the forward reads whole tiles.
+    auto finish = [&](int n, int first) {
+        if (threadIdx.x == 0) {
+            cand_count[slot] = (u32)n;
+            first_count[slot] = (u32)first;
+        }
+        const int padded = min((n + DMA_TILE_N - 1) / DMA_TILE_N * DMA_TILE_N, cap);
+        for (int i = n + threadIdx.x; i < padded; i += THREADS) list[i] = DMA_NO_KEY;
+    };
     if (!CAUSAL) {
+        finish(count, count);
         for (int r = threadIdx.x; r < s.nq; r += THREADS) row_thr[r] = tau;
         return;
     }
@@ -343,6 +352,7 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
         sh.nz = 0;
         sh.t_star = 0;
     }
+    if (threadIdx.x < DMA_LIST_M / 32) sh.own_kept[threadIdx.x] = 0;
     __syncthreads();
     for (int i = threadIdx.x; i < count; i += THREADS) {
         const u64 r = list_rank(i);
@@ -377,6 +387,11 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     auto write = [&](int r, u64 t) {
         row_thr[r] = t;
         if (t != DMA_KEEP_NONE) atomicMax(&sh.t_star, t);
+        // The own key at this row's position is kept by some row iff by this one: thresholds
+        // only rise with the position, and rows before it do not see it.
+        const int i = offset + r - P;
+        if (i >= 0 && i < own && list[kept_before + i] >= t)
+            atomicOr(&sh.own_kept[i >> 5], 1u << (i & 31));
     };
     thresholds_from_sorted<THREADS>(sh.z, nw, L.y, L.z, offset, want, write);
     __syncthreads();  // t*, and Z is read no more
@@ -387,9 +402,9 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     // t* is one of Z's ranks (or DMA_KEEP_ALL, which no key is below), and Z holds the list's
     // smallest ranks, so every key ranked below t* is among Z's nz <= 2 * DMA_LIST_M ranks: a
     // stable partition of the keys before P moves the sure ones to the front in place and stages
-    // the others (about E - P of w + E - P) in Z's room. The own keys [P, E) stay last and
-    // ascending, which the forward's causal shortcut and dma_visible_count need; the keys before
-    // P are a set to every kernel (the keep rule reads them so).
+    // the others (about E - P of w + E - P) in Z's room. The own keys stay last and ascending,
+    // which the forward's causal shortcut and dma_visible_count need; the keys before P are a set
+    // to every kernel (the keep rule reads them so).
     const u64 ts = sh.t_star;
     auto is_sure = [=](u64 rank) { return rank >= ts; };
     int n_sure = 0;
@@ -400,14 +415,34 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
             list[i] = sh.z[i - n_sure];
     }
     if (threadIdx.x == 0) sure[slot] = (u32)n_sure;
+
+    // Then the own keys some row keeps, in place and still ascending; the others go. Row p keeps
+    // an own key with probability about w / p, so at p = 32K, w = 2048 a 256-row list holds about
+    // w + 16 keys instead of w + 256: fewer tiles for the forward and backward.
+    auto own_rank = [&](int i) { return list[kept_before + i]; };
+    auto kept_by_a_row = [&](u64 rank) {
+        const int i = (int)(u32)rank - P;
+        return (sh.own_kept[i >> 5] >> (i & 31) & 1u) != 0;
+    };
+    const int kept = compact_ordered<THREADS, 1>(own, own_rank, kept_by_a_row, list, kept_before,
+                                                 sh.warp_counts);
+    // The keys the list's first DMA_BLOCK_M rows see: those before P, and the own keys up to the
+    // last of those rows' positions.
+    const int seen = min(max(offset + L.y + DMA_BLOCK_M - P, 0), own);
+    int first = kept_before;
+    for (int word = 0; word * 32 < seen; ++word) {
+        const int bits = seen - word * 32;
+        first += __popc(sh.own_kept[word] & (bits >= 32 ? ~0u : (1u << bits) - 1u));
+    }
+    finish(kept, first);
 }
 
 #define DMA_SELECT_KERNEL(NAME, CAUSAL, FROM_ANCHOR, THREADS)                                    \
     extern "C" __global__ void __launch_bounds__(THREADS)                                        \
         NAME(const float* bias, const SeqInfo* seqs, const int4* lists, const int* ids,          \
              int window, int cap, int bias_heads, int bias_head_stride, int total_q, u64* cand,   \
-             u32* cand_count, u64* thr, u32* sure, u64* bad_bias) {                              \
+             u32* cand_count, u32* first_count, u64* thr, u32* sure, u64* bad_bias) {            \
         select_body<CAUSAL, FROM_ANCHOR, THREADS>(bias, seqs, lists, ids, window, cap,           \
                                                   bias_heads, bias_head_stride, total_q, cand,   \
-                                                  cand_count, thr, sure, bad_bias);              \
+                                                  cand_count, first_count, thr, sure, bad_bias); \
     }
