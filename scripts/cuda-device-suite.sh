@@ -5,7 +5,8 @@
 # `dma selftest --device cuda` (kernels, the dma-candle op with backward, a Doge on the GPU).
 # The forward and backward tests run four times: as by default on sm_90 (the Hopper kernels, sure
 # keys, lists of 256 rows), without the Hopper kernels (DMA_CUDA_NO_WGMMA=1), without sure keys
-# (DMA_CUDA_NO_SURE_KEYS=1) and with 128-row lists (DMA_CUDA_LIST_ROWS=128); the decode test also
+# (DMA_CUDA_NO_SURE_KEYS=1) and with 128-row lists (DMA_CUDA_LIST_ROWS=128), the forward also with
+# its kernels launched one after another (DMA_CUDA_NO_OVERLAP=1); the decode test also
 # without the fused decode kernel (DMA_CUDA_NO_FUSED_DECODE=1).
 # Logs in $OUT, a summary last. Knobs: SKIP_TESTS=1 (the kernel tests), SKIP_SWITCHES=1 (their
 # runs under the switches), SKIP_SANITIZER=1, SAN_EVERY, SAN_TIMEOUT.
@@ -52,6 +53,10 @@ if [ "${SKIP_SWITCHES:-0}" != 1 ]; then
       grep -E "worst|panicked|test result" "$OUT/tests-${switch%=*}-$t.log" >>"$S"
     done
   done
+  # The forward's selection and attention launched one after another, not overlapped.
+  DMA_CUDA_NO_OVERLAP=1 timeout 200 $B --exact forward_matches_cpu --nocapture >"$OUT/tests-no-overlap.log" 2>&1
+  echo "forward_matches_cpu with DMA_CUDA_NO_OVERLAP=1 rc=$?" >>"$S"
+  grep -E "worst|panicked|test result" "$OUT/tests-no-overlap.log" >>"$S"
 fi
 if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
   # Per run: racecheck of the decode test took 150.4 s in stop 21 (the whole sanitizer call

@@ -231,6 +231,7 @@ pub fn backward_into<T: CudaElement>(
                 &plan,
                 &tables,
                 &inputs.bias.view(),
+                None,
             )?),
         };
         launch(

@@ -358,6 +358,7 @@ pub fn decode_into<T: CudaElement>(
         out,
         lse,
         part.as_mut().map(|part| (splits, part)),
+        None,
     )?;
     // Last, so the GPU runs selection and attend back to back (Selection::check_bias: this waits
     // for the call's kernels).
@@ -461,7 +462,9 @@ pub(super) fn select_decode(
     // own list (tau is the w-th best rank, ranks are distinct).
     unsafe { l.launch(cfg) }.map_err(error::driver)?;
     if params.causal {
-        select::launch_lists(dev, params, problem, plan, tables, bias, &mut sel, true)?;
+        select::launch_lists(
+            dev, params, problem, plan, tables, bias, &mut sel, true, None,
+        )?;
     }
     Ok(sel)
 }

@@ -2,6 +2,7 @@
 //! into it.
 
 use super::compile::{self, KernelSpec};
+use super::launch::Ready;
 use super::mapped::{LentWord, MappedWords, WordPool};
 use super::{error, libs};
 use crate::{DmaError, Result};
@@ -52,6 +53,8 @@ pub struct Device {
     mapped: Mutex<Option<MappedWords>>,
     /// Mapped words lent to selections for their non-finite-bias reports.
     words: WordPool,
+    /// The ready flags of overlapped forwards (grown on demand) and the last epoch given out.
+    ready: Mutex<Option<Ready>>,
 }
 
 impl Device {
@@ -111,6 +114,7 @@ impl Device {
             functions: Mutex::new(HashMap::new()),
             mapped: Mutex::new(None),
             words: WordPool::default(),
+            ready: Mutex::new(None),
         })
     }
 
@@ -196,6 +200,31 @@ impl Device {
     /// A zeroed mapped word the kernels enqueued from now on may write, read back without a copy.
     pub(crate) fn lend_word(&self) -> Result<LentWord> {
         LentWord::lend(&self.words, &self.stream)
+    }
+
+    /// Ready flags for `lists` lists and a new epoch, for one overlapped forward (launch.rs). The
+    /// flags outlive the calls: a flag holds the epoch of the call that last published its list,
+    /// so no call clears them. A new buffer (grown, or after 2^30 calls, before the kernels'
+    /// comparison of epochs could wrap) starts at zero and its epochs at 1.
+    pub(crate) fn ready_flags(&self, lists: usize) -> Result<Ready> {
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        let (flags, last) = match ready.take() {
+            Some(r) if r.flags.len() >= lists && r.epoch < 1 << 30 => (r.flags, r.epoch),
+            old => {
+                let n = lists.max(old.map_or(0, |r| r.flags.len())).max(1);
+                let flags = self
+                    .stream
+                    .alloc_zeros::<u32>(n)
+                    .map_err(error::alloc("list ready flags", n * 4))?;
+                (Arc::new(flags), 0)
+            }
+        };
+        let next = Ready {
+            flags,
+            epoch: last + 1,
+        };
+        *ready = Some(next.clone());
+        Ok(next)
     }
 
     /// The kernel `spec`, compiled (once per process) and loaded (once per device).

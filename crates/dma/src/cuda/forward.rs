@@ -5,6 +5,7 @@ use super::buffers::{self, alloc_uninit, DeviceInput};
 use super::compile::KernelSpec;
 use super::device::{Arch, Device};
 use super::error;
+use super::launch::{self, Args, Ready};
 use super::plan::{Plan, BLOCK_M, BLOCK_N};
 use super::select::{self, DevicePlan, Selection};
 use crate::{cpu, DmaError, Element, Params, Problem, Result, Shape};
@@ -287,7 +288,10 @@ pub fn forward_into_with_selection<T: CudaElement>(
     spec::<T>(problem.head_dim, params.causal)?;
     let plan = Plan::new(params, &problem)?;
     let tables = DevicePlan::upload(dev, &plan)?;
-    let sel = select::run(dev, params, &problem, &plan, &tables, bias)?;
+    let ready = launch::overlap_wanted(dev)
+        .then(|| dev.ready_flags(plan.num_lists() * problem.heads.bias))
+        .transpose()?;
+    let sel = select::run(dev, params, &problem, &plan, &tables, bias, ready.as_ref())?;
     if plan.num_blocks() == 0 {
         return Ok(sel);
     }
@@ -304,6 +308,7 @@ pub fn forward_into_with_selection<T: CudaElement>(
         out,
         lse,
         None,
+        ready.as_ref(),
     )?;
     // Last, so the GPU runs selection and attend back to back (Selection::check_bias: this waits
     // for the call's kernels).
@@ -315,7 +320,9 @@ pub fn forward_into_with_selection<T: CudaElement>(
 /// front of each list every row of its block keeps (the Hopper forward skips their keep test;
 /// forward.cu ignores it); `None`: none known. With `split = Some((splits, part))` each
 /// (block, head) runs as `splits` CTAs over slices of its list, writing unnormalised partials to
-/// `part` (see [`split_part_len`]), and the combine kernel writes out and lse.
+/// `part` (see [`split_part_len`]), and the combine kernel writes out and lse. With `ready` (the
+/// selection was just launched overlapped, launch.rs) the kernel starts as selection CTAs leave
+/// their SMs, each CTA waiting for its list's flag.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend<T: CudaElement>(
     dev: &Device,
@@ -333,45 +340,45 @@ pub(crate) fn attend<T: CudaElement>(
     out: &mut CudaSlice<T>,
     lse: &mut CudaSlice<f32>,
     split: Option<(usize, &mut CudaSlice<f32>)>,
+    ready: Option<&Ready>,
 ) -> Result<()> {
     let (q, k, v) = (q.view(), k.view(), v.view());
     let splits = split.as_ref().map_or(1, |(n, _)| *n);
     let (spec, smem, threads) = attend_kernel::<T>(dev, problem.head_dim, params.causal, splits)?;
     let (f, cfg, ints) = block_launch(dev, &spec, smem, threads, problem, plan, splits)?;
     let scale_log2 = params.scale_for(problem.head_dim) * std::f32::consts::LOG2_E;
-    let null = 0u64;
-    let (seqs, blocks) = (tables.seqs(), tables.blocks());
-    let mut launch = dev.stream().launch_builder(&f);
-    launch
-        .arg(&q)
-        .arg(&k)
-        .arg(&v)
-        .arg(&seqs)
-        .arg(&blocks)
-        .arg(&sel.cand)
-        .arg(&sel.count)
-        .arg(&sel.first_count);
-    match sure {
-        Some(s) => launch.arg(s),
-        None => launch.arg(&null),
-    };
-    launch.arg(&sel.thr).arg(&mut *out).arg(&mut *lse);
     let part: Option<&CudaSlice<f32>> = split.map(|(_, p)| &*p);
-    match part {
-        Some(p) if p.len() < split_part_len(problem, splits) => {
-            return Err(DmaError::Cuda("split-K scratch too small".into()))
-        }
-        Some(p) => launch.arg(p),
-        None => launch.arg(&null),
-    };
-    for x in &ints {
-        launch.arg(x);
+    if part.is_some_and(|p| p.len() < split_part_len(problem, splits)) {
+        return Err(DmaError::Cuda("split-K scratch too small".into()));
     }
-    launch.arg(&scale_log2);
+    let (seqs, blocks) = (tables.seqs(), tables.blocks());
+    let mut args = Args::new(dev);
+    args.input(&q)
+        .input(&k)
+        .input(&v)
+        .input(&seqs)
+        .input(&blocks)
+        .input(&sel.cand)
+        .input(&sel.count)
+        .input(&sel.first_count);
+    match sure {
+        Some(s) => args.input(s),
+        None => args.ptr(0),
+    };
+    args.input(&sel.thr).output(out).output(lse);
+    match part {
+        Some(p) => args.input(p),
+        None => args.ptr(0),
+    };
+    for &x in &ints {
+        args.int(x);
+    }
+    args.float(scale_log2).ready(ready);
     // SAFETY: the arguments match the kernel's signature (kernels/forward.cu), the buffers were
     // checked against the geometry, and the selection was made for this plan. The null partial
-    // buffer is only read when gridDim.z > 1, a null `sure` is read as no sure keys.
-    unsafe { launch.launch(cfg) }.map_err(error::driver)?;
+    // buffer is only read when gridDim.z > 1, a null `sure` is read as no sure keys, null ready
+    // flags as a selection that has ended.
+    unsafe { args.launch(&f, cfg, ready.is_some()) }?;
     if let Some(part) = part {
         combine::<T>(dev, problem, tables, part, splits, out, lse)?;
     }
@@ -535,7 +542,7 @@ pub fn select(
     problem.check_len("bias", problem.bias_len(), bias.len())?;
     let plan = Plan::new(params, &problem)?;
     let tables = DevicePlan::upload(dev, &plan)?;
-    let sel = select::run(dev, params, &problem, &plan, &tables, bias)?;
+    let sel = select::run(dev, params, &problem, &plan, &tables, bias, None)?;
     sel.check_bias(dev, &problem, bias)?;
     Ok(sel)
 }

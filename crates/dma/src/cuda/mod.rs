@@ -10,7 +10,8 @@
 //! A call runs these kernels on the device's stream:
 //! 1. selection (`kernels/select.cu`): for each list of [`LIST_M`] = 256 query rows (causal: two
 //!    blocks of 128 rows share one; `DMA_CUDA_LIST_ROWS=128` gives each block its own, see
-//!    [`list_rows`]) and bias head, the candidate keys (at most w + 256) and each row's threshold
+//!    [`list_rows`]) and bias head, the candidate keys (at most w + 256: the w best before the
+//!    list's first row and those of the list's own keys some row keeps) and each row's threshold
 //!    rank (two launches when causal: the anchor lists, then the lists that start from them);
 //!    and, when causal, each list's "sure" keys (kept by every row of the list that keeps
 //!    anything) moved to its front, so that the Hopper forward skips their keep test
@@ -20,6 +21,11 @@
 //!    dims 64 and 128 this is `kernels/forward_hopper.cu` (warpgroup MMAs, a producer warpgroup
 //!    gathering for two consumer warpgroups); elsewhere `kernels/forward.cu` (mma.sync). The
 //!    environment variable `DMA_CUDA_NO_WGMMA` forces the second (for A/B comparisons).
+//!
+//! On sm_90 a forward's kernels overlap (programmatic dependent launch, `launch.rs`): the lists
+//! after their anchors start as anchor CTAs finish, and the forward as selection CTAs finish,
+//! each CTA waiting for the one list it reads (`DMA_CUDA_NO_OVERLAP` launches them one after
+//! another).
 //!
 //! Decoding ([`decode_into`]): a decode step (at most one query per sequence) on sm_90 is one
 //! launch of `kernels/decode_fused.cu`, a thread-block cluster per (sequence, bias head) that
@@ -67,6 +73,7 @@ mod device;
 mod error;
 mod forward;
 mod kernel_cache;
+mod launch;
 mod layers;
 mod libs;
 mod loss;

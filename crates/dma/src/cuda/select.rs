@@ -7,13 +7,14 @@ use super::compile::KernelSpec;
 use super::device::Device;
 use super::error;
 use super::forward::causal_arg;
+use super::launch::{Args, Ready};
 use super::mapped::LentWord;
 use super::plan::Plan;
 use crate::{DmaError, Params, Problem, Result};
-use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
 
 const SOURCE: &str = include_str!("kernels/select.cu");
-/// Threads of a dependent list's CTA (`SEL_THREADS` in select.cu).
+/// Threads of a dependent list's CTA (`THREADS` of its kernel in select.cu).
 const THREADS: u32 = 256;
 
 /// Threads of an anchor's CTA (and of a non-causal list's). There are few anchors (at 32K, 16
@@ -287,7 +288,9 @@ pub(crate) fn alloc_selection(
 }
 
 /// Runs the selection kernels. A non-finite bias is recorded in `bad_bias`, for
-/// [`Selection::check_bias`] once the caller has enqueued its other kernels.
+/// [`Selection::check_bias`] once the caller has enqueued its other kernels. With `ready` (an
+/// overlapped forward, launch.rs) the lists after their anchors start as anchor CTAs finish,
+/// and every list's flag is set to the epoch when it is done.
 pub(crate) fn run(
     dev: &Device,
     params: &Params,
@@ -295,16 +298,23 @@ pub(crate) fn run(
     plan: &Plan,
     tables: &DevicePlan,
     bias: &impl DeviceInput<f32>,
+    ready: Option<&Ready>,
 ) -> Result<Selection> {
     let mut sel = alloc_selection(dev, params, problem, plan)?;
-    // Anchors first, then the lists that read their anchor's list (stream order).
-    launch_lists(dev, params, problem, plan, tables, bias, &mut sel, false)?;
-    launch_lists(dev, params, problem, plan, tables, bias, &mut sel, true)?;
+    // Anchors first, then the lists that read their anchor's list (stream order, or each
+    // waiting for its anchor's flag).
+    launch_lists(
+        dev, params, problem, plan, tables, bias, &mut sel, false, ready,
+    )?;
+    launch_lists(
+        dev, params, problem, plan, tables, bias, &mut sel, true, ready,
+    )?;
     Ok(sel)
 }
 
 /// Launches the selection of the anchor lists, or (`from_anchor`) of the lists after their
-/// anchors (the anchors' lists must be complete, earlier in the stream).
+/// anchors: after the anchors' kernel has ended, or with `ready` as soon as its CTAs allow
+/// (launch.rs), each list then waiting for its anchor's.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn launch_lists(
     dev: &Device,
@@ -315,6 +325,7 @@ pub(crate) fn launch_lists(
     bias: &impl DeviceInput<f32>,
     sel: &mut Selection,
     from_anchor: bool,
+    ready: Option<&Ready>,
 ) -> Result<()> {
     let bias = &bias.view();
     let hb = problem.heads.bias;
@@ -326,39 +337,35 @@ pub(crate) fn launch_lists(
     if count == 0 {
         return Ok(());
     }
-    let (cap, heads, stride, total_q) = (
-        plan.cap as i32,
-        hb as i32,
-        problem.bias_head_stride as i32,
-        problem.total_q as i32,
-    );
     let f = dev.function(&spec(params.causal, from_anchor))?;
     let cfg = LaunchConfig {
-        grid_dim: (count as u32, hb as u32, 1),
+        grid_dim: (
+            u32::try_from(count * hb).map_err(|_| DmaError::TooLong(count * hb))?,
+            1,
+            1,
+        ),
         block_dim: (select_threads(from_anchor), 1, 1),
         shared_mem_bytes: 0,
     };
     let (seqs, lists) = (tables.seqs(), tables.lists());
-    let bad_bias = sel.bad_bias.device_ptr();
-    let mut launch = dev.stream().launch_builder(&f);
-    launch
-        .arg(bias)
-        .arg(&seqs)
-        .arg(&lists)
-        .arg(&ids)
-        .arg(&plan.window)
-        .arg(&cap)
-        .arg(&heads)
-        .arg(&stride)
-        .arg(&total_q)
-        .arg(&mut sel.cand)
-        .arg(&mut sel.count)
-        .arg(&mut sel.first_count)
-        .arg(&mut sel.thr)
-        .arg(&mut sel.sure)
-        .arg(&bad_bias);
+    let mut args = Args::new(dev);
+    args.input(bias)
+        .input(&seqs)
+        .input(&lists)
+        .input(&ids)
+        .int(plan.window)
+        .int(plan.cap as i32)
+        .int(hb as i32)
+        .int(problem.bias_head_stride as i32)
+        .int(problem.total_q as i32)
+        .output(&mut sel.cand)
+        .output(&mut sel.count)
+        .output(&mut sel.first_count)
+        .output(&mut sel.thr)
+        .output(&mut sel.sure)
+        .ptr(sel.bad_bias.device_ptr())
+        .ready(ready);
     // SAFETY: the arguments match the kernel's signature (kernels/select.cu) and every
     // buffer holds what the plan's geometry indexes.
-    unsafe { launch.launch(cfg) }.map_err(error::driver)?;
-    Ok(())
+    unsafe { args.launch(&f, cfg, from_anchor && ready.is_some()) }
 }

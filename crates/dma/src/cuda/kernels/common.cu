@@ -67,6 +67,42 @@ __device__ __forceinline__ int dma_visible_count(const u64* list, int count, int
     return min((visible + 1) & ~1, count);
 }
 
+// Overlapped launches (programmatic dependent launch, sm_90; cuda/launch.rs): a kernel launched
+// with the programmatic-serialization attribute may start once every CTA of the kernel before it
+// in the stream has run dma_allow_next_kernel (or exited), instead of after that kernel ends. The
+// selection kernels allow it as they start, so the next ones (the dependent lists, the
+// attention) take SMs as soon as selection CTAs leave them. What such a kernel reads from the
+// kernel before it is handed over per list instead: the writer publishes the call's epoch in the
+// list's ready flag after all its writes, the reader waits until the flag holds that epoch or a
+// later one (a later call's selection starts only after this call's has ended: its first kernel
+// is not overlapped). On GPUs before sm_90 no launch overlaps and no kernel waits (the flags are
+// null).
+__device__ __forceinline__ void dma_allow_next_kernel() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// Every thread of the CTA calls it after its last write of the published data.
+__device__ __forceinline__ void dma_publish(u32* flag, u32 epoch) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(flag), "r"(epoch) : "memory");
+    }
+}
+
+// Every thread of the CTA calls it before its first read of the published data.
+__device__ __forceinline__ void dma_wait_published(const u32* flag, u32 epoch) {
+    if (threadIdx.x == 0) {
+        u32 seen;
+        do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(flag) : "memory");
+        } while ((int)(seen - epoch) < 0);
+    }
+    __syncthreads();
+}
+
 // The bias a rank was made from (-0.0 comes back as +0.0, the same bias).
 __device__ __forceinline__ float rank_bias(u64 rank) {
     const u32 ordered = (u32)(rank >> 32);

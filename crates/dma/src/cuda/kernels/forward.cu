@@ -35,7 +35,7 @@ __device__ __forceinline__ void forward_body(
     const u64* __restrict__ thr, T* __restrict__ out,
     float* __restrict__ lse, float* __restrict__ part, int q_heads, int kv_heads,
     int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,
-    float scale_log2) {
+    float scale_log2, const u32* __restrict__ ready, u32 epoch) {
     typedef FwdSmem<T, D, BN> L;
     constexpr bool QREG = D <= 128;  // Q fragments held in registers
     constexpr float LOG2E = 1.4426950408889634f;
@@ -57,6 +57,7 @@ __device__ __forceinline__ void forward_body(
     const i64 slot = (i64)B.w * bias_heads + hb;
     const u64* list = cand + slot * cap;  // cap is a multiple of BN: 16-byte aligned tiles
     const int offset = s.nk - s.nq;
+    if (ready) dma_wait_published(ready + slot, epoch);  // an overlapped launch (common.cu)
     // The list's keys this block's rows can see (the first block of a two-block list stops
     // before the second block's own keys).
     const int count = dma_visible_count<CAUSAL>(list, (int)cand_count[slot],
@@ -232,11 +233,11 @@ __device__ __forceinline__ void forward_body(
              const u64* cand, const u32* cand_count, const u32* first_count, const u32* sure,      \
              const u64* thr, T* out, float* lse, float* part, int q_heads, int kv_heads,           \
              int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,      \
-             float scale_log2) {                                                                   \
+             float scale_log2, const u32* ready, u32 epoch) {                                      \
         forward_body<T, D, CAUSAL, BN>(q, k, v, seqs, blocks, cand, cand_count, first_count, thr,  \
                                        out, lse, part, q_heads, kv_heads, bias_heads,              \
                                        bias_head_stride, lse_head_stride, total_q, cap,            \
-                                       scale_log2);                                                \
+                                       scale_log2, ready, epoch);                                  \
     }
 
 // Split-K combine: one warp per (query row, query head) of `rows` = total_q * q_heads; out and lse

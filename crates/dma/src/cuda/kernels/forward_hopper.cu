@@ -39,7 +39,8 @@ __device__ __forceinline__ void forward_hopper_body(
     const u32* __restrict__ first_count,
     const u32* __restrict__ sure, const u64* __restrict__ thr, T* __restrict__ out,
     float* __restrict__ lse, int q_heads,
-    int kv_heads, int bias_heads, int lse_head_stride, int total_q, int cap, float scale_log2) {
+    int kv_heads, int bias_heads, int lse_head_stride, int total_q, int cap, float scale_log2,
+    const u32* __restrict__ ready, u32 epoch) {
     typedef HopSmem<D, STAGES> L;
     constexpr int BN = HOP_BN;
     // The producer hands tile t - LAG over before it waits for tile t's stage (produce_key_tiles):
@@ -58,7 +59,7 @@ __device__ __forceinline__ void forward_hopper_body(
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
     const BlockWork w =
         block_work<CAUSAL>(blocks, seqs, cand, cand_count, first_count, sure, q_heads,
-                           kv_heads, bias_heads, cap);
+                           kv_heads, bias_heads, cap, ready, epoch);
     const int4 B = w.B;
     const int count = w.count, tiles = w.tiles;
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
@@ -186,8 +187,8 @@ __device__ __forceinline__ void forward_hopper_body(
              const u64* cand, const u32* cand_count, const u32* first_count, const u32* sure,      \
              const u64* thr, T* out, float* lse, float* part, int q_heads, int kv_heads,           \
              int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,      \
-             float scale_log2) {                                                                   \
+             float scale_log2, const u32* ready, u32 epoch) {                                      \
         forward_hopper_body<T, D, CAUSAL, HOP_STAGES>(                                             \
             q, k, v, seqs, blocks, cand, cand_count, first_count, sure, thr, out, lse, q_heads,    \
-            kv_heads, bias_heads, lse_head_stride, total_q, cap, scale_log2);                      \
+            kv_heads, bias_heads, lse_head_stride, total_q, cap, scale_log2, ready, epoch);        \
     }

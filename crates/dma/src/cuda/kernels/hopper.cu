@@ -196,7 +196,8 @@ __device__ __forceinline__ BlockWork block_work(const int4* __restrict__ blocks,
                                                 const u32* __restrict__ cand_count,
                                                 const u32* __restrict__ first_count,
                                                 const u32* __restrict__ sure, int q_heads,
-                                                int kv_heads, int bias_heads, int cap) {
+                                                int kv_heads, int bias_heads, int cap,
+                                                const u32* ready = nullptr, u32 epoch = 0) {
     BlockWork w;
     w.B = blocks[blockIdx.x];
     w.h = blockIdx.y;
@@ -206,6 +207,7 @@ __device__ __forceinline__ BlockWork block_work(const int4* __restrict__ blocks,
     w.slot = (i64)w.B.w * bias_heads + w.hb;
     w.list = cand + w.slot * cap;
     w.offset = w.s.nk - w.s.nq;
+    if (ready) dma_wait_published(ready + w.slot, epoch);  // an overlapped launch (common.cu)
     w.count = dma_visible_count<CAUSAL>(w.list, (int)cand_count[w.slot],
                                         (int)first_count[w.slot], w.offset + w.B.z - 1);
     w.tiles = (w.count + HOP_BN - 1) / HOP_BN;

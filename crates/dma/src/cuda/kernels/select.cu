@@ -23,10 +23,8 @@
 // [0, P) of an anchor, [E_a, P) of a dependent list, and the own keys [P, E) of each), which is
 // where a non-finite bias is reported (dma_check_bias): one test per key, not one per radix pass.
 
-// Threads of a dependent list's CTA. An anchor's CTA takes THREADS of its own (cuda/select.rs,
-// ANCHOR_THREADS): there are few anchors, each over many keys.
-#define SEL_THREADS 256
-#define SEL_WARPS (SEL_THREADS / 32)
+// The CTA size is the kernels' THREADS (cuda/select.rs: 256 for a dependent list, 1024 for an
+// anchor, which selects over many more keys); at most SEL_MAX_WARPS warps.
 #define SEL_MAX_WARPS 32
 
 struct SelectShared {
@@ -35,6 +33,7 @@ struct SelectShared {
     u32 digit, need, nz, exact;
     u64 min_key;
     u64 t_star;  // the largest threshold of a list's rows that keep anything (0: none)
+    u64 own[DMA_LIST_M];            // the rank of own key P + i
     u32 own_kept[DMA_LIST_M / 32];  // bit i: own key P + i is kept by some row (its own)
     // Z (below): at most DMA_LIST_M + 1 ranks, padded to a power of two for the sort.
     u64 z[2 * DMA_LIST_M];
@@ -261,9 +260,9 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
                                             u32* __restrict__ first_count, u64* __restrict__ thr, u32* __restrict__ sure,
                                             u64* __restrict__ bad_bias) {
     __shared__ SelectShared sh;
-    const int id = ids[blockIdx.x];
+    const int id = ids[blockIdx.x / bias_heads];
     const int4 L = lists[id];  // (sequence, first row, end row, anchor list or -1)
-    const int hb = blockIdx.y;
+    const int hb = blockIdx.x % bias_heads;
     const SeqInfo s = seqs[L.x];
     const float* b = bias + s.bias_offset + (i64)hb * bias_head_stride;
     const i64 slot = (i64)id * bias_heads + hb;
@@ -313,7 +312,9 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
                                                       sh.warp_counts);
     for (int i = P + threadIdx.x; i < E; i += THREADS) {
         dma_check_bias(b[i], bad_bias, L.x, bias_heads, hb, i);
-        list[kept_before + i - P] = key_rank(i);
+        const u64 rank = key_rank(i);
+        list[kept_before + i - P] = rank;
+        if (CAUSAL && i - P < DMA_LIST_M) sh.own[i - P] = rank;
     }
     const int count = kept_before + (E - P);
     // The list's counts (common.cu's dma_visible_count), and rank 0 (below every threshold) from
@@ -390,7 +391,7 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
         // The own key at this row's position is kept by some row iff by this one: thresholds
         // only rise with the position, and rows before it do not see it.
         const int i = offset + r - P;
-        if (i >= 0 && i < own && list[kept_before + i] >= t)
+        if (i >= 0 && i < own && sh.own[i] >= t)
             atomicOr(&sh.own_kept[i >> 5], 1u << (i & 31));
     };
     thresholds_from_sorted<THREADS>(sh.z, nw, L.y, L.z, offset, want, write);
@@ -416,10 +417,10 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     }
     if (threadIdx.x == 0) sure[slot] = (u32)n_sure;
 
-    // Then the own keys some row keeps, in place and still ascending; the others go. Row p keeps
+    // Then the own keys some row keeps, still ascending; the others go. Row p keeps
     // an own key with probability about w / p, so at p = 32K, w = 2048 a 256-row list holds about
     // w + 16 keys instead of w + 256: fewer tiles for the forward and backward.
-    auto own_rank = [&](int i) { return list[kept_before + i]; };
+    auto own_rank = [&](int i) { return sh.own[i]; };
     auto kept_by_a_row = [&](u64 rank) {
         const int i = (int)(u32)rank - P;
         return (sh.own_kept[i >> 5] >> (i & 31) & 1u) != 0;
@@ -437,12 +438,22 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     finish(kept, first);
 }
 
+// One CTA per (list, bias head), the head varying fastest, so that CTAs start in the order of
+// their lists' positions, which is about the order in which their anchors finish (an anchor's
+// time grows with its position). With `ready` (an overlapped launch, common.cu), a list after
+// its anchor waits for the anchor's list, and every list is published when done.
 #define DMA_SELECT_KERNEL(NAME, CAUSAL, FROM_ANCHOR, THREADS)                                    \
     extern "C" __global__ void __launch_bounds__(THREADS)                                        \
         NAME(const float* bias, const SeqInfo* seqs, const int4* lists, const int* ids,          \
              int window, int cap, int bias_heads, int bias_head_stride, int total_q, u64* cand,   \
-             u32* cand_count, u32* first_count, u64* thr, u32* sure, u64* bad_bias) {            \
+             u32* cand_count, u32* first_count, u64* thr, u32* sure, u64* bad_bias, u32* ready,  \
+             u32 epoch) {                                                                        \
+        dma_allow_next_kernel();                                                                 \
+        const int id = ids[blockIdx.x / bias_heads], hb = blockIdx.x % bias_heads;              \
+        if (ready && FROM_ANCHOR)                                                                \
+            dma_wait_published(ready + (i64)lists[id].w * bias_heads + hb, epoch);               \
         select_body<CAUSAL, FROM_ANCHOR, THREADS>(bias, seqs, lists, ids, window, cap,           \
                                                   bias_heads, bias_head_stride, total_q, cand,   \
                                                   cand_count, first_count, thr, sure, bad_bias); \
+        if (ready) dma_publish(ready + (i64)id * bias_heads + hb, epoch);                        \
     }
