@@ -59,7 +59,9 @@ pub struct Selection {
     pub(crate) count: CudaSlice<u32>,
     /// `[lists, Hb]` how many of each list's keys its first block of `plan::BLOCK_M` rows can see
     /// (causal: the first block of a two-block list stops before the second block's own keys;
-    /// `dma_visible_count` in kernels/common.cu).
+    /// `dma_visible_count` in kernels/common.cu). Written by select.cu; the decode selection's
+    /// gathered lists leave it unwritten, and nothing reads it there (their keys all precede
+    /// their rows).
     pub(crate) first_count: CudaSlice<u32>,
     /// `[Hb, total_q]` threshold rank of each query row (see `dma::selection::rank`); a row keeps
     /// key j iff rank_j >= threshold (and j <= its position when causal).
