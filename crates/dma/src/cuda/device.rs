@@ -207,7 +207,10 @@ impl Device {
     /// so no call clears them. A new buffer (grown, or after 2^30 calls, before the kernels'
     /// comparison of epochs could wrap) starts at zero and its epochs at 1.
     pub(crate) fn ready_flags(&self, lists: usize) -> Result<Ready> {
-        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ready = self
+            .ready
+            .lock()
+            .map_err(|_| DmaError::Cuda("ready flags lock poisoned".into()))?;
         let (flags, last) = match ready.take() {
             Some(r) if r.flags.len() >= lists && r.epoch < 1 << 30 => (r.flags, r.epoch),
             old => {

@@ -1,7 +1,24 @@
 // The per-row softmax pieces both forward kernels share (forward.cu with mma.sync,
 // forward_hopper.cu with wgmma), on one thread's part of a 16-row slice in the m16n8
 // accumulator layout: rows g and g + 8 (g = lane / 4), columns 8 j + 2 tq (+1) of every 8-column
-// block j (tq = lane % 4). cuda/forward.rs compiles this file in front of each of them.
+// block j (tq = lane % 4). cuda/forward.rs and cuda/backward.rs compile this file in front of
+// each of their kernels.
+
+// The parameters of both forward kernels (forward.cu, forward_hopper.cu) and of both backward
+// kernels (backward.cu, backward_hopper.cu): cuda/forward.rs and cuda/backward.rs launch either
+// kernel of a pair with the same arguments, so each pair's list is written once, here.
+#define DMA_FORWARD_PARAMS(T)                                                                      \
+    const T* q, const T* k, const T* v, const SeqInfo* seqs, const int4* blocks, const u64* cand,  \
+        const u32* cand_count, const u32* first_count, const u32* sure, const u64* thr, T* out,    \
+        float* lse, float* part, int q_heads, int kv_heads, int bias_heads, int bias_head_stride,  \
+        int lse_head_stride, int total_q, int cap, float scale_log2, const u32* ready, u32 epoch
+#define DMA_BACKWARD_PARAMS(T)                                                                     \
+    const T* q, const T* k, const T* v, const T* out, const T* dout, const float* lse,             \
+        const SeqInfo* seqs, const int4* blocks, const u64* cand, const u32* cand_count,           \
+        const u32* first_count, const u32* sure, const u64* thr, T* dq, float* dk_acc,             \
+        float* dv_acc, float* dbias, int q_heads, int kv_heads, int bias_heads,                    \
+        int bias_head_stride, int lse_head_stride, int total_q, int cap, float scale,              \
+        float scale_log2
 
 // This thread's rows of warp `warp`'s 16 in query block B (sequence, first row, end row, list):
 // their index in the sequence, their position among the keys (offset = Nk - Nq) and their

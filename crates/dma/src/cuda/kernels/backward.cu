@@ -312,12 +312,7 @@ __device__ __forceinline__ void backward_body(
 // `sure` (the lists' sure-key counts) is the Hopper backward's; this kernel tests every key.
 #define DMA_BACKWARD_KERNEL(NAME, T, D, CAUSAL, BN)                                                \
     extern "C" __global__ void __launch_bounds__(BWD_THREADS)                                      \
-        NAME(const T* q, const T* k, const T* v, const T* out, const T* dout, const float* lse,    \
-             const SeqInfo* seqs, const int4* blocks, const u64* cand, const u32* cand_count,      \
-             const u32* first_count, const u32* sure, const u64* thr, T* dq, float* dk_acc,        \
-             float* dv_acc, float* dbias, int q_heads, int kv_heads, int bias_heads,               \
-             int bias_head_stride, int lse_head_stride, int total_q, int cap, float scale,         \
-             float scale_log2) {                                                                   \
+        NAME(DMA_BACKWARD_PARAMS(T)) {                                                             \
         backward_body<T, D, CAUSAL, BN>(q, k, v, out, dout, lse, seqs, blocks, cand, cand_count,   \
                                         first_count, thr, dq, dk_acc, dv_acc, dbias, q_heads,      \
                                         kv_heads, bias_heads, bias_head_stride, lse_head_stride,   \

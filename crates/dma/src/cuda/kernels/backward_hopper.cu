@@ -308,16 +308,11 @@ __device__ __forceinline__ void backward_hopper_body(
     store_rows<T, D>(dqa, mul, row, B.z, dq + w.s.q_start * q_row + w.h * D, q_row, tq);
 }
 
-// The same signature as DMA_BACKWARD_KERNEL (cuda/backward.rs launches either). min blocks 1
-// caps the registers at entry, which setmaxnreg needs.
+// The parameters of DMA_BACKWARD_KERNEL (DMA_BACKWARD_PARAMS: cuda/backward.rs launches either).
+// min blocks 1 caps the registers at entry, which setmaxnreg needs.
 #define DMA_BACKWARD_HOPPER_KERNEL(NAME, T, D, CAUSAL)                                             \
     extern "C" __global__ void __launch_bounds__(HOP_THREADS, 1)                                   \
-        NAME(const T* q, const T* k, const T* v, const T* out, const T* dout, const float* lse,    \
-             const SeqInfo* seqs, const int4* blocks, const u64* cand, const u32* cand_count,      \
-             const u32* first_count, const u32* sure, const u64* thr, T* dq, float* dk_acc,        \
-             float* dv_acc, float* dbias, int q_heads, int kv_heads, int bias_heads,               \
-             int bias_head_stride, int lse_head_stride, int total_q, int cap, float scale,         \
-             float scale_log2) {                                                                   \
+        NAME(DMA_BACKWARD_PARAMS(T)) {                                                             \
         backward_hopper_body<T, D, CAUSAL, HOPB_STAGES(D)>(                                        \
             q, k, v, out, dout, lse, seqs, blocks, cand, cand_count, first_count, sure, thr, dq,   \
             dk_acc, dv_acc, dbias, q_heads, kv_heads, bias_heads, bias_head_stride,                \

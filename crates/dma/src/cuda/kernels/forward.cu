@@ -229,11 +229,7 @@ __device__ __forceinline__ void forward_body(
 // this kernel tests every key.
 #define DMA_FORWARD_KERNEL(NAME, T, D, CAUSAL, BN)                                                 \
     extern "C" __global__ void __launch_bounds__(FWD_THREADS)                                      \
-        NAME(const T* q, const T* k, const T* v, const SeqInfo* seqs, const int4* blocks,          \
-             const u64* cand, const u32* cand_count, const u32* first_count, const u32* sure,      \
-             const u64* thr, T* out, float* lse, float* part, int q_heads, int kv_heads,           \
-             int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,      \
-             float scale_log2, const u32* ready, u32 epoch) {                                      \
+        NAME(DMA_FORWARD_PARAMS(T)) {                                                              \
         forward_body<T, D, CAUSAL, BN>(q, k, v, seqs, blocks, cand, cand_count, first_count, thr,  \
                                        out, lse, part, q_heads, kv_heads, bias_heads,              \
                                        bias_head_stride, lse_head_stride, total_q, cap,            \

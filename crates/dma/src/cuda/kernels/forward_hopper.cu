@@ -178,16 +178,12 @@ __device__ __forceinline__ void forward_hopper_body(
     write_rows<T, D>(o, l, m, row, B.z, w.s, w.h, q_heads, tq, lse_head_stride, out, lse);
 }
 
-// The same signature as DMA_FORWARD_KERNEL (cuda/forward.rs launches either); the split-K
-// scratch and the bias head stride are unused here (no split-K: decode keeps forward.cu).
+// The parameters of DMA_FORWARD_KERNEL (DMA_FORWARD_PARAMS: cuda/forward.rs launches either); the
+// split-K scratch and the bias head stride are unused here (no split-K: decode keeps forward.cu).
 // min blocks 1 caps the registers at entry, which setmaxnreg needs.
 #define DMA_FORWARD_HOPPER_KERNEL(NAME, T, D, CAUSAL)                                              \
     extern "C" __global__ void __launch_bounds__(HOP_THREADS, 1)                                   \
-        NAME(const T* q, const T* k, const T* v, const SeqInfo* seqs, const int4* blocks,          \
-             const u64* cand, const u32* cand_count, const u32* first_count, const u32* sure,      \
-             const u64* thr, T* out, float* lse, float* part, int q_heads, int kv_heads,           \
-             int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,      \
-             float scale_log2, const u32* ready, u32 epoch) {                                      \
+        NAME(DMA_FORWARD_PARAMS(T)) {                                                              \
         forward_hopper_body<T, D, CAUSAL, HOP_STAGES>(                                             \
             q, k, v, seqs, blocks, cand, cand_count, first_count, sure, thr, out, lse, q_heads,    \
             kv_heads, bias_heads, lse_head_stride, total_q, cap, scale_log2, ready, epoch);        \

@@ -250,19 +250,18 @@ __device__ __forceinline__ int compact_ordered(int n, Value value, Keep keep, u6
     return base;
 }
 
+// The selection of list `id` for bias head `hb`.
 template <bool CAUSAL, bool FROM_ANCHOR, int THREADS>
 __device__ __forceinline__ void select_body(const float* __restrict__ bias,
                                             const SeqInfo* __restrict__ seqs,
-                                            const int4* __restrict__ lists,
-                                            const int* __restrict__ ids, int window, int cap,
-                                            int bias_heads, int bias_head_stride, int total_q,
+                                            const int4* __restrict__ lists, int id, int hb,
+                                            int window, int cap, int bias_heads,
+                                            int bias_head_stride, int total_q,
                                             u64* __restrict__ cand, u32* __restrict__ cand_count,
-                                            u32* __restrict__ first_count, u64* __restrict__ thr, u32* __restrict__ sure,
-                                            u64* __restrict__ bad_bias) {
+                                            u32* __restrict__ first_count, u64* __restrict__ thr,
+                                            u32* __restrict__ sure, u64* __restrict__ bad_bias) {
     __shared__ SelectShared sh;
-    const int id = ids[blockIdx.x / bias_heads];
     const int4 L = lists[id];  // (sequence, first row, end row, anchor list or -1)
-    const int hb = blockIdx.x % bias_heads;
     const SeqInfo s = seqs[L.x];
     const float* b = bias + s.bias_offset + (i64)hb * bias_head_stride;
     const i64 slot = (i64)id * bias_heads + hb;
@@ -452,7 +451,7 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
         const int id = ids[blockIdx.x / bias_heads], hb = blockIdx.x % bias_heads;              \
         if (ready && FROM_ANCHOR)                                                                \
             dma_wait_published(ready + (i64)lists[id].w * bias_heads + hb, epoch);               \
-        select_body<CAUSAL, FROM_ANCHOR, THREADS>(bias, seqs, lists, ids, window, cap,           \
+        select_body<CAUSAL, FROM_ANCHOR, THREADS>(bias, seqs, lists, id, hb, window, cap,        \
                                                   bias_heads, bias_head_stride, total_q, cand,   \
                                                   cand_count, first_count, thr, sure, bad_bias); \
         if (ready) dma_publish(ready + (i64)id * bias_heads + hb, epoch);                        \
