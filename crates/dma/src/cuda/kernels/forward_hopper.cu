@@ -85,7 +85,11 @@ __device__ __forceinline__ void forward_hopper_body(
     float o[D / 8][4];
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-    float m[2] = {-DMA_INF, -DMA_INF}, l[2] = {0.f, 0.f};
+    // Running max and sum of each row. A row that keeps nothing at all (past the block's end, or
+    // before the first key) starts with a max, so that it never takes softmax's slow path.
+    float m[2], l[2] = {0.f, 0.f};
+#pragma unroll
+    for (int r = 0; r < 2; ++r) m[r] = rthr[r] == DMA_KEEP_NONE ? 0.f : -DMA_INF;
     float sc[BN / 8][4];
     u32 pa[BN / 16][4];
 
@@ -103,39 +107,66 @@ __device__ __forceinline__ void forward_hopper_body(
     auto issue_pv = [&](int t) {
         issue_weights_by_keys<T, D>(o, pa, desc_plus(v_desc, (t % STAGES) * KV_BYTES));
     };
-    // Keep test, scale and bias (log2 domain) of S_t, and the new running max; alpha takes O and
-    // l from the old max to the new one.
+    // Keep test, scale and bias (log2 domain) of S_t. No row max: softmax finds it only when a
+    // tile may move it.
     // causal_tile: needs_causal_test, read before the wait for S_t.
     auto causal_test = [&](int t) {
         return needs_causal_test<CAUSAL, BN>(rank_tile<STAGES>(sC, t), count, t, w.offset + B.y);
     };
-    auto mask_and_max = [&](int t, bool causal_tile, float (&alpha)[2], float (&use)[2]) {
-        const u64* ranks = rank_tile<STAGES>(sC, t);
-        const float* biases = sB + (t % STAGES) * BN;
-        float mx[2] = {-DMA_INF, -DMA_INF};
-        mask_tile<BN>(t < w.sure_tiles, causal_tile, sc, ranks, biases, rthr, pos, tq, scale_log2, mx);
-        update_max(mx, m, use, alpha);
+    auto mask = [&](int t, bool causal_tile) {
+        float unused[2] = {-DMA_INF, -DMA_INF};  // (the max mask_tile takes is left to softmax)
+        mask_tile<BN>(t < w.sure_tiles, causal_tile, sc, rank_tile<STAGES>(sC, t),
+                      sB + (t % STAGES) * BN, rthr, pos, tq, scale_log2, unused);
     };
-    // P_t = exp2(S_t - max) into the A fragments (rows g, g + 8; keys 16 kc + 2 tq (+ 8)).
-    auto exponentiate = [&](const float (&use)[2]) {
+    // P_t = exp2(S_t - use) into the A fragments (rows g, g + 8; keys 16 kc + 2 tq (+ 8)), and
+    // each row's sum over this thread's columns in ts.
+    auto exponentiate = [&](const float (&use)[2], float (&ts)[2]) {
 #pragma unroll
         for (int nt = 0; nt < BN / 8; ++nt) {
             float pr[4];
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 pr[e] = fast_exp2(sc[nt][e] - use[e >> 1]);
-                l[e >> 1] += pr[e];
+                ts[e >> 1] += pr[e];
             }
             pa[nt >> 1][(nt & 1) * 2] = Elem<T>::pack(pr[0], pr[1]);
             pa[nt >> 1][(nt & 1) * 2 + 1] = Elem<T>::pack(pr[2], pr[3]);
         }
+    };
+    // The online softmax of S_t, once O += P_{t-1} V_{t-1} has landed (P_t takes P_{t-1}'s
+    // registers). It exponentiates against the running max first: where every row of the warp
+    // has a max and no thread's part of a row sums past 2^DMA_MAX_SLACK, no score passed the max
+    // by more than DMA_MAX_SLACK, which is when update_max would leave it alone, so the tile is
+    // done without the row max (a max and 4 shuffles per score pair saved). Otherwise (the first
+    // tiles, a rising max) it takes the max, rescales O and l and exponentiates again: the same
+    // numbers as always taking the max.
+    auto softmax = [&]() {
+        float use[2] = {m[0] == -DMA_INF ? 0.f : m[0], m[1] == -DMA_INF ? 0.f : m[1]};
+        float ts[2];
+        for (bool fixed = false;; fixed = true) {
+            ts[0] = ts[1] = 0.f;
+            exponentiate(use, ts);
+            constexpr float LIMIT = 1 << (int)DMA_MAX_SLACK;
+            const bool settled = ts[0] <= LIMIT && ts[1] <= LIMIT && m[0] != -DMA_INF &&
+                                 m[1] != -DMA_INF;
+            if (fixed || __all_sync(0xffffffffu, settled)) break;
+            float mx[2] = {-DMA_INF, -DMA_INF}, alpha[2];
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; ++nt) {
+                mx[0] = fmaxf(mx[0], fmaxf(sc[nt][0], sc[nt][1]));
+                mx[1] = fmaxf(mx[1], fmaxf(sc[nt][2], sc[nt][3]));
+            }
+            update_max(mx, m, use, alpha);
+            rescale_rows<D>(o, l, alpha);
+        }
+        l[0] += ts[0];
+        l[1] += ts[1];
     };
     // The consumers take turns issuing their MMAs (consumer 0 first), so that the tensor cores
     // run one consumer's products while the other does its softmax. Each consumer waits for its
     // turn tiles + 1 times and passes it as often (the first pass is consumer 1's before its
     // loop, so consumer 1 skips its last).
     if (tiles > 0) {
-        float alpha[2], use[2];
         if (c == 1) turn_pass(c);
         mbar_wait(full, 0);
         load_row_fragments<T, D>(sQ, warp * 16, lane, qa);
@@ -146,8 +177,8 @@ __device__ __forceinline__ void forward_hopper_body(
         bool causal_tile = causal_test(0);
         wgmma_wait<0>();
         wgmma_settle(sc);
-        mask_and_max(0, causal_tile, alpha, use);
-        exponentiate(use);
+        mask(0, causal_tile);
+        softmax();
         for (int t = 1; t < tiles; ++t) {
             mbar_wait(full + t % STAGES, (t / STAGES) & 1);
             turn_wait(c);
@@ -158,12 +189,11 @@ __device__ __forceinline__ void forward_hopper_body(
             causal_tile = causal_test(t);
             wgmma_wait<1>();  // S_t
             wgmma_settle(sc);
-            mask_and_max(t, causal_tile, alpha, use);
+            mask(t, causal_tile);
             wgmma_wait<0>();  // O += P_{t-1} V_{t-1}
             wgmma_settle(o);
             mbar_arrive(empty + (t - 1) % STAGES);
-            rescale_rows<D>(o, l, alpha);
-            exponentiate(use);
+            softmax();
         }
         turn_wait(c);
         wgmma_fence();
