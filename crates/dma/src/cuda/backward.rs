@@ -205,7 +205,8 @@ pub fn backward_into<T: CudaElement>(
     problem.check_rows("dv", "k", grads.dv.len())?;
     problem.check_len("dbias", problem.bias_len(), grads.dbias.len())?;
     let (spec, smem, threads) = backward_kernel::<T>(dev, problem.head_dim, params.causal)?;
-    let plan = Plan::new(params, &problem)?;
+    let planned = dev.planned(params, &problem)?;
+    let (plan, tables) = (&planned.plan, &planned.tables);
     let s = dev.stream();
     // dq rows of empty blocks do not exist; dk, dv and dbias of keys no query keeps are zero.
     s.memset_zeros(&mut grads.dbias).map_err(error::driver)?;
@@ -218,18 +219,17 @@ pub fn backward_into<T: CudaElement>(
     // The selection made here (selection = None), whose bias flag is read at the end.
     let mut owned = None;
     if plan.num_blocks() > 0 {
-        let tables = DevicePlan::upload(dev, &plan)?;
         let sel = match selection {
             Some(sel) => {
-                sel.check(params, &problem, &plan)?;
+                sel.check(params, &problem, plan)?;
                 sel
             }
             None => &*owned.insert(select::run(
                 dev,
                 params,
                 &problem,
-                &plan,
-                &tables,
+                plan,
+                tables,
                 &inputs.bias.view(),
                 None,
             )?),
@@ -238,8 +238,8 @@ pub fn backward_into<T: CudaElement>(
             dev,
             params,
             &problem,
-            &plan,
-            &tables,
+            plan,
+            tables,
             sel,
             (&spec, smem, threads),
             inputs,

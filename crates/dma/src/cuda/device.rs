@@ -4,8 +4,9 @@
 use super::compile::{self, KernelSpec};
 use super::launch::Ready;
 use super::mapped::{LentWord, MappedWords, WordPool};
+use super::plan_cache::{PlanCache, Planned};
 use super::{error, libs};
-use crate::{DmaError, Result};
+use crate::{DmaError, Params, Problem, Result};
 use cudarc::driver::result::{device, mem_pool};
 use cudarc::driver::sys::CUfunction_attribute as FuncAttr;
 use cudarc::driver::{sys, CudaContext, CudaFunction, CudaStream};
@@ -55,6 +56,8 @@ pub struct Device {
     words: WordPool,
     /// The ready flags of overlapped forwards (grown on demand) and the last epoch given out.
     ready: Mutex<Option<Ready>>,
+    /// The plans of recent calls, their tables on the device.
+    plans: PlanCache,
 }
 
 impl Device {
@@ -115,6 +118,7 @@ impl Device {
             mapped: Mutex::new(None),
             words: WordPool::default(),
             ready: Mutex::new(None),
+            plans: PlanCache::default(),
         })
     }
 
@@ -228,6 +232,12 @@ impl Device {
         };
         *ready = Some(next.clone());
         Ok(next)
+    }
+
+    /// The plan of a call on this device with its tables uploaded, shared with recent calls of
+    /// the same geometry (plan_cache.rs).
+    pub(crate) fn planned(&self, params: &Params, problem: &Problem) -> Result<Arc<Planned>> {
+        self.plans.planned(self, params, problem)
     }
 
     /// The kernel `spec`, compiled (once per process) and loaded (once per device).

@@ -286,12 +286,12 @@ pub fn forward_into_with_selection<T: CudaElement>(
     let problem = shape.problem()?;
     check_buffers(&problem, q, k, v, bias, out, lse)?;
     spec::<T>(problem.head_dim, params.causal)?;
-    let plan = Plan::new(params, &problem)?;
-    let tables = DevicePlan::upload(dev, &plan)?;
+    let planned = dev.planned(params, &problem)?;
+    let (plan, tables) = (&planned.plan, &planned.tables);
     let ready = launch::overlap_wanted(dev)
         .then(|| dev.ready_flags(plan.num_lists() * problem.heads.bias))
         .transpose()?;
-    let sel = select::run(dev, params, &problem, &plan, &tables, bias, ready.as_ref())?;
+    let sel = select::run(dev, params, &problem, plan, tables, bias, ready.as_ref())?;
     if plan.num_blocks() == 0 {
         return Ok(sel);
     }
@@ -300,8 +300,8 @@ pub fn forward_into_with_selection<T: CudaElement>(
         dev,
         params,
         &problem,
-        &plan,
-        &tables,
+        plan,
+        tables,
         &sel,
         sure,
         (q, k, v),
@@ -540,9 +540,16 @@ pub fn select(
     params.validate()?;
     let problem = shape.problem()?;
     problem.check_len("bias", problem.bias_len(), bias.len())?;
-    let plan = Plan::new(params, &problem)?;
-    let tables = DevicePlan::upload(dev, &plan)?;
-    let sel = select::run(dev, params, &problem, &plan, &tables, bias, None)?;
+    let planned = dev.planned(params, &problem)?;
+    let sel = select::run(
+        dev,
+        params,
+        &problem,
+        &planned.plan,
+        &planned.tables,
+        bias,
+        None,
+    )?;
     sel.check_bias(dev, &problem, bias)?;
     Ok(sel)
 }

@@ -80,6 +80,7 @@ mod loss;
 mod mapped;
 mod optim;
 mod plan;
+mod plan_cache;
 mod select;
 
 pub use backward::{backward, backward_host, backward_into, BackwardInputs, DeviceGradients};

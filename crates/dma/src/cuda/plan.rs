@@ -94,7 +94,11 @@ impl Plan {
 
     /// The tables of a call with causal lists of `list_rows` query rows, a multiple of BLOCK_M
     /// (so that no block straddles two lists) and at most LIST_M (the kernels' shared arrays).
-    fn with_list_rows(params: &Params, problem: &Problem, list_rows: usize) -> Result<Plan> {
+    pub(crate) fn with_list_rows(
+        params: &Params,
+        problem: &Problem,
+        list_rows: usize,
+    ) -> Result<Plan> {
         assert!(list_rows % BLOCK_M == 0 && (BLOCK_M..=LIST_M).contains(&list_rows));
         let int = |x: usize| i32::try_from(x).map_err(|_| DmaError::TooLong(x));
         let seqs = seq_table(problem)?.concat();

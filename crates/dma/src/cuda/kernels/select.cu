@@ -306,9 +306,10 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
         return rank;
     };
     auto at_least_tau = [=](u64 rank) { return rank >= tau; };
+    // (Values from global memory, 4 per thread and round: for a dependent list 1.5% faster than
+    // 1, docs/benchmarks.md "Stop 25".)
     const int kept_before =  // == min(P, window)
-        compact_ordered<THREADS, FROM_ANCHOR ? 1 : 4>(n, checked_source, at_least_tau, list, 0,
-                                                      sh.warp_counts);
+        compact_ordered<THREADS, 4>(n, checked_source, at_least_tau, list, 0, sh.warp_counts);
     for (int i = P + threadIdx.x; i < E; i += THREADS) {
         dma_check_bias(b[i], bad_bias, L.x, bias_heads, hb, i);
         const u64 rank = key_rank(i);
