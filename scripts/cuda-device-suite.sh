@@ -3,11 +3,12 @@
 # path. Kernel tests (every head dim, dtype, layout), memcheck + racecheck on small shapes
 # (synccheck too for the forward and backward),
 # `dma selftest --device cuda` (kernels, the dma-candle op with backward, a Doge on the GPU).
-# The forward and backward tests run four times: as by default on sm_90 (the Hopper kernels, sure
-# keys, lists of 256 rows), without the Hopper kernels (DMA_CUDA_NO_WGMMA=1), without sure keys
-# (DMA_CUDA_NO_SURE_KEYS=1) and with 128-row lists (DMA_CUDA_LIST_ROWS=128), the forward also with
-# its kernels launched one after another (DMA_CUDA_NO_OVERLAP=1); the decode test also
-# without the fused decode kernel (DMA_CUDA_NO_FUSED_DECODE=1).
+# The forward and backward tests run five times: as by default on sm_90 (the Hopper kernels, sure
+# keys, lists of up to 512 rows), without the Hopper kernels (DMA_CUDA_NO_WGMMA=1), without sure
+# keys (DMA_CUDA_NO_SURE_KEYS=1) and with lists of at most 128 and 256 rows
+# (DMA_CUDA_LIST_ROWS=128, 256; the partition test too), the forward also with its kernels
+# launched one after another (DMA_CUDA_NO_OVERLAP=1); the decode test also without the fused
+# decode kernel (DMA_CUDA_NO_FUSED_DECODE=1).
 # Logs in $OUT, a summary last. Knobs: SKIP_TESTS=1 (the kernel tests), SKIP_SWITCHES=1 (their
 # runs under the switches), SKIP_SANITIZER=1, SAN_EVERY, SAN_TIMEOUT.
 #
@@ -16,7 +17,7 @@
 # The whole suite took ~700 s on the H100 in stop 17, over the device tool's 600 s per call: run
 # it as three calls, each ending with the selftest (~60 s):
 #   SKIP_SWITCHES=1 SKIP_SANITIZER=1   the kernel tests (~210 s)
-#   SKIP_TESTS=1 SKIP_SANITIZER=1      the switches (~290 s)
+#   SKIP_TESTS=1 SKIP_SANITIZER=1      the switches (~450 s)
 #   SKIP_TESTS=1 SKIP_SWITCHES=1       the sanitizers (~330 s in stop 21)
 set -u
 B=.devbin/dma-cuda-tests
@@ -46,11 +47,11 @@ if [ "${SKIP_SWITCHES:-0}" != 1 ]; then
   DMA_CUDA_NO_FUSED_DECODE=1 timeout 200 $B --exact decode_matches_cpu --nocapture >"$OUT/tests-no-fused-decode.log" 2>&1
   echo "decode_matches_cpu with DMA_CUDA_NO_FUSED_DECODE=1 rc=$?" >>"$S"
   grep -E "worst|panicked|test result" "$OUT/tests-no-fused-decode.log" >>"$S"
-  for switch in DMA_CUDA_NO_SURE_KEYS=1 DMA_CUDA_LIST_ROWS=128; do
-    for t in forward_matches_cpu backward_matches_cpu; do
-      env $switch timeout 200 $B --exact $t --nocapture >"$OUT/tests-${switch%=*}-$t.log" 2>&1
+  for switch in DMA_CUDA_NO_SURE_KEYS=1 DMA_CUDA_LIST_ROWS=128 DMA_CUDA_LIST_ROWS=256; do
+    for t in forward_matches_cpu backward_matches_cpu partition_puts_the_sure_keys_first; do
+      env $switch timeout 200 $B --exact $t --nocapture >"$OUT/tests-${switch/=/-}-$t.log" 2>&1
       echo "$t with $switch rc=$?" >>"$S"
-      grep -E "worst|panicked|test result" "$OUT/tests-${switch%=*}-$t.log" >>"$S"
+      grep -E "worst|panicked|test result" "$OUT/tests-${switch/=/-}-$t.log" >>"$S"
     done
   done
   # The forward's selection and attention launched one after another, not overlapped.

@@ -1020,17 +1020,17 @@ fn selection_matches_cpu() {
             .and_then(|s| s.to_host(&dev))
             .unwrap_or_else(|e| panic!("{}: {e}", case.label()));
         let hb = problem.heads.bias;
-        // Query rows per causal list (two blocks of the forward by default).
+        // Query rows of the longest causal lists (four blocks of the forward by default).
         let rows = cuda::list_rows().unwrap();
         let mut list_base = 0usize;
         for (si, seq) in problem.sequences.iter().enumerate() {
-            let lists = seq.nq.div_ceil(rows);
+            let lists = cuda::causal_lists(case.window, seq.nq, seq.nk, rows);
             for h in 0..hb {
                 let keys = &bias[problem.bias_range(seq, h)];
                 let cpu_sel = KeySelection::new(keys, seq.nq, case.window, case.causal, rows);
                 for r in 0..seq.nq {
                     let list = if case.causal {
-                        list_base + r / rows
+                        list_base + lists.iter().position(|l| (l.0..l.1).contains(&r)).unwrap()
                     } else {
                         si
                     };
@@ -1070,18 +1070,18 @@ fn selection_matches_cpu() {
                 }
             }
             if case.causal {
-                list_base += lists;
+                list_base += lists.len();
             }
         }
     });
 }
 
-/// The sure keys the Hopper forward takes: the selection puts each causal list's sure keys
-/// first, and the sure count is exactly the number of the list's keys ranked at least the
-/// largest threshold of a row that keeps anything (so each is kept by every such row), all of
-/// them before the list's first row; the list's own keys that some row keeps come last,
-/// ascending, and no others; the first-block count is what the list's first BLOCK_M rows see. Two
-/// calls agree. A non-causal list's keys are all sure.
+/// The sure keys the Hopper forward takes: the selection orders each causal list so that each of
+/// its blocks' sure keys are a prefix, the block's sure count exactly the number of the list's
+/// keys ranked at least the largest threshold of the block's rows that keep anything (so each is
+/// kept by every such row), all of them before the list's first row; the list's own keys that
+/// some row keeps come last, ascending, and no others; each block's seen count is what its rows
+/// see. Two calls agree. A non-causal list's keys are all sure.
 #[test]
 fn partition_puts_the_sure_keys_first() {
     let Some(dev) = device() else { return };
@@ -1106,15 +1106,20 @@ fn partition_puts_the_sure_keys_first() {
             assert_eq!(keys(&sel), keys(&again), "{label}: two calls' list {slot}");
         }
         if !case.causal {
-            assert_eq!(sure, sel.count, "{label}: a non-causal list is all sure");
+            for (slot, &n) in sel.count.iter().enumerate() {
+                let blocks = &sure[slot * cuda::LIST_BLOCKS..][..cuda::LIST_BLOCKS];
+                assert!(
+                    blocks.iter().all(|&s| s == n),
+                    "{label}: a non-causal list is all sure"
+                );
+            }
             return;
         }
         let hb = problem.heads.bias;
         let rows = cuda::list_rows().unwrap();
         let mut list = 0usize;
         for seq in &problem.sequences {
-            for first in (0..seq.nq).step_by(rows) {
-                let end = (first + rows).min(seq.nq);
+            for (first, end) in cuda::causal_lists(params.window, seq.nq, seq.nk, rows) {
                 let clamp = |r: usize| (seq.query_offset() + r as i64).clamp(0, seq.nk as i64);
                 let (p0, e0) = (clamp(first) as usize, clamp(end) as usize);
                 for h in 0..hb {
@@ -1139,24 +1144,37 @@ fn partition_puts_the_sure_keys_first() {
                         keys[..own].iter().all(|r| index(r) < p0),
                         "{label}: keys before"
                     );
-                    // The first block's rows see the keys up to its last row's position.
-                    let last = seq.query_offset() + (first + cuda::BLOCK_M).min(end) as i64 - 1;
-                    let seen = keys.iter().filter(|r| index(r) as i64 <= last).count();
-                    assert_eq!(sel.first_count[slot] as usize, seen, "{label}: first count");
-                    let live = thr.iter().copied().filter(|&t| t != u64::MAX);
-                    let t_star = live.clone().max().unwrap_or(0);
-                    let s = sure[slot] as usize;
-                    if t_star == 0 {
-                        assert_eq!(s, 0, "{label}: sure keys of a row-less list");
-                    } else {
+                    // Each block of the list: its rows see the keys up to its last row's
+                    // position, and its sure keys (those every row of it that keeps anything
+                    // keeps, t* the largest threshold of those rows) are a prefix of the keys
+                    // before the list's first row.
+                    for (place, b0) in (first..end).step_by(cuda::BLOCK_M).enumerate() {
+                        let b1 = (b0 + cuda::BLOCK_M).min(end);
+                        let part = slot * cuda::LIST_BLOCKS + place;
+                        let last = seq.query_offset() + b1 as i64 - 1;
+                        let seen = keys.iter().filter(|r| index(r) as i64 <= last).count();
+                        assert_eq!(
+                            sel.seen[part] as usize, seen,
+                            "{label}: seen by block {place}"
+                        );
+                        let live = thr[b0 - first..b1 - first]
+                            .iter()
+                            .copied()
+                            .filter(|&t| t != u64::MAX);
+                        let t_star = live.max().unwrap_or(0);
+                        let s = sure[part] as usize;
+                        if t_star == 0 {
+                            assert_eq!(s, 0, "{label}: sure keys of a row-less block");
+                            continue;
+                        }
                         assert!(s <= own, "{label}: sure count past the keys before");
                         assert!(
                             keys[..s].iter().all(|&r| r >= t_star),
-                            "{label}: a sure key"
+                            "{label}: a sure key of block {place}"
                         );
                         assert!(
                             keys[s..own].iter().all(|&r| r < t_star),
-                            "{label}: sure count"
+                            "{label}: sure count of block {place}"
                         );
                         partitioned += usize::from(s > 0);
                     }

@@ -286,11 +286,11 @@ fn launch<T: CudaElement>(
         .arg(&blocks)
         .arg(&sel.cand)
         .arg(&sel.count)
-        .arg(&sel.first_count);
+        .arg(&sel.seen);
     // The Hopper backward skips the keep test of each list's sure keys, like the forward
     // (backward.cu ignores them).
     let null = 0u64;
-    match forward::launch_sure_counts(dev, params, problem.head_dim, sel) {
+    match forward::launch_sure_counts(dev, problem.head_dim, sel) {
         Some(sure) => l.arg(sure),
         None => l.arg(&null),
     };

@@ -20,7 +20,7 @@ use super::compile::KernelSpec;
 use super::device::Device;
 use super::error;
 use super::forward::{self, causal_arg, CudaElement};
-use super::plan::{self, Plan, BLOCK_M, BLOCK_N, SEQ_INFO_INTS};
+use super::plan::{self, Plan, BLOCK_M, BLOCK_N, LIST_BLOCKS, SEQ_INFO_INTS};
 use super::select::{self, DevicePlan, Selection};
 use crate::{cpu, DmaError, Params, Problem, Result, Shape};
 use cudarc::driver::sys::CUdevice_attribute_enum as DevAttr;
@@ -287,7 +287,9 @@ pub(super) fn decode_plan(params: &Params, problem: &Problem) -> Result<DecodePl
             lists.extend([int(i)?, 0, int(s.nq)?, -1]);
         }
         if s.nq > 0 {
-            blocks.extend([int(i)?, 0, int(s.nq)?, *dependents.last().unwrap_or(&first)]);
+            // The block of the sequence's rows names its list at place 0 (plan.rs).
+            let list = *dependents.last().unwrap_or(&first) as usize;
+            blocks.extend([int(i)?, 0, int(s.nq)?, int(list * LIST_BLOCKS)?]);
         }
     }
     plan.lists = lists;

@@ -182,11 +182,10 @@ fn sure_keys_wanted(dev: &Device, head_dim: usize) -> bool {
 /// are off ([`sure_keys_wanted`]).
 pub(crate) fn launch_sure_counts<'a>(
     dev: &Device,
-    params: &Params,
     head_dim: usize,
     sel: &'a Selection,
 ) -> Option<&'a CudaSlice<u32>> {
-    sure_keys_wanted(dev, head_dim).then(|| sel.sure_counts(params.causal))
+    sure_keys_wanted(dev, head_dim).then_some(&sel.sure)
 }
 
 /// Dynamic shared memory of the forward kernel (`FwdSmem::BYTES`).
@@ -295,7 +294,7 @@ pub fn forward_into_with_selection<T: CudaElement>(
     if plan.num_blocks() == 0 {
         return Ok(sel);
     }
-    let sure = launch_sure_counts(dev, params, problem.head_dim, &sel);
+    let sure = launch_sure_counts(dev, problem.head_dim, &sel);
     attend(
         dev,
         params,
@@ -360,7 +359,7 @@ pub(crate) fn attend<T: CudaElement>(
         .input(&blocks)
         .input(&sel.cand)
         .input(&sel.count)
-        .input(&sel.first_count);
+        .input(&sel.seen);
     match sure {
         Some(s) => args.input(s),
         None => args.ptr(0),
@@ -554,8 +553,8 @@ pub fn select(
     Ok(sel)
 }
 
-/// [`select()`] and the number of sure keys at the front of each list, `[lists, Hb]` (every key
-/// of a non-causal list). For tests and inspection.
+/// [`select()`] and the number of sure keys at the front of each list for each of its blocks,
+/// `[lists, Hb, LIST_BLOCKS]` (every key of a non-causal list). For tests and inspection.
 pub fn select_partitioned(
     dev: &Device,
     params: &Params,
@@ -563,6 +562,6 @@ pub fn select_partitioned(
     bias: &impl DeviceInput<f32>,
 ) -> Result<(Selection, Vec<u32>)> {
     let sel = select(dev, params, shape, bias)?;
-    let sure = buffers::download(dev, sel.sure_counts(params.causal))?;
+    let sure = buffers::download(dev, &sel.sure)?;
     Ok((sel, sure))
 }

@@ -8,13 +8,13 @@
 //! CUDA; a missing driver or device is a typed error.
 //!
 //! A call runs these kernels on the device's stream:
-//! 1. selection (`kernels/select.cu`): for each list of [`LIST_M`] = 256 query rows (causal: two
-//!    blocks of 128 rows share one; `DMA_CUDA_LIST_ROWS=128` gives each block its own, see
-//!    [`list_rows`]) and bias head, the candidate keys (at most w + 256: the w best before the
+//! 1. selection (`kernels/select.cu`): for each list of [`LIST_M`] = 512 query rows (causal: four
+//!    blocks of 128 rows share one; `DMA_CUDA_LIST_ROWS=128` or `256` make shorter lists, see
+//!    [`list_rows`]) and bias head, the candidate keys (at most w + 512: the w best before the
 //!    list's first row and those of the list's own keys some row keeps) and each row's threshold
 //!    rank (two launches when causal: the anchor lists, then the lists that start from them);
-//!    and, when causal, each list's "sure" keys (kept by every row of the list that keeps
-//!    anything) moved to its front, so that the Hopper forward skips their keep test
+//!    and, when causal, each block's "sure" keys (kept by every row of the block that keeps
+//!    anything) at the list's front, so that the Hopper forward skips their keep test
 //!    (`DMA_CUDA_NO_SURE_KEYS` turns the skipping off);
 //! 2. forward: gathers the candidates' K/V rows into shared memory, runs QK^T and PV on the
 //!    tensor cores with an online softmax that applies each row's keep test. On sm_90 at head
@@ -98,7 +98,7 @@ pub use layers::{
 };
 pub use loss::{cross_entropy_backward, cross_entropy_forward};
 pub use optim::{adamw_moment, adamw_update, AdamWMoment, AdamWUpdate};
-pub use plan::{list_rows, BLOCK_M, LIST_M};
+pub use plan::{causal_lists, list_rows, BLOCK_M, LIST_BLOCKS, LIST_M};
 pub use select::{HostSelection, Selection};
 
 /// Every kernel specialisation the backend may launch, for compiling ahead (tests, CI).

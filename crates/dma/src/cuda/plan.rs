@@ -7,35 +7,72 @@ use crate::{DmaError, Params, Problem, Result};
 /// Query rows per block, the rows of one CTA of the forward and backward (`DMA_BLOCK_M` in
 /// kernels/common.cu).
 pub const BLOCK_M: usize = 128;
-/// Query rows per causal selection list: two blocks share one list, so there are half as many
-/// lists to select (docs/cuda-notes.md, "256-row selection lists"). Also the most rows a list
-/// may have (`DMA_LIST_M` in kernels/common.cu sizes the selection's shared arrays by it): the
-/// kernels take a list's rows from the lists table, so [`list_rows`] may choose fewer.
-pub const LIST_M: usize = 256;
+/// Query rows per causal selection list: four blocks share one list, so there are a quarter as
+/// many lists to select (docs/cuda-notes.md, "256-row selection lists" and "Stop 25"). Also the
+/// most rows a list may have (`DMA_LIST_M` in kernels/common.cu sizes the selection's shared
+/// arrays by it): the kernels take a list's rows from the lists table, so [`list_rows`] may choose
+/// fewer.
+pub const LIST_M: usize = 512;
+/// The most blocks of one list (`DMA_LIST_BLOCKS`). A block's entry in the blocks table names its
+/// list and its place in it as `list * LIST_BLOCKS + place`, which index the list's per-block
+/// counts (the keys the block sees, its sure keys).
+pub const LIST_BLOCKS: usize = LIST_M / BLOCK_M;
 /// Keys per shared-memory tile of the forward (`DMA_TILE_N` in kernels/common.cu).
 pub const BLOCK_N: usize = 64;
-/// Every this many causal lists of a sequence, one is an anchor that selects from all earlier
-/// keys; the lists in between select from their anchor's list (kernels/select.cu). Anchors cost
-/// O(N^2 / (ANCHOR_EVERY * LIST_M)) bias reads per head, the others select over at most
-/// w + ANCHOR_EVERY * LIST_M keys each: at 32K and w = 2048, 8 reads fewer keys in all than 4
-/// (about 0.6M against 0.76M key reads per radix pass and head), and the longest anchor is the
-/// same either way.
-pub const ANCHOR_EVERY: usize = 8;
+/// Every this many query rows of a sequence, a causal list is an anchor that selects from all
+/// earlier keys; the lists in between select from their anchor's list (kernels/select.cu).
+/// Anchors cost O(N^2 / ANCHOR_ROWS) bias reads per head, the others select over at most
+/// w + ANCHOR_ROWS keys each: at 32K and w = 2048, 2048 reads fewer keys in all than 1024 (about
+/// 0.6M against 0.76M key reads per radix pass and head, measured with 256-row lists), and the
+/// longest anchor is the same either way.
+pub const ANCHOR_ROWS: usize = 2048;
 
-/// Query rows per causal selection list, read at each call: [`LIST_M`], or [`BLOCK_M`] (one list
-/// per block, as before) when the environment variable `DMA_CUDA_LIST_ROWS` is 128 (an A/B
-/// switch; 256 is the default, any other value an error).
+/// Causal lists that start before position `LONG_LISTS_FROM * w` have at most [`SHORT_LIST_M`]
+/// rows. Block b of a list reads the keys before the list that the own keys of its rows before
+/// it pushed out of every row's w best (about 128 b w / p keys at position p): at 32K and
+/// w = 2048, lists of 512 rows from position 4w on and of 256 before made the forward 2.5% faster
+/// than 256 everywhere and 512 everywhere (the same at 32K, 3% slower at 16K) (docs/benchmarks.md,
+/// "Stop 25").
+pub const LONG_LISTS_FROM: usize = 4;
+/// The rows of a causal list before position `LONG_LISTS_FROM * w`.
+pub const SHORT_LIST_M: usize = 2 * BLOCK_M;
+
+/// Query rows of the longest causal selection lists, read at each call: [`LIST_M`], or 128 or 256
+/// when the environment variable `DMA_CUDA_LIST_ROWS` says so (an A/B switch; any other value is
+/// an error). Lists are shorter where [`LONG_LISTS_FROM`] says.
 pub fn list_rows() -> Result<usize> {
     let Some(value) = std::env::var_os("DMA_CUDA_LIST_ROWS") else {
         return Ok(LIST_M);
     };
     match value.to_str() {
-        Some("256") => Ok(LIST_M),
+        Some("512") => Ok(LIST_M),
+        Some("256") => Ok(SHORT_LIST_M),
         Some("128") => Ok(BLOCK_M),
         _ => Err(DmaError::Cuda(format!(
-            "DMA_CUDA_LIST_ROWS must be 128 or 256 (got {value:?})"
+            "DMA_CUDA_LIST_ROWS must be 128, 256 or 512 (got {value:?})"
         ))),
     }
+}
+
+/// The causal lists of a sequence of `nq` queries and `nk` keys: runs [r0, r1) of its rows that
+/// tile them, each of at most `list_rows` rows (at most [`SHORT_LIST_M`] if it starts before
+/// position `LONG_LISTS_FROM * window`), a whole number of blocks except at the end, and within
+/// one group of [`ANCHOR_ROWS`] rows, whose first list is the anchor of the others.
+pub fn causal_lists(window: usize, nq: usize, nk: usize, list_rows: usize) -> Vec<(usize, usize)> {
+    let long_from = LONG_LISTS_FROM.saturating_mul(window);
+    let mut lists = Vec::with_capacity(nq.div_ceil(BLOCK_M));
+    let mut r0 = 0;
+    while r0 < nq {
+        // The first row's position: nk - nq + r0.
+        let rows = match (nk + r0).saturating_sub(nq) < long_from {
+            true => list_rows.min(SHORT_LIST_M),
+            false => list_rows,
+        };
+        let r1 = (r0 + rows.min(ANCHOR_ROWS - r0 % ANCHOR_ROWS)).min(nq);
+        lists.push((r0, r1));
+        r0 = r1;
+    }
+    lists
 }
 
 /// The tables of one call.
@@ -44,14 +81,15 @@ pub(crate) struct Plan {
     /// Per sequence: q_start, nq, k_start, nk, bias_offset, lse_offset, 0, 0 (`SeqInfo`).
     pub seqs: Vec<i32>,
     /// Per selection list: sequence, first row, end row, anchor list (-1 for an anchor). Causal:
-    /// one list per [`list_rows`] query rows (a whole number of blocks); not causal: one list per
-    /// sequence (every row keeps the same keys), each an anchor.
+    /// the runs of rows of [`causal_lists`]; not causal: one list per sequence (every row keeps
+    /// the same keys), each an anchor.
     pub lists: Vec<i32>,
     /// The anchor lists, then the others (selected in a second launch, after their anchors).
     pub anchors: Vec<i32>,
     pub dependents: Vec<i32>,
-    /// Per block of BLOCK_M query rows (one CTA): sequence, first row, end row, the list that
-    /// holds its rows.
+    /// Per block of BLOCK_M query rows (one CTA): sequence, first row, end row, and the list that
+    /// holds its rows with the block's place in it, `list * LIST_BLOCKS + place` (place 0 when
+    /// not causal: every block sees the whole list).
     pub blocks: Vec<i32>,
     /// Capacity of each candidate list, a multiple of BLOCK_N.
     pub cap: usize,
@@ -87,12 +125,12 @@ pub(crate) fn seq_table(problem: &Problem) -> Result<Vec<[i32; SEQ_INFO_INTS]>> 
 }
 
 impl Plan {
-    /// The tables of a call, with causal lists of [`list_rows`] query rows.
+    /// The tables of a call, with causal lists of at most [`list_rows`] query rows.
     pub fn new(params: &Params, problem: &Problem) -> Result<Plan> {
         Self::with_list_rows(params, problem, list_rows()?)
     }
 
-    /// The tables of a call with causal lists of `list_rows` query rows, a multiple of BLOCK_M
+    /// The tables of a call with causal lists of at most `list_rows` query rows, a multiple of BLOCK_M
     /// (so that no block straddles two lists) and at most LIST_M (the kernels' shared arrays).
     pub(crate) fn with_list_rows(
         params: &Params,
@@ -110,26 +148,31 @@ impl Plan {
             max_nk = max_nk.max(s.nk);
             let first = lists.len() / 4;
             if params.causal {
-                for (k, r0) in (0..s.nq).step_by(list_rows).enumerate() {
-                    let id = int(first + k)?;
-                    let anchor = if k % ANCHOR_EVERY == 0 {
-                        anchors.push(id);
+                let mut anchor = 0;
+                for (r0, r1) in causal_lists(params.window, s.nq, s.nk, list_rows) {
+                    let id = lists.len() / 4;
+                    let of = if r0 % ANCHOR_ROWS == 0 {
+                        anchors.push(int(id)?);
+                        anchor = id;
                         -1
                     } else {
-                        dependents.push(id);
-                        int(first + k - k % ANCHOR_EVERY)?
+                        dependents.push(int(id)?);
+                        int(anchor)?
                     };
-                    let r1 = (r0 + list_rows).min(s.nq);
-                    lists.extend([int(i)?, int(r0)?, int(r1)?, anchor]);
+                    lists.extend([int(i)?, int(r0)?, int(r1)?, of]);
+                    for b0 in (r0..r1).step_by(BLOCK_M) {
+                        let b1 = (b0 + BLOCK_M).min(r1);
+                        let code = id * LIST_BLOCKS + (b0 - r0) / BLOCK_M;
+                        blocks.extend([int(i)?, int(b0)?, int(b1)?, int(code)?]);
+                    }
                 }
             } else {
                 anchors.push(int(first)?);
                 lists.extend([int(i)?, 0, int(s.nq)?, -1]);
-            }
-            for r0 in (0..s.nq).step_by(BLOCK_M) {
-                let list = first + if params.causal { r0 / list_rows } else { 0 };
-                let r1 = (r0 + BLOCK_M).min(s.nq);
-                blocks.extend([int(i)?, int(r0)?, int(r1)?, int(list)?]);
+                for b0 in (0..s.nq).step_by(BLOCK_M) {
+                    let b1 = (b0 + BLOCK_M).min(s.nq);
+                    blocks.extend([int(i)?, int(b0)?, int(b1)?, int(first * LIST_BLOCKS)?]);
+                }
             }
         }
         int(problem.total_q)?;
@@ -177,13 +220,15 @@ mod tests {
     }
 
     /// Blocks of BLOCK_M rows tile every sequence, each pointing to a list of its sequence that
-    /// holds its rows; causal lists tile the sequence by `list_rows` rows and every dependent
-    /// list names an anchor of its sequence at most ANCHOR_EVERY lists before it; the capacity
-    /// holds w + a list's rows.
+    /// holds its rows and to its place in it; causal lists tile the sequence in whole blocks, at
+    /// most `list_rows` rows (SHORT_LIST_M before position LONG_LISTS_FROM * w) within one group
+    /// of ANCHOR_ROWS rows, and every other list of a group names the group's first as its anchor;
+    /// the capacity holds w + a list's rows.
     #[test]
     fn blocks_share_lists_of_list_rows() {
-        // Queries per sequence: none, one row, a block and one, two lists and one, 2000 rows.
-        let nq = [0, 1, 129, 513, 2000];
+        // Queries per sequence: none, one row, a block and one, four lists and one, 5000 rows
+        // (groups of ANCHOR_ROWS, short and long lists); keys 7 more than queries.
+        let nq = [0, 1, 129, 513, 5000];
         let cu = |extra: usize| {
             let mut c = vec![0i32];
             for n in nq {
@@ -194,23 +239,59 @@ mod tests {
         let problem = Shape::varlen(cu(0), cu(7), Heads::new(4, 2), 64)
             .problem()
             .unwrap();
-        for rows in [BLOCK_M, LIST_M] {
+        let window = 300;
+        for rows in [BLOCK_M, SHORT_LIST_M, LIST_M] {
             for causal in [false, true] {
-                let params = Params::new(300).causal(causal);
+                let params = Params::new(window).causal(causal);
                 let plan = Plan::with_list_rows(&params, &problem, rows).unwrap();
                 let mut block = 0;
                 for (i, &n) in nq.iter().enumerate() {
                     for r0 in (0..n).step_by(BLOCK_M) {
-                        let ([seq, y, z], list) = entry(&plan.blocks, block);
-                        assert_eq!([seq, y, z], [i, r0, (r0 + BLOCK_M).min(n)]);
-                        let ([list_seq, ly, lz], _) = entry(&plan.lists, list as usize);
-                        let first = if causal { r0 / rows * rows } else { 0 };
-                        let end = if causal { (first + rows).min(n) } else { n };
-                        assert_eq!([list_seq, ly, lz], [i, first, end], "block {y}..{z}");
+                        let ([seq, y, z], code) = entry(&plan.blocks, block);
                         block += 1;
+                        assert_eq!([seq, y, z], [i, r0, (r0 + BLOCK_M).min(n)]);
+                        let (list, place) =
+                            (code as usize / LIST_BLOCKS, code as usize % LIST_BLOCKS);
+                        let ([list_seq, ly, lz], of) = entry(&plan.lists, list);
+                        assert_eq!(list_seq, i);
+                        assert!(ly <= r0 && r0 < lz, "block {y}..{z} in list {ly}..{lz}");
+                        if !causal {
+                            assert_eq!([ly, lz, place], [0, n, 0]);
+                            continue;
+                        }
+                        assert_eq!(place, (r0 - ly) / BLOCK_M);
+                        assert!(ly % BLOCK_M == 0 && (lz % BLOCK_M == 0 || lz == n));
+                        let position = 7 + ly;
+                        let most = if position < LONG_LISTS_FROM * window {
+                            SHORT_LIST_M.min(rows)
+                        } else {
+                            rows
+                        };
+                        assert!(lz - ly <= most, "list {ly}..{lz} of at most {most}");
+                        assert_eq!(ly / ANCHOR_ROWS, (lz - 1) / ANCHOR_ROWS, "one group");
+                        if ly % ANCHOR_ROWS == 0 {
+                            assert_eq!(of, -1, "a group's first list is an anchor");
+                        } else {
+                            let ([_, anchor_y, _], own) = entry(&plan.lists, of as usize);
+                            assert_eq!((anchor_y, own), (ly / ANCHOR_ROWS * ANCHOR_ROWS, -1));
+                        }
                     }
                 }
                 assert_eq!(block, plan.num_blocks());
+                // Causal lists tile each sequence (those of causal_lists); one list per
+                // sequence otherwise.
+                let mut at = 0;
+                for (i, &n) in nq.iter().enumerate() {
+                    let want = match causal {
+                        true => causal_lists(window, n, n + 7, rows),
+                        false => vec![(0, n)],
+                    };
+                    for (r0, r1) in want {
+                        assert_eq!(entry(&plan.lists, at).0, [i, r0, r1]);
+                        at += 1;
+                    }
+                }
+                assert_eq!(at, plan.num_lists());
                 let mut all: Vec<i32> = plan
                     .anchors
                     .iter()
@@ -219,14 +300,8 @@ mod tests {
                     .collect();
                 all.sort_unstable();
                 assert_eq!(all, (0..plan.num_lists() as i32).collect::<Vec<_>>());
-                for &d in &plan.dependents {
-                    let ([seq, y, _], anchor) = entry(&plan.lists, d as usize);
-                    let ([anchor_seq, anchor_y, _], own) = entry(&plan.lists, anchor as usize);
-                    assert_eq!((anchor_seq, own), (seq, -1));
-                    assert!(anchor_y < y && y - anchor_y < ANCHOR_EVERY * rows);
-                }
                 let extra = if causal { rows } else { 0 };
-                assert!(plan.cap >= 300 + extra && plan.cap % BLOCK_N == 0);
+                assert!(plan.cap >= window + extra && plan.cap % BLOCK_N == 0);
             }
         }
     }

@@ -1,5 +1,5 @@
-//! Selection on the GPU: for every list (causal: a run of `plan::list_rows()` query rows, which
-//! one or two blocks of the forward read; or a whole sequence) and bias head, the candidate keys
+//! Selection on the GPU: for every list (causal: a run of query rows, `plan::causal_lists`, which
+//! up to four blocks of the forward read; or a whole sequence) and bias head, the candidate keys
 //! and each query row's threshold rank (kernels/select.cu).
 
 use super::buffers::{self, alloc_uninit, DeviceInput};
@@ -9,7 +9,7 @@ use super::error;
 use super::forward::causal_arg;
 use super::launch::{Args, Ready};
 use super::mapped::LentWord;
-use super::plan::Plan;
+use super::plan::{Plan, LIST_BLOCKS};
 use crate::{DmaError, Params, Problem, Result};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
 
@@ -57,12 +57,12 @@ pub struct Selection {
     pub(crate) cand: CudaSlice<u64>,
     /// `[lists, Hb]` number of keys of each list.
     pub(crate) count: CudaSlice<u32>,
-    /// `[lists, Hb]` how many of each list's keys its first block of `plan::BLOCK_M` rows can see
-    /// (causal: the first block of a two-block list stops before the second block's own keys;
-    /// `dma_visible_count` in kernels/common.cu). Written by select.cu; the decode selection's
-    /// gathered lists leave it unwritten, and nothing reads it there (their keys all precede
-    /// their rows).
-    pub(crate) first_count: CudaSlice<u32>,
+    /// `[lists, Hb, LIST_BLOCKS]` how many of each list's keys each of its blocks of
+    /// `plan::BLOCK_M` rows can see (causal: a block before the list's last stops before the
+    /// next blocks' own keys; `dma_visible_count` in kernels/common.cu). Written by select.cu;
+    /// the decode selection's gathered lists leave it unwritten, and nothing reads it there
+    /// (their keys all precede their rows).
+    pub(crate) seen: CudaSlice<u32>,
     /// `[Hb, total_q]` threshold rank of each query row (see `dma::selection::rank`); a row keeps
     /// key j iff rank_j >= threshold (and j <= its position when causal).
     pub(crate) thr: CudaSlice<u64>,
@@ -71,9 +71,10 @@ pub struct Selection {
     /// (`dma_check_bias` in kernels/common.cu). Mapped host memory: the call reads it without a
     /// copy once its kernels have finished.
     pub(crate) bad_bias: LentWord,
-    /// `[lists, Hb]` how many keys at the front of each causal list every row of its block that
-    /// keeps anything keeps (its "sure" keys: the selection kernels move them there); unused for
-    /// a non-causal selection.
+    /// `[lists, Hb, LIST_BLOCKS]` how many keys at the front of each list every row of each of
+    /// its blocks that keeps anything keeps (the block's "sure" keys: select.cu orders a causal
+    /// list so that each block's are a prefix; every key of a non-causal list). Written by
+    /// select.cu, not by the decode selection.
     pub(crate) sure: CudaSlice<u32>,
     pub(crate) cap: usize,
     /// What it was made for: (window, causal, lists, Hb, total_q), checked on reuse.
@@ -86,9 +87,9 @@ pub struct HostSelection {
     /// Candidate ranks; `rank as u32` is the key index.
     pub cand: Vec<u64>,
     pub count: Vec<u32>,
-    /// How many of each list's keys its first block of [`BLOCK_M`](super::BLOCK_M) rows can see
-    /// (causal lists).
-    pub first_count: Vec<u32>,
+    /// `[lists, Hb, LIST_BLOCKS]` how many of each list's keys each of its blocks of
+    /// [`BLOCK_M`](super::BLOCK_M) rows can see (causal lists).
+    pub seen: Vec<u32>,
     pub thr: Vec<u64>,
     /// Capacity of each list in `cand`.
     pub cap: usize,
@@ -106,15 +107,6 @@ impl Selection {
                 "made for (window, causal, lists, bias heads, total_q) = {:?}, this call needs {:?}",
                 self.made_for, want
             )))
-        }
-    }
-
-    /// The sure-key counts of each list (see [`Selection::sure`]'s field): for a non-causal
-    /// selection every key (one threshold for all the rows of a list).
-    pub(crate) fn sure_counts(&self, causal: bool) -> &CudaSlice<u32> {
-        match causal {
-            true => &self.sure,
-            false => &self.count,
         }
     }
 
@@ -144,7 +136,7 @@ impl Selection {
         Ok(HostSelection {
             cand: buffers::download(dev, &self.cand)?,
             count: buffers::download(dev, &self.count)?,
-            first_count: buffers::download(dev, &self.first_count)?,
+            seen: buffers::download(dev, &self.seen)?,
             thr: buffers::download(dev, &self.thr)?,
             cap: self.cap,
         })
@@ -280,11 +272,11 @@ pub(crate) fn alloc_selection(
     Ok(Selection {
         cand: alloc(dev, "candidate lists", lists * hb * plan.cap)?,
         count: alloc(dev, "candidate counts", lists * hb)?,
-        first_count: alloc(dev, "first-block counts", lists * hb)?,
+        seen: alloc(dev, "per-block counts", lists * hb * LIST_BLOCKS)?,
         thr: alloc(dev, "row thresholds", hb * problem.total_q)?,
         bad_bias: dev.lend_word()?,
         cap: plan.cap,
-        sure: alloc(dev, "sure-key counts", lists * hb)?,
+        sure: alloc(dev, "sure-key counts", lists * hb * LIST_BLOCKS)?,
         made_for: made_for(params, problem, plan),
     })
 }
@@ -362,7 +354,7 @@ pub(crate) fn launch_lists(
         .int(problem.total_q as i32)
         .output(&mut sel.cand)
         .output(&mut sel.count)
-        .output(&mut sel.first_count)
+        .output(&mut sel.seen)
         .output(&mut sel.thr)
         .output(&mut sel.sure)
         .ptr(sel.bad_bias.device_ptr())

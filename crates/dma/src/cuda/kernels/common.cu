@@ -11,10 +11,14 @@ typedef long long i64;
 
 // Query rows per block, the rows of one CTA of the forward and backward (cuda/plan.rs: BLOCK_M).
 #define DMA_BLOCK_M 128
-// The most query rows of a causal selection list (cuda/plan.rs: LIST_M; two blocks share one).
-// It only sizes shared arrays: the kernels take a list's rows from the lists table, which may
-// give fewer (DMA_CUDA_LIST_ROWS=128, a sequence's last list, decode).
-#define DMA_LIST_M 256
+// The most query rows of a causal selection list (cuda/plan.rs: LIST_M; up to four blocks share
+// one). It sizes shared arrays and the per-block counts of a list: the kernels take a list's rows
+// from the lists table, which may give fewer (DMA_CUDA_LIST_ROWS, a sequence's last list, decode).
+#define DMA_LIST_M 512
+// The most blocks of one list. A block's entry in the blocks table names its list and its place in
+// it as list * DMA_LIST_BLOCKS + place (cuda/plan.rs); a list's per-block counts (the keys each
+// block sees, its sure keys) are at [list, bias head, place].
+#define DMA_LIST_BLOCKS (DMA_LIST_M / DMA_BLOCK_M)
 // Keys per forward tile; candidate lists are padded with DMA_NO_KEY to whole tiles (plan.rs: BLOCK_N).
 #define DMA_TILE_N 64
 
@@ -50,20 +54,34 @@ __device__ __forceinline__ bool dma_keeps(u64 rank, u64 thr, int pos) {
 }
 
 // How many leading keys of a list a CTA must read, its last row at position last_pos: `count`
-// keys in all, of which `first_count` are at most the last position of the list's first
-// DMA_BLOCK_M rows (select.cu writes both). A causal list ends with those of its rows' own keys
+// keys in all, of which `seen` are at most the last position of the CTA's block (select.cu
+// writes both, `seen` per block of the list). A causal list ends with those of its rows' own keys
 // [P, E) that some row keeps, ascending, and its other keys precede P, the position of its first
-// row (clamped to [0, Nk]): so a block sees every key when it sees the last one, and only the
-// first block of a two-block list can see fewer, exactly `first_count` (its rows fail the causal
-// test on the rest, so skipping them saves work and changes no result). Ranks are loaded in
-// 16-byte pairs, so the count is rounded up to even (at most `count`): then no pair brings in an
-// uncounted real key, and a counted key past last_pos is the last counted one, so the tile holding
-// it reaches past the block's first row and takes the causal test. Not causal: `count`.
+// row (clamped to [0, Nk]): so a block sees every key when it sees the last one, and otherwise
+// exactly `seen` (its rows fail the causal test on the rest, so skipping them saves work and
+// changes no result; a decode list, whose `seen` is unwritten, always sees its last key). Ranks
+// are loaded in 16-byte pairs, so the count is rounded up to even (at most `count`): then no pair
+// brings in an uncounted real key, and a counted key past last_pos is the last counted one, so
+// the tile holding it reaches past the block's first row and takes the causal test. Not causal:
+// `count`.
+// A block's list as an index among [lists, Hb] (slot: its keys, count and ready flag) and its
+// place among [lists, Hb, DMA_LIST_BLOCKS] (its own counts: seen, sure keys), from the last field
+// of its blocks-table entry.
+struct BlockList {
+    i64 slot, part;
+};
+__device__ __forceinline__ BlockList dma_block_list(int code, int bias_heads, int hb) {
+    BlockList b;
+    b.slot = (i64)(code / DMA_LIST_BLOCKS) * bias_heads + hb;
+    b.part = b.slot * DMA_LIST_BLOCKS + code % DMA_LIST_BLOCKS;
+    return b;
+}
+
 template <bool CAUSAL>
-__device__ __forceinline__ int dma_visible_count(const u64* list, int count, int first_count,
+__device__ __forceinline__ int dma_visible_count(const u64* list, int count, const u32* seen,
                                                  int last_pos) {
     if (!CAUSAL || count == 0) return count;
-    const int visible = (int)(u32)list[count - 1] <= last_pos ? count : first_count;
+    const int visible = (int)(u32)list[count - 1] <= last_pos ? count : (int)*seen;
     return min((visible + 1) & ~1, count);
 }
 

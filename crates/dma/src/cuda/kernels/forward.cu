@@ -1,6 +1,6 @@
 // Forward: one CTA per (block of DMA_BLOCK_M query rows, query head), one warp per 16 rows.
 // The candidate keys of the block's list (from select.cu, as ranks: index and bias in one u64; a
-// causal list may serve two blocks, dma_visible_count in common.cu) are gathered BN at a time
+// causal list may serve several blocks, dma_visible_count in common.cu) are gathered BN at a time
 // (64, or 32 for D = 256: registers) into shared memory with cp.async only: the ranks of tile
 // t + 2, and the K/V rows of tile t + 1 (16-byte chunks, two stages) fly while tile t is
 // computed, so the loop has one barrier and no synchronous global load. S = Q K^T and O += P V
@@ -31,7 +31,7 @@ __device__ __forceinline__ void forward_body(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
     const SeqInfo* __restrict__ seqs,
     const int4* __restrict__ blocks, const u64* __restrict__ cand,
-    const u32* __restrict__ cand_count, const u32* __restrict__ first_count,
+    const u32* __restrict__ cand_count, const u32* __restrict__ seen,
     const u64* __restrict__ thr, T* __restrict__ out,
     float* __restrict__ lse, float* __restrict__ part, int q_heads, int kv_heads,
     int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,
@@ -49,19 +49,20 @@ __device__ __forceinline__ void forward_body(
     float* sB = reinterpret_cast<float*>(sC + 3 * BN);  // their biases (log2 domain), 2 tiles
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int4 B = blocks[blockIdx.x];  // (sequence, first row, end row, list)
+    const int4 B = blocks[blockIdx.x];  // (sequence, first row, end row, list and place)
     const int h = blockIdx.y;
     const int hkv = h / (q_heads / kv_heads);
     const int hb = h / (q_heads / bias_heads);
     const SeqInfo s = seqs[B.x];
-    const i64 slot = (i64)B.w * bias_heads + hb;
+    const BlockList bl = dma_block_list(B.w, bias_heads, hb);
+    const i64 slot = bl.slot;
     const u64* list = cand + slot * cap;  // cap is a multiple of BN: 16-byte aligned tiles
     const int offset = s.nk - s.nq;
     if (ready) dma_wait_published(ready + slot, epoch);  // an overlapped launch (common.cu)
-    // The list's keys this block's rows can see (the first block of a two-block list stops
-    // before the second block's own keys).
-    const int count = dma_visible_count<CAUSAL>(list, (int)cand_count[slot],
-                                                (int)first_count[slot], offset + B.z - 1);
+    // The list's keys this block's rows can see (a block before its list's last stops before
+    // the next blocks' own keys).
+    const int count =
+        dma_visible_count<CAUSAL>(list, (int)cand_count[slot], seen + bl.part, offset + B.z - 1);
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
     const int tiles = (count + BN - 1) / BN;
     // Split-K (gridDim.z > 1, decode): this CTA runs tiles [t0, t1) and writes a partial result.
@@ -230,7 +231,7 @@ __device__ __forceinline__ void forward_body(
 #define DMA_FORWARD_KERNEL(NAME, T, D, CAUSAL, BN)                                                 \
     extern "C" __global__ void __launch_bounds__(FWD_THREADS)                                      \
         NAME(DMA_FORWARD_PARAMS(T)) {                                                              \
-        forward_body<T, D, CAUSAL, BN>(q, k, v, seqs, blocks, cand, cand_count, first_count, thr,  \
+        forward_body<T, D, CAUSAL, BN>(q, k, v, seqs, blocks, cand, cand_count, seen, thr,  \
                                        out, lse, part, q_heads, kv_heads, bias_heads,              \
                                        bias_head_stride, lse_head_stride, total_q, cap,            \
                                        scale_log2, ready, epoch);                                  \

@@ -177,8 +177,9 @@ __device__ __forceinline__ int swz(int rows, int row, int col) {
 }
 
 // What a CTA of a Hopper kernel works on: query block blocks[blockIdx.x] (sequence, first row,
-// end row, list) of query head blockIdx.y, its KV and bias heads, and the keys of its list that
-// its rows can see (the first block of a two-block list stops before the second block's own keys).
+// end row, list and place: common.cu's dma_block_list) of query head blockIdx.y, its KV and bias
+// heads, and the keys of its list that its rows can see (a block before its list's last stops
+// before the next blocks' own keys).
 struct BlockWork {
     int4 B;
     SeqInfo s;
@@ -194,7 +195,7 @@ __device__ __forceinline__ BlockWork block_work(const int4* __restrict__ blocks,
                                                 const SeqInfo* __restrict__ seqs,
                                                 const u64* __restrict__ cand,
                                                 const u32* __restrict__ cand_count,
-                                                const u32* __restrict__ first_count,
+                                                const u32* __restrict__ seen,
                                                 const u32* __restrict__ sure, int q_heads,
                                                 int kv_heads, int bias_heads, int cap,
                                                 const u32* ready = nullptr, u32 epoch = 0) {
@@ -204,14 +205,15 @@ __device__ __forceinline__ BlockWork block_work(const int4* __restrict__ blocks,
     w.hkv = w.h / (q_heads / kv_heads);
     w.hb = w.h / (q_heads / bias_heads);
     w.s = seqs[w.B.x];
-    w.slot = (i64)w.B.w * bias_heads + w.hb;
+    const BlockList bl = dma_block_list(w.B.w, bias_heads, w.hb);
+    w.slot = bl.slot;
     w.list = cand + w.slot * cap;
     w.offset = w.s.nk - w.s.nq;
     if (ready) dma_wait_published(ready + w.slot, epoch);  // an overlapped launch (common.cu)
-    w.count = dma_visible_count<CAUSAL>(w.list, (int)cand_count[w.slot],
-                                        (int)first_count[w.slot], w.offset + w.B.z - 1);
+    w.count = dma_visible_count<CAUSAL>(w.list, (int)cand_count[w.slot], seen + bl.part,
+                                        w.offset + w.B.z - 1);
     w.tiles = (w.count + HOP_BN - 1) / HOP_BN;
-    w.sure_tiles = sure ? (int)sure[w.slot] / HOP_BN : 0;
+    w.sure_tiles = sure ? (int)sure[bl.part] / HOP_BN : 0;
     return w;
 }
 

@@ -1,22 +1,23 @@
 // Selection (SPEC.md "Which keys a query keeps") on the GPU, one CTA per (list, bias head).
 //
-// A list is a run of R query rows (causal: R = L.z - L.y <= DMA_LIST_M, the rows of up to two
-// forward blocks; cuda/plan.rs) or a whole sequence (not causal). For a causal list whose first
-// row sits at position p0, with P = clamp(p0, 0, Nk) and the list's own keys [P, E), E - P <= R:
+// A list is a run of R query rows (causal: R = L.z - L.y <= DMA_LIST_M, the rows of up to
+// DMA_LIST_BLOCKS forward blocks; cuda/plan.rs) or a whole sequence (not causal). For a causal
+// list whose first row sits at position p0, with P = clamp(p0, 0, Nk) and the list's own keys
+// [P, E), E - P <= R:
 //   tau   = the w-th best rank among keys [0, P) (radix select; every key when P <= w),
 //   thr_p = the w-th best rank among { j <= p } for each row p of the list,
 //   list  = { j < P : rank_j >= tau } ++ { j in [P, E) : rank_j >= thr_j }
-//           (at most w + R keys; the first part's sure keys first, the second ascending: see the
-//           end of select_body), stored as the keys' ranks (index in the low word,
+//           (at most w + R keys; the first part's sure keys first, then its others by descending
+//           rank, the second ascending: see the end of select_body), stored as the keys' ranks (index in the low word,
 //           order-preserving bias bits above),
 // and row p keeps key j iff j <= p and rank_j >= thr_p. Every row's kept set lies in the list
 // because the w-th best rank only rises with p. thr_p is found among the (E - P) + 1 smallest
 // ranks of { j < P : rank_j >= tau } ++ [P, E) (derived above the row loop below).
 //
-// Anchors (every ANCHOR_EVERY-th list of a sequence, cuda/plan.rs, which says why 8) radix-select
-// over all P earlier keys: O(N^2 / (R * ANCHOR_EVERY)) bias reads per head. The lists between
-// anchors select over their anchor's list plus the keys since it (at most w + ANCHOR_EVERY * R
-// keys), launched after the anchors: O(N * (w + ANCHOR_EVERY * R) / R). Memory is O(N * w / R).
+// Anchors (a list every ANCHOR_ROWS = A rows of a sequence, cuda/plan.rs, which says why 2048)
+// radix-select over all P earlier keys: O(N^2 / A) bias reads per head. The lists between anchors
+// select over their anchor's list plus the keys since it (at most w + A keys), launched after the
+// anchors: O(N * (w + A) / R). Memory is O(N * w / R).
 // docs/cuda-notes.md.
 //
 // Every bias value of a sequence with queries passes once through the compaction below (the keys
@@ -32,7 +33,10 @@ struct SelectShared {
     u32 warp_counts[SEL_MAX_WARPS];
     u32 digit, need, nz, exact;
     u64 min_key;
-    u64 t_star;  // the largest threshold of a list's rows that keep anything (0: none)
+    // Per block of the list: t*, the largest threshold of its rows that keep anything (0: none),
+    // and how many of the keys before P ranked below the list's largest t* are at least it.
+    u64 t_star[DMA_LIST_BLOCKS];
+    u32 sure_below[DMA_LIST_BLOCKS];
     u64 own[DMA_LIST_M];            // the rank of own key P + i
     u32 own_kept[DMA_LIST_M / 32];  // bit i: own key P + i is kept by some row (its own)
     // Z (below): at most DMA_LIST_M + 1 ranks, padded to a power of two for the sort.
@@ -258,7 +262,7 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
                                             int window, int cap, int bias_heads,
                                             int bias_head_stride, int total_q,
                                             u64* __restrict__ cand, u32* __restrict__ cand_count,
-                                            u32* __restrict__ first_count, u64* __restrict__ thr,
+                                            u32* __restrict__ seen, u64* __restrict__ thr,
                                             u32* __restrict__ sure, u64* __restrict__ bad_bias) {
     __shared__ SelectShared sh;
     const int4 L = lists[id];  // (sequence, first row, end row, anchor list or -1)
@@ -317,18 +321,20 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
         if (CAUSAL && i - P < DMA_LIST_M) sh.own[i - P] = rank;
     }
     const int count = kept_before + (E - P);
-    // The list's counts (common.cu's dma_visible_count), and rank 0 (below every threshold) from
-    // its end up to the next whole tile: the forward reads whole tiles.
-    auto finish = [&](int n, int first) {
-        if (threadIdx.x == 0) {
-            cand_count[slot] = (u32)n;
-            first_count[slot] = (u32)first;
-        }
+    // The list's count, and rank 0 (below every threshold) from its end up to the next whole
+    // tile: the forward reads whole tiles.
+    auto finish = [&](int n) {
+        if (threadIdx.x == 0) cand_count[slot] = (u32)n;
         const int padded = min((n + DMA_TILE_N - 1) / DMA_TILE_N * DMA_TILE_N, cap);
         for (int i = n + threadIdx.x; i < padded; i += THREADS) list[i] = DMA_NO_KEY;
     };
-    if (!CAUSAL) {
-        finish(count, count);
+    // Per block of the list ([lists, Hb, DMA_LIST_BLOCKS]): the keys it sees (common.cu's
+    // dma_visible_count) and its sure keys (below).
+    u32* block_seen = seen + slot * DMA_LIST_BLOCKS;
+    u32* block_sure = sure + slot * DMA_LIST_BLOCKS;
+    if (!CAUSAL) {  // every block sees every key, and each is sure (no keep test)
+        finish(count);
+        if (threadIdx.x < DMA_LIST_BLOCKS) block_seen[threadIdx.x] = block_sure[threadIdx.x] = count;
         for (int r = threadIdx.x; r < s.nq; r += THREADS) row_thr[r] = tau;
         return;
     }
@@ -348,10 +354,11 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
         sigma = radix_select_largest(count, (u32)(count - own), index_bits, list_rank, sh);
     // Z's largest rank is sigma when it was selected (rank DMA_KEEP_NONE is no key's, so r <
     // sigma collects all of Z otherwise): the others are sorted, a power of two fewer for a full
-    // list (256 instead of 512), and sigma put after them.
-    if (threadIdx.x == 0) {
-        sh.nz = 0;
-        sh.t_star = 0;
+    // list (512 instead of 1024), and sigma put after them.
+    if (threadIdx.x == 0) sh.nz = 0;
+    if (threadIdx.x < DMA_LIST_BLOCKS) {
+        sh.t_star[threadIdx.x] = 0;
+        sh.sure_below[threadIdx.x] = 0;
     }
     if (threadIdx.x < DMA_LIST_M / 32) sh.own_kept[threadIdx.x] = 0;
     __syncthreads();
@@ -387,7 +394,8 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     };
     auto write = [&](int r, u64 t) {
         row_thr[r] = t;
-        if (t != DMA_KEEP_NONE) atomicMax(&sh.t_star, t);
+        if (t != DMA_KEEP_NONE)
+            atomicMax(&sh.t_star[min((r - L.y) / DMA_BLOCK_M, DMA_LIST_BLOCKS - 1)], t);
         // The own key at this row's position is kept by some row iff by this one: thresholds
         // only rise with the position, and rows before it do not see it.
         const int i = offset + r - P;
@@ -395,31 +403,47 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
             atomicOr(&sh.own_kept[i >> 5], 1u << (i & 31));
     };
     thresholds_from_sorted<THREADS>(sh.z, nw, L.y, L.z, offset, want, write);
-    __syncthreads();  // t*, and Z is read no more
+    __syncthreads();  // the blocks' t* and the kept own keys
 
-    // The sure keys first. The Hopper forward skips the keep test on a causal list's "sure" keys,
-    // those that every row of the list that keeps anything keeps. A key j < P is visible to every
-    // row, so it is sure iff rank_j >= t*, the largest threshold of a row that keeps anything.
-    // t* is one of Z's ranks (or DMA_KEEP_ALL, which no key is below), and Z holds the list's
-    // smallest ranks, so every key ranked below t* is among Z's nz <= 2 * DMA_LIST_M ranks: a
-    // stable partition of the keys before P moves the sure ones to the front in place and stages
-    // the others (about E - P of w + E - P) in Z's room. The own keys stay last and ascending,
-    // which the forward's causal shortcut and dma_visible_count need; the keys before P are a set
-    // to every kernel (the keep rule reads them so).
-    const u64 ts = sh.t_star;
-    auto is_sure = [=](u64 rank) { return rank >= ts; };
+    // The sure keys first. The Hopper forward skips the keep test on a block's "sure" keys, those
+    // that every row of the block that keeps anything keeps. A key j < P is visible to every row,
+    // so it is sure for block b iff rank_j >= t*_b, the largest threshold of b's rows that keep
+    // anything. Let t* be the largest t*_b: the keys ranked at least t* (sure for every block)
+    // go first, in place and in order; then the other keys before P by descending rank, so that
+    // each block's sure keys are a prefix of the list. t* is one of Z's ranks (or DMA_KEEP_ALL,
+    // which no key is below), and Z holds the list's smallest ranks, so every key ranked below t*
+    // is in sorted Z (nz <= 2 * DMA_LIST_M ranks), where they are read, from the top, after the
+    // in-place compaction has overwritten them. The own keys stay last and ascending, which the
+    // forward's causal shortcut and dma_visible_count need; the keys before P are a set to every
+    // kernel (the keep rule reads them so).
+    u64 ts = 0;
+#pragma unroll
+    for (int b = 0; b < DMA_LIST_BLOCKS; ++b) ts = max(ts, sh.t_star[b]);
     int n_sure = 0;
     if (ts != 0) {
+        auto is_sure = [=](u64 rank) { return rank >= ts; };
         n_sure = compact_ordered<THREADS, 1>(kept_before, list_rank, is_sure, list, 0,
-                                             sh.warp_counts, sh.z);
-        for (int i = n_sure + threadIdx.x; i < kept_before; i += THREADS)
-            list[i] = sh.z[i - n_sure];
+                                             sh.warp_counts);
+        auto not_sure_before = [=](u64 rank) { return rank < ts && (u32)rank < (u32)P; };
+        auto z_down = [&](int i) { return sh.z[nw - 1 - i]; };
+        compact_ordered<THREADS, 1>(nw, z_down, not_sure_before, list, n_sure, sh.warp_counts);
+        for (int i = threadIdx.x; i < nw; i += THREADS) {
+            const u64 rank = sh.z[i];
+            if (!not_sure_before(rank)) continue;
+#pragma unroll
+            for (int b = 0; b < DMA_LIST_BLOCKS; ++b)
+                if (sh.t_star[b] != 0 && rank >= sh.t_star[b]) atomicAdd(&sh.sure_below[b], 1u);
+        }
+        __syncthreads();
     }
-    if (threadIdx.x == 0) sure[slot] = (u32)n_sure;
+    if (threadIdx.x < DMA_LIST_BLOCKS) {
+        const int b = threadIdx.x;
+        block_sure[b] = sh.t_star[b] == 0 ? 0u : (u32)n_sure + sh.sure_below[b];
+    }
 
     // Then the own keys some row keeps, still ascending; the others go. Row p keeps
-    // an own key with probability about w / p, so at p = 32K, w = 2048 a 256-row list holds about
-    // w + 16 keys instead of w + 256: fewer tiles for the forward and backward.
+    // an own key with probability about w / p, so at p = 32K, w = 2048 a 512-row list holds about
+    // w + 32 keys instead of w + 512: fewer tiles for the forward and backward.
     auto own_rank = [&](int i) { return sh.own[i]; };
     auto kept_by_a_row = [&](u64 rank) {
         const int i = (int)(u32)rank - P;
@@ -427,15 +451,19 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     };
     const int kept = compact_ordered<THREADS, 1>(own, own_rank, kept_by_a_row, list, kept_before,
                                                  sh.warp_counts);
-    // The keys the list's first DMA_BLOCK_M rows see: those before P, and the own keys up to the
-    // last of those rows' positions.
-    const int seen = min(max(offset + L.y + DMA_BLOCK_M - P, 0), own);
-    int first = kept_before;
-    for (int word = 0; word * 32 < seen; ++word) {
-        const int bits = seen - word * 32;
-        first += __popc(sh.own_kept[word] & (bits >= 32 ? ~0u : (1u << bits) - 1u));
+    // The keys each block of the list sees: those before P, and the own keys some row keeps up
+    // to the block's last row's position.
+    if (threadIdx.x < DMA_LIST_BLOCKS) {
+        const int b = threadIdx.x;
+        const int upto = min(max(offset + L.y + (b + 1) * DMA_BLOCK_M - P, 0), own);
+        int n = kept_before;
+        for (int word = 0; word * 32 < upto; ++word) {
+            const int bits = upto - word * 32;
+            n += __popc(sh.own_kept[word] & (bits >= 32 ? ~0u : (1u << bits) - 1u));
+        }
+        block_seen[b] = (u32)n;
     }
-    finish(kept, first);
+    finish(kept);
 }
 
 // One CTA per (list, bias head), the head varying fastest, so that CTAs start in the order of
@@ -446,7 +474,7 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     extern "C" __global__ void __launch_bounds__(THREADS)                                        \
         NAME(const float* bias, const SeqInfo* seqs, const int4* lists, const int* ids,          \
              int window, int cap, int bias_heads, int bias_head_stride, int total_q, u64* cand,   \
-             u32* cand_count, u32* first_count, u64* thr, u32* sure, u64* bad_bias, u32* ready,  \
+             u32* cand_count, u32* seen, u64* thr, u32* sure, u64* bad_bias, u32* ready,         \
              u32 epoch) {                                                                        \
         dma_allow_next_kernel();                                                                 \
         const int id = ids[blockIdx.x / bias_heads], hb = blockIdx.x % bias_heads;              \
@@ -454,6 +482,6 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
             dma_wait_published(ready + (i64)lists[id].w * bias_heads + hb, epoch);               \
         select_body<CAUSAL, FROM_ANCHOR, THREADS>(bias, seqs, lists, id, hb, window, cap,        \
                                                   bias_heads, bias_head_stride, total_q, cand,   \
-                                                  cand_count, first_count, thr, sure, bad_bias); \
+                                                  cand_count, seen, thr, sure, bad_bias);        \
         if (ready) dma_publish(ready + (i64)id * bias_heads + hb, epoch);                        \
     }
