@@ -1807,6 +1807,27 @@ fn nonfinite_bias_errors(dev: &Device, shape: &Shape) {
         cuda::select(dev, &params, shape, &db).unwrap();
         let (mut out, mut lse) = (fwd.out, fwd.lse);
         cuda::decode_into(dev, &params, shape, &dq, &dk, &dv, &db, &mut out, &mut lse).unwrap();
+        // Calls of one geometry make their selections in the buffers the call before left
+        // (Device's spare selection): each starts with a clear flag, and a bad bias after clean
+        // calls is still reported.
+        let (poison, want) = &scenarios[1];
+        let mut bias = clean.clone();
+        for &(i, x) in poison {
+            bias[i] = x;
+        }
+        let bad = s.clone_htod(&bias).unwrap();
+        let mut forward_into = |bias: &CudaSlice<f32>| {
+            cuda::forward_into(dev, &params, shape, &dq, &dk, &dv, bias, &mut out, &mut lse)
+        };
+        forward_into(&db).unwrap();
+        forward_into(&db).unwrap();
+        let err = forward_into(&bad).unwrap_err();
+        check(
+            &format!("forward_into after clean calls, causal={causal}"),
+            err,
+            *want,
+        );
+        forward_into(&db).unwrap();
     }
 }
 

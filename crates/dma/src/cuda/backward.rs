@@ -250,8 +250,11 @@ pub fn backward_into<T: CudaElement>(
     convert::<T>(dev, (&dk_acc, &dv_acc), grads, problem.k_len())?;
     // Last, so the GPU runs every kernel back to back (Selection::check_bias: this waits for
     // them). A selection passed in was checked by the forward that made it.
-    match &owned {
-        Some(sel) => sel.check_bias(dev, &problem, &inputs.bias.view()),
+    match owned {
+        Some(sel) => {
+            sel.check_bias(dev, &problem, &inputs.bias.view())?;
+            dev.keep_spare_selection(sel)
+        }
         None => Ok(()),
     }
 }

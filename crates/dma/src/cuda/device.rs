@@ -5,6 +5,7 @@ use super::compile::{self, KernelSpec};
 use super::launch::Ready;
 use super::mapped::{LentWord, MappedWords, WordPool};
 use super::plan_cache::{PlanCache, Planned};
+use super::select::Selection;
 use super::{error, libs};
 use crate::{DmaError, Params, Problem, Result};
 use cudarc::driver::result::{device, mem_pool};
@@ -58,6 +59,8 @@ pub struct Device {
     ready: Mutex<Option<Ready>>,
     /// The plans of recent calls, their tables on the device.
     plans: PlanCache,
+    /// Selection buffers a call no longer needs, for the next call of the same geometry.
+    spare_selection: Mutex<Option<Selection>>,
 }
 
 impl Device {
@@ -119,6 +122,7 @@ impl Device {
             words: WordPool::default(),
             ready: Mutex::new(None),
             plans: PlanCache::default(),
+            spare_selection: Mutex::new(None),
         })
     }
 
@@ -238,6 +242,26 @@ impl Device {
     /// the same geometry (plan_cache.rs).
     pub(crate) fn planned(&self, params: &Params, problem: &Problem) -> Result<Arc<Planned>> {
         self.plans.planned(self, params, problem)
+    }
+
+    /// Keeps the buffers of a selection its call no longer needs, so that the next selection of
+    /// the same geometry is made in them (select::run) instead of allocating and freeing five
+    /// buffers each call (~11 us before a forward's first kernel and ~5 us after its last at 32K,
+    /// docs/benchmarks.md "Stop 25"). One selection is kept, the last.
+    pub(crate) fn keep_spare_selection(&self, sel: Selection) -> Result<()> {
+        *self.spare()? = Some(sel);
+        Ok(())
+    }
+
+    /// The kept selection (keep_spare_selection), if any.
+    pub(crate) fn take_spare_selection(&self) -> Result<Option<Selection>> {
+        Ok(self.spare()?.take())
+    }
+
+    fn spare(&self) -> Result<std::sync::MutexGuard<'_, Option<Selection>>> {
+        self.spare_selection
+            .lock()
+            .map_err(|_| DmaError::Cuda("spare selection lock poisoned".into()))
     }
 
     /// The kernel `spec`, compiled (once per process) and loaded (once per device).

@@ -264,7 +264,8 @@ pub fn forward_into<T: CudaElement>(
     out: &mut CudaSlice<T>,
     lse: &mut CudaSlice<f32>,
 ) -> Result<()> {
-    forward_into_with_selection(dev, params, shape, q, k, v, bias, out, lse).map(|_| ())
+    let sel = forward_into_with_selection(dev, params, shape, q, k, v, bias, out, lse)?;
+    dev.keep_spare_selection(sel)
 }
 
 /// [`forward_into`] that also returns its selection, for the backward of the same call

@@ -120,6 +120,19 @@ impl LentWord {
         self.word.as_ref().map_or(0, MappedWords::device_ptr)
     }
 
+    /// Zero again, for kernels enqueued from now on (waits for the stream first unless it was
+    /// synchronised since the word was lent: a kernel still running could write it).
+    pub fn clear(&mut self) -> Result<()> {
+        if !self.synced.load(Ordering::Acquire) {
+            self.stream.synchronize().map_err(error::driver)?;
+        }
+        self.synced.store(false, Ordering::Release);
+        if let Some(word) = self.word.as_mut() {
+            word.clear();
+        }
+        Ok(())
+    }
+
     /// The word, once the stream has finished what was enqueued so far.
     pub fn read_synced(&self) -> Result<u64> {
         self.stream.synchronize().map_err(error::driver)?;

@@ -99,15 +99,21 @@ impl Selection {
     /// Checks that this selection was made for `params` and `problem` (their geometry: the
     /// bias values themselves cannot be checked and must be the same).
     pub(crate) fn check(&self, params: &Params, problem: &Problem, plan: &Plan) -> Result<()> {
-        let want = made_for(params, problem, plan);
-        if self.made_for == want && self.cap == plan.cap {
+        if self.fits(params, problem, plan) {
             Ok(())
         } else {
             Err(DmaError::SelectionMismatch(format!(
                 "made for (window, causal, lists, bias heads, total_q) = {:?}, this call needs {:?}",
-                self.made_for, want
+                self.made_for,
+                made_for(params, problem, plan)
             )))
         }
+    }
+
+    /// Whether this selection's buffers have the geometry of a call's (so a new selection for
+    /// it may be made in them).
+    fn fits(&self, params: &Params, problem: &Problem, plan: &Plan) -> bool {
+        self.made_for == made_for(params, problem, plan) && self.cap == plan.cap
     }
 
     /// The CPU backend's error for a non-finite bias, if the selection kernels read one
@@ -281,7 +287,8 @@ pub(crate) fn alloc_selection(
     })
 }
 
-/// Runs the selection kernels. A non-finite bias is recorded in `bad_bias`, for
+/// Runs the selection kernels, into the device's spare selection buffers when they fit (see
+/// [`Device::keep_spare_selection`]). A non-finite bias is recorded in `bad_bias`, for
 /// [`Selection::check_bias`] once the caller has enqueued its other kernels. With `ready` (an
 /// overlapped forward, launch.rs) the lists after their anchors start as anchor CTAs finish,
 /// and every list's flag is set to the epoch when it is done.
@@ -294,7 +301,13 @@ pub(crate) fn run(
     bias: &impl DeviceInput<f32>,
     ready: Option<&Ready>,
 ) -> Result<Selection> {
-    let mut sel = alloc_selection(dev, params, problem, plan)?;
+    let mut sel = match dev.take_spare_selection()? {
+        Some(mut spare) if spare.fits(params, problem, plan) => {
+            spare.bad_bias.clear()?;
+            spare
+        }
+        _ => alloc_selection(dev, params, problem, plan)?,
+    };
     // Anchors first, then the lists that read their anchor's list (stream order, or each
     // waiting for its anchor's flag).
     launch_lists(
