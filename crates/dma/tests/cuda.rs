@@ -1024,7 +1024,7 @@ fn selection_matches_cpu() {
         let rows = cuda::list_rows().unwrap();
         let mut list_base = 0usize;
         for (si, seq) in problem.sequences.iter().enumerate() {
-            let lists = cuda::causal_lists(case.window, seq.nq, seq.nk, rows);
+            let lists: Vec<_> = cuda::causal_lists(seq.nq, rows).collect();
             for h in 0..hb {
                 let keys = &bias[problem.bias_range(seq, h)];
                 let cpu_sel = KeySelection::new(keys, seq.nq, case.window, case.causal, rows);
@@ -1081,11 +1081,12 @@ fn selection_matches_cpu() {
 /// keys ranked at least the largest threshold of the block's rows that keep anything (so each is
 /// kept by every such row), all of them before the list's first row; the list's own keys that
 /// some row keeps come last, ascending, and no others; each block's seen count is what its rows
-/// see. Two calls agree. A non-causal list's keys are all sure.
+/// see, and the keys it skips are kept by none of its rows or later ones. Two calls agree. A
+/// non-causal list's keys are all sure.
 #[test]
 fn partition_puts_the_sure_keys_first() {
     let Some(dev) = device() else { return };
-    let mut partitioned = 0;
+    let (mut partitioned, mut skipped) = (0, 0);
     with_random_biases(&dev, 1, |case, shape, bias, dbias| {
         let problem = shape.problem().unwrap();
         let params = case.params();
@@ -1119,7 +1120,7 @@ fn partition_puts_the_sure_keys_first() {
         let rows = cuda::list_rows().unwrap();
         let mut list = 0usize;
         for seq in &problem.sequences {
-            for (first, end) in cuda::causal_lists(params.window, seq.nq, seq.nk, rows) {
+            for (first, end) in cuda::causal_lists(seq.nq, rows) {
                 let clamp = |r: usize| (seq.query_offset() + r as i64).clamp(0, seq.nk as i64);
                 let (p0, e0) = (clamp(first) as usize, clamp(end) as usize);
                 for h in 0..hb {
@@ -1153,10 +1154,19 @@ fn partition_puts_the_sure_keys_first() {
                         let part = slot * cuda::LIST_BLOCKS + place;
                         let last = seq.query_offset() + b1 as i64 - 1;
                         let seen = keys.iter().filter(|r| index(r) as i64 <= last).count();
-                        assert_eq!(
-                            sel.seen[part] as usize, seen,
-                            "{label}: seen by block {place}"
+                        let counts = &sel.block_counts[part * cuda::BLOCK_COUNTS..][..3];
+                        assert_eq!(counts[0] as usize, seen, "{label}: seen by block {place}");
+                        // The keys before the list that no row from the block's on keeps are
+                        // the run [head, head + skip), which ends where the own keys start.
+                        let (head, skip) = (counts[1] as usize, counts[2] as usize);
+                        assert_eq!(head + skip, own, "{label}: skipped run of block {place}");
+                        let later = thr[b0 - first..].iter().copied().filter(|&t| t != u64::MAX);
+                        let t_least = later.min().unwrap_or(u64::MAX);
+                        assert!(
+                            keys[head..own].iter().all(|&r| r < t_least),
+                            "{label}: a key kept from block {place} on is skipped"
                         );
+                        skipped += skip;
                         let live = thr[b0 - first..b1 - first]
                             .iter()
                             .copied()
@@ -1186,6 +1196,10 @@ fn partition_puts_the_sure_keys_first() {
     assert!(
         partitioned > 0,
         "no list had sure keys: the test checked nothing"
+    );
+    assert!(
+        skipped > 0,
+        "no block skipped a key: the test checked little"
     );
 }
 

@@ -289,7 +289,7 @@ fn launch<T: CudaElement>(
         .arg(&blocks)
         .arg(&sel.cand)
         .arg(&sel.count)
-        .arg(&sel.seen);
+        .arg(&sel.block_counts);
     // The Hopper backward skips the keep test of each list's sure keys, like the forward
     // (backward.cu ignores them).
     let null = 0u64;

@@ -360,7 +360,7 @@ pub(crate) fn attend<T: CudaElement>(
         .input(&blocks)
         .input(&sel.cand)
         .input(&sel.count)
-        .input(&sel.seen);
+        .input(&sel.block_counts);
     match sure {
         Some(s) => args.input(s),
         None => args.ptr(0),

@@ -98,7 +98,7 @@ pub use layers::{
 };
 pub use loss::{cross_entropy_backward, cross_entropy_forward};
 pub use optim::{adamw_moment, adamw_update, AdamWMoment, AdamWUpdate};
-pub use plan::{causal_lists, list_rows, BLOCK_M, LIST_BLOCKS, LIST_M};
+pub use plan::{causal_lists, list_rows, BLOCK_COUNTS, BLOCK_M, LIST_BLOCKS, LIST_M};
 pub use select::{HostSelection, Selection};
 
 /// Every kernel specialisation the backend may launch, for compiling ahead (tests, CI).

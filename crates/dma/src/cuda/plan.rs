@@ -8,7 +8,11 @@ use crate::{DmaError, Params, Problem, Result};
 /// kernels/common.cu).
 pub const BLOCK_M: usize = 128;
 /// Query rows per causal selection list: four blocks share one list, so there are a quarter as
-/// many lists to select (docs/cuda-notes.md, "256-row selection lists" and "Stop 25"). Also the
+/// many lists to select. Block b of a list would read the keys before the list that the own keys
+/// of the list's earlier rows pushed out of every later row's w best (about 128 b w / p keys at
+/// position p); it skips them (`DMA_BLOCK_COUNTS` in kernels/common.cu), so longer lists cost the
+/// attention nothing more: at 32K, w = 2048 the forward was 3% faster than with lists of 256 rows
+/// (docs/cuda-notes.md, "256-row selection lists" and "Stop 25"). Also the
 /// most rows a list may have (`DMA_LIST_M` in kernels/common.cu sizes the selection's shared
 /// arrays by it): the kernels take a list's rows from the lists table, so [`list_rows`] may choose
 /// fewer.
@@ -17,6 +21,9 @@ pub const LIST_M: usize = 512;
 /// list and its place in it as `list * LIST_BLOCKS + place`, which index the list's per-block
 /// counts (the keys the block sees, its sure keys).
 pub const LIST_BLOCKS: usize = LIST_M / BLOCK_M;
+/// u32 counts per block of a list (`DMA_BLOCK_COUNTS`): the keys it sees, and the run of keys it
+/// skips (head, skip; one unused).
+pub const BLOCK_COUNTS: usize = 4;
 /// Keys per shared-memory tile of the forward (`DMA_TILE_N` in kernels/common.cu).
 pub const BLOCK_N: usize = 64;
 /// Every this many query rows of a sequence, a causal list is an anchor that selects from all
@@ -27,26 +34,16 @@ pub const BLOCK_N: usize = 64;
 /// longest anchor is the same either way.
 pub const ANCHOR_ROWS: usize = 2048;
 
-/// Causal lists that start before position `LONG_LISTS_FROM * w` have at most [`SHORT_LIST_M`]
-/// rows. Block b of a list reads the keys before the list that the own keys of its rows before
-/// it pushed out of every row's w best (about 128 b w / p keys at position p): at 32K and
-/// w = 2048, lists of 512 rows from position 4w on and of 256 before made the forward 2.5% faster
-/// than 256 everywhere and 512 everywhere (the same at 32K, 3% slower at 16K) (docs/benchmarks.md,
-/// "Stop 25").
-pub const LONG_LISTS_FROM: usize = 4;
-/// The rows of a causal list before position `LONG_LISTS_FROM * w`.
-pub const SHORT_LIST_M: usize = 2 * BLOCK_M;
-
-/// Query rows of the longest causal selection lists, read at each call: [`LIST_M`], or 128 or 256
-/// when the environment variable `DMA_CUDA_LIST_ROWS` says so (an A/B switch; any other value is
-/// an error). Lists are shorter where [`LONG_LISTS_FROM`] says.
+/// Query rows per causal selection list, read at each call: [`LIST_M`], or 128 or 256 when the
+/// environment variable `DMA_CUDA_LIST_ROWS` says so (an A/B switch; any other value is an
+/// error).
 pub fn list_rows() -> Result<usize> {
     let Some(value) = std::env::var_os("DMA_CUDA_LIST_ROWS") else {
         return Ok(LIST_M);
     };
     match value.to_str() {
         Some("512") => Ok(LIST_M),
-        Some("256") => Ok(SHORT_LIST_M),
+        Some("256") => Ok(2 * BLOCK_M),
         Some("128") => Ok(BLOCK_M),
         _ => Err(DmaError::Cuda(format!(
             "DMA_CUDA_LIST_ROWS must be 128, 256 or 512 (got {value:?})"
@@ -54,25 +51,13 @@ pub fn list_rows() -> Result<usize> {
     }
 }
 
-/// The causal lists of a sequence of `nq` queries and `nk` keys: runs [r0, r1) of its rows that
-/// tile them, each of at most `list_rows` rows (at most [`SHORT_LIST_M`] if it starts before
-/// position `LONG_LISTS_FROM * window`), a whole number of blocks except at the end, and within
-/// one group of [`ANCHOR_ROWS`] rows, whose first list is the anchor of the others.
-pub fn causal_lists(window: usize, nq: usize, nk: usize, list_rows: usize) -> Vec<(usize, usize)> {
-    let long_from = LONG_LISTS_FROM.saturating_mul(window);
-    let mut lists = Vec::with_capacity(nq.div_ceil(BLOCK_M));
-    let mut r0 = 0;
-    while r0 < nq {
-        // The first row's position: nk - nq + r0.
-        let rows = match (nk + r0).saturating_sub(nq) < long_from {
-            true => list_rows.min(SHORT_LIST_M),
-            false => list_rows,
-        };
-        let r1 = (r0 + rows.min(ANCHOR_ROWS - r0 % ANCHOR_ROWS)).min(nq);
-        lists.push((r0, r1));
-        r0 = r1;
-    }
-    lists
+/// The causal lists of a sequence of `nq` queries: runs [r0, r1) of `list_rows` rows that tile
+/// them (the last may be shorter). A list whose first row is a multiple of [`ANCHOR_ROWS`] is an
+/// anchor, the others select from the last anchor before them (`list_rows` divides ANCHOR_ROWS).
+pub fn causal_lists(nq: usize, list_rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..nq)
+        .step_by(list_rows)
+        .map(move |r0| (r0, (r0 + list_rows).min(nq)))
 }
 
 /// The tables of one call.
@@ -138,6 +123,7 @@ impl Plan {
         list_rows: usize,
     ) -> Result<Plan> {
         assert!(list_rows % BLOCK_M == 0 && (BLOCK_M..=LIST_M).contains(&list_rows));
+        assert!(ANCHOR_ROWS % list_rows == 0, "every anchor starts a list");
         let int = |x: usize| i32::try_from(x).map_err(|_| DmaError::TooLong(x));
         let seqs = seq_table(problem)?.concat();
         let mut lists = Vec::new();
@@ -149,7 +135,7 @@ impl Plan {
             let first = lists.len() / 4;
             if params.causal {
                 let mut anchor = 0;
-                for (r0, r1) in causal_lists(params.window, s.nq, s.nk, list_rows) {
+                for (r0, r1) in causal_lists(s.nq, list_rows) {
                     let id = lists.len() / 4;
                     let of = if r0 % ANCHOR_ROWS == 0 {
                         anchors.push(int(id)?);
@@ -220,14 +206,13 @@ mod tests {
     }
 
     /// Blocks of BLOCK_M rows tile every sequence, each pointing to a list of its sequence that
-    /// holds its rows and to its place in it; causal lists tile the sequence in whole blocks, at
-    /// most `list_rows` rows (SHORT_LIST_M before position LONG_LISTS_FROM * w) within one group
-    /// of ANCHOR_ROWS rows, and every other list of a group names the group's first as its anchor;
-    /// the capacity holds w + a list's rows.
+    /// holds its rows and to its place in it; causal lists tile the sequence by `list_rows` rows,
+    /// and every list that does not start a group of ANCHOR_ROWS rows names the group's first as
+    /// its anchor; the capacity holds w + a list's rows.
     #[test]
     fn blocks_share_lists_of_list_rows() {
         // Queries per sequence: none, one row, a block and one, four lists and one, 5000 rows
-        // (groups of ANCHOR_ROWS, short and long lists); keys 7 more than queries.
+        // (groups of ANCHOR_ROWS); keys 7 more than queries.
         let nq = [0, 1, 129, 513, 5000];
         let cu = |extra: usize| {
             let mut c = vec![0i32];
@@ -240,7 +225,7 @@ mod tests {
             .problem()
             .unwrap();
         let window = 300;
-        for rows in [BLOCK_M, SHORT_LIST_M, LIST_M] {
+        for rows in [BLOCK_M, 2 * BLOCK_M, LIST_M] {
             for causal in [false, true] {
                 let params = Params::new(window).causal(causal);
                 let plan = Plan::with_list_rows(&params, &problem, rows).unwrap();
@@ -260,14 +245,7 @@ mod tests {
                             continue;
                         }
                         assert_eq!(place, (r0 - ly) / BLOCK_M);
-                        assert!(ly % BLOCK_M == 0 && (lz % BLOCK_M == 0 || lz == n));
-                        let position = 7 + ly;
-                        let most = if position < LONG_LISTS_FROM * window {
-                            SHORT_LIST_M.min(rows)
-                        } else {
-                            rows
-                        };
-                        assert!(lz - ly <= most, "list {ly}..{lz} of at most {most}");
+                        assert_eq!([ly % rows, lz], [0, (ly + rows).min(n)], "list {ly}..{lz}");
                         assert_eq!(ly / ANCHOR_ROWS, (lz - 1) / ANCHOR_ROWS, "one group");
                         if ly % ANCHOR_ROWS == 0 {
                             assert_eq!(of, -1, "a group's first list is an anchor");
@@ -283,7 +261,7 @@ mod tests {
                 let mut at = 0;
                 for (i, &n) in nq.iter().enumerate() {
                     let want = match causal {
-                        true => causal_lists(window, n, n + 7, rows),
+                        true => causal_lists(n, rows).collect(),
                         false => vec![(0, n)],
                     };
                     for (r0, r1) in want {

@@ -9,7 +9,7 @@ use super::error;
 use super::forward::causal_arg;
 use super::launch::{Args, Ready};
 use super::mapped::LentWord;
-use super::plan::{Plan, LIST_BLOCKS};
+use super::plan::{Plan, BLOCK_COUNTS, LIST_BLOCKS};
 use crate::{DmaError, Params, Problem, Result};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
 
@@ -57,12 +57,13 @@ pub struct Selection {
     pub(crate) cand: CudaSlice<u64>,
     /// `[lists, Hb]` number of keys of each list.
     pub(crate) count: CudaSlice<u32>,
-    /// `[lists, Hb, LIST_BLOCKS]` how many of each list's keys each of its blocks of
-    /// `plan::BLOCK_M` rows can see (causal: a block before the list's last stops before the
-    /// next blocks' own keys; `dma_visible_count` in kernels/common.cu). Written by select.cu;
-    /// the decode selection's gathered lists leave it unwritten, and nothing reads it there
-    /// (their keys all precede their rows).
-    pub(crate) seen: CudaSlice<u32>,
+    /// `[lists, Hb, LIST_BLOCKS, BLOCK_COUNTS]` the counts of each block of `plan::BLOCK_M` rows
+    /// of each list (`DMA_BLOCK_COUNTS` in kernels/common.cu): how many of the list's keys its
+    /// rows can see (causal: a block before the list's last stops before the next blocks' own
+    /// keys), and the run of keys before the list's first row that neither its rows nor later
+    /// ones keep (head, skip). Written by select.cu; the decode selection's gathered lists leave
+    /// it unwritten, and nothing reads it there (their keys all precede their rows).
+    pub(crate) block_counts: CudaSlice<u32>,
     /// `[Hb, total_q]` threshold rank of each query row (see `dma::selection::rank`); a row keeps
     /// key j iff rank_j >= threshold (and j <= its position when causal).
     pub(crate) thr: CudaSlice<u64>,
@@ -87,9 +88,11 @@ pub struct HostSelection {
     /// Candidate ranks; `rank as u32` is the key index.
     pub cand: Vec<u64>,
     pub count: Vec<u32>,
-    /// `[lists, Hb, LIST_BLOCKS]` how many of each list's keys each of its blocks of
-    /// [`BLOCK_M`](super::BLOCK_M) rows can see (causal lists).
-    pub seen: Vec<u32>,
+    /// `[lists, Hb, LIST_BLOCKS, BLOCK_COUNTS]` for each block of [`BLOCK_M`](super::BLOCK_M)
+    /// rows of each causal list: how many of the list's keys its rows can see, and `head`,
+    /// `skip`: the list's keys `[head, head + skip)` precede its first row and are kept by none of
+    /// the block's rows nor of the list's later rows.
+    pub block_counts: Vec<u32>,
     pub thr: Vec<u64>,
     /// Capacity of each list in `cand`.
     pub cap: usize,
@@ -142,7 +145,7 @@ impl Selection {
         Ok(HostSelection {
             cand: buffers::download(dev, &self.cand)?,
             count: buffers::download(dev, &self.count)?,
-            seen: buffers::download(dev, &self.seen)?,
+            block_counts: buffers::download(dev, &self.block_counts)?,
             thr: buffers::download(dev, &self.thr)?,
             cap: self.cap,
         })
@@ -278,7 +281,11 @@ pub(crate) fn alloc_selection(
     Ok(Selection {
         cand: alloc(dev, "candidate lists", lists * hb * plan.cap)?,
         count: alloc(dev, "candidate counts", lists * hb)?,
-        seen: alloc(dev, "per-block counts", lists * hb * LIST_BLOCKS)?,
+        block_counts: alloc(
+            dev,
+            "per-block counts",
+            lists * hb * LIST_BLOCKS * BLOCK_COUNTS,
+        )?,
         thr: alloc(dev, "row thresholds", hb * problem.total_q)?,
         bad_bias: dev.lend_word()?,
         cap: plan.cap,
@@ -367,7 +374,7 @@ pub(crate) fn launch_lists(
         .int(problem.total_q as i32)
         .output(&mut sel.cand)
         .output(&mut sel.count)
-        .output(&mut sel.seen)
+        .output(&mut sel.block_counts)
         .output(&mut sel.thr)
         .output(&mut sel.sure)
         .ptr(sel.bad_bias.device_ptr())

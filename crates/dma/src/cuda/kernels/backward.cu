@@ -37,7 +37,7 @@ __device__ __forceinline__ void backward_body(
     const T* __restrict__ out, const T* __restrict__ dout, const float* __restrict__ lse,
     const SeqInfo* __restrict__ seqs, const int4* __restrict__ blocks,
     const u64* __restrict__ cand, const u32* __restrict__ cand_count,
-    const u32* __restrict__ seen,
+    const u32* __restrict__ block_counts,
     const u64* __restrict__ thr, T* __restrict__ dq, float* __restrict__ dk_acc,
     float* __restrict__ dv_acc, float* __restrict__ dbias, int q_heads, int kv_heads,
     int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,
@@ -71,7 +71,8 @@ __device__ __forceinline__ void backward_body(
     // The list's keys this block's rows can see (a block before its list's last stops before
     // the next blocks' own keys).
     const int count =
-        dma_visible_count<CAUSAL>(list, (int)cand_count[slot], seen + bl.part, offset + B.z - 1);
+        dma_visible_count<CAUSAL>(list, (int)cand_count[slot], dma_block_counts(block_counts, bl),
+                                  offset + B.z - 1);
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
     const int tiles = (count + BN - 1) / BN;
 
@@ -315,7 +316,7 @@ __device__ __forceinline__ void backward_body(
     extern "C" __global__ void __launch_bounds__(BWD_THREADS)                                      \
         NAME(DMA_BACKWARD_PARAMS(T)) {                                                             \
         backward_body<T, D, CAUSAL, BN>(q, k, v, out, dout, lse, seqs, blocks, cand, cand_count,   \
-                                        seen, thr, dq, dk_acc, dv_acc, dbias, q_heads,      \
+                                        block_counts, thr, dq, dk_acc, dv_acc, dbias, q_heads,      \
                                         kv_heads, bias_heads, bias_head_stride, lse_head_stride,   \
                                         total_q, cap, scale, scale_log2);                          \
     }

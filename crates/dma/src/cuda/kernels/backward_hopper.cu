@@ -91,7 +91,7 @@ __device__ __forceinline__ void backward_hopper_body(
     const T* __restrict__ out, const T* __restrict__ dout, const float* __restrict__ lse,
     const SeqInfo* __restrict__ seqs, const int4* __restrict__ blocks,
     const u64* __restrict__ cand, const u32* __restrict__ cand_count,
-    const u32* __restrict__ seen,
+    const u32* __restrict__ block_counts,
     const u32* __restrict__ sure, const u64* __restrict__ thr, T* __restrict__ dq, float* __restrict__ dk_acc,
     float* __restrict__ dv_acc, float* __restrict__ dbias, int q_heads, int kv_heads,
     int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,
@@ -118,7 +118,7 @@ __device__ __forceinline__ void backward_hopper_body(
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
     const BlockWork w =
-        block_work<CAUSAL>(blocks, seqs, cand, cand_count, seen, sure, q_heads,
+        block_work<CAUSAL>(blocks, seqs, cand, cand_count, block_counts, sure, q_heads,
                            kv_heads, bias_heads, cap);
     const int4 B = w.B;
     const int count = w.count, tiles = w.tiles;
@@ -314,7 +314,7 @@ __device__ __forceinline__ void backward_hopper_body(
     extern "C" __global__ void __launch_bounds__(HOP_THREADS, 1)                                   \
         NAME(DMA_BACKWARD_PARAMS(T)) {                                                             \
         backward_hopper_body<T, D, CAUSAL, HOPB_STAGES(D)>(                                        \
-            q, k, v, out, dout, lse, seqs, blocks, cand, cand_count, seen, sure, thr, dq,   \
+            q, k, v, out, dout, lse, seqs, blocks, cand, cand_count, block_counts, sure, thr, dq,   \
             dk_acc, dv_acc, dbias, q_heads, kv_heads, bias_heads, bias_head_stride,                \
             lse_head_stride, total_q, cap, scale, scale_log2);                                     \
     }

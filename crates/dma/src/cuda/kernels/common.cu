@@ -16,9 +16,13 @@ typedef long long i64;
 // from the lists table, which may give fewer (DMA_CUDA_LIST_ROWS, a sequence's last list, decode).
 #define DMA_LIST_M 512
 // The most blocks of one list. A block's entry in the blocks table names its list and its place in
-// it as list * DMA_LIST_BLOCKS + place (cuda/plan.rs); a list's per-block counts (the keys each
-// block sees, its sure keys) are at [list, bias head, place].
+// it as list * DMA_LIST_BLOCKS + place (cuda/plan.rs); a list's per-block counts are at
+// [list, bias head, place]: its sure keys, and DMA_BLOCK_COUNTS u32 (select.cu writes them):
+//   seen: how many of the list's keys the block's rows can see (dma_visible_count);
+//   head, skip: the list's keys [head, head + skip) are keys before the list's first row that no
+//   row of the block, or of a later block of the list, keeps (the Hopper kernels skip them).
 #define DMA_LIST_BLOCKS (DMA_LIST_M / DMA_BLOCK_M)
+#define DMA_BLOCK_COUNTS 4
 // Keys per forward tile; candidate lists are padded with DMA_NO_KEY to whole tiles (plan.rs: BLOCK_N).
 #define DMA_TILE_N 64
 
@@ -54,8 +58,8 @@ __device__ __forceinline__ bool dma_keeps(u64 rank, u64 thr, int pos) {
 }
 
 // How many leading keys of a list a CTA must read, its last row at position last_pos: `count`
-// keys in all, of which `seen` are at most the last position of the CTA's block (select.cu
-// writes both, `seen` per block of the list). A causal list ends with those of its rows' own keys
+// keys in all, of which `seen` (the first of the block's counts, DMA_BLOCK_COUNTS) are at most
+// the last position of the CTA's block (select.cu writes both). A causal list ends with those of its rows' own keys
 // [P, E) that some row keeps, ascending, and its other keys precede P, the position of its first
 // row (clamped to [0, Nk]): so a block sees every key when it sees the last one, and otherwise
 // exactly `seen` (its rows fail the causal test on the rest, so skipping them saves work and
@@ -65,7 +69,7 @@ __device__ __forceinline__ bool dma_keeps(u64 rank, u64 thr, int pos) {
 // the tile holding it reaches past the block's first row and takes the causal test. Not causal:
 // `count`.
 // A block's list as an index among [lists, Hb] (slot: its keys, count and ready flag) and its
-// place among [lists, Hb, DMA_LIST_BLOCKS] (its own counts: seen, sure keys), from the last field
+// place among [lists, Hb, DMA_LIST_BLOCKS] (its own counts: DMA_BLOCK_COUNTS, sure keys), from the last field
 // of its blocks-table entry.
 struct BlockList {
     i64 slot, part;
@@ -77,11 +81,16 @@ __device__ __forceinline__ BlockList dma_block_list(int code, int bias_heads, in
     return b;
 }
 
+// The block's counts (see DMA_BLOCK_COUNTS) among a selection's.
+__device__ __forceinline__ const u32* dma_block_counts(const u32* counts, const BlockList& b) {
+    return counts + b.part * DMA_BLOCK_COUNTS;
+}
+
 template <bool CAUSAL>
-__device__ __forceinline__ int dma_visible_count(const u64* list, int count, const u32* seen,
+__device__ __forceinline__ int dma_visible_count(const u64* list, int count, const u32* counts,
                                                  int last_pos) {
     if (!CAUSAL || count == 0) return count;
-    const int visible = (int)(u32)list[count - 1] <= last_pos ? count : (int)*seen;
+    const int visible = (int)(u32)list[count - 1] <= last_pos ? count : (int)counts[0];
     return min((visible + 1) & ~1, count);
 }
 
@@ -145,6 +154,11 @@ __device__ __forceinline__ u32 smem_addr(const void* p) {
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                  "r"(valid ? 16 : 0));
+}
+// An 8-byte cp.async (through L1; .cg takes only 16 bytes).
+__device__ __forceinline__ void cp_async8(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(valid ? 8 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>

@@ -31,7 +31,7 @@ __device__ __forceinline__ void forward_body(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
     const SeqInfo* __restrict__ seqs,
     const int4* __restrict__ blocks, const u64* __restrict__ cand,
-    const u32* __restrict__ cand_count, const u32* __restrict__ seen,
+    const u32* __restrict__ cand_count, const u32* __restrict__ block_counts,
     const u64* __restrict__ thr, T* __restrict__ out,
     float* __restrict__ lse, float* __restrict__ part, int q_heads, int kv_heads,
     int bias_heads, int bias_head_stride, int lse_head_stride, int total_q, int cap,
@@ -62,7 +62,8 @@ __device__ __forceinline__ void forward_body(
     // The list's keys this block's rows can see (a block before its list's last stops before
     // the next blocks' own keys).
     const int count =
-        dma_visible_count<CAUSAL>(list, (int)cand_count[slot], seen + bl.part, offset + B.z - 1);
+        dma_visible_count<CAUSAL>(list, (int)cand_count[slot], dma_block_counts(block_counts, bl),
+                                  offset + B.z - 1);
     const i64 q_row = (i64)q_heads * D, kv_row = (i64)kv_heads * D;
     const int tiles = (count + BN - 1) / BN;
     // Split-K (gridDim.z > 1, decode): this CTA runs tiles [t0, t1) and writes a partial result.
@@ -231,7 +232,7 @@ __device__ __forceinline__ void forward_body(
 #define DMA_FORWARD_KERNEL(NAME, T, D, CAUSAL, BN)                                                 \
     extern "C" __global__ void __launch_bounds__(FWD_THREADS)                                      \
         NAME(DMA_FORWARD_PARAMS(T)) {                                                              \
-        forward_body<T, D, CAUSAL, BN>(q, k, v, seqs, blocks, cand, cand_count, seen, thr,  \
+        forward_body<T, D, CAUSAL, BN>(q, k, v, seqs, blocks, cand, cand_count, block_counts, thr,  \
                                        out, lse, part, q_heads, kv_heads, bias_heads,              \
                                        bias_head_stride, lse_head_stride, total_q, cap,            \
                                        scale_log2, ready, epoch);                                  \

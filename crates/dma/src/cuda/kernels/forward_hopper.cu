@@ -36,7 +36,7 @@ __device__ __forceinline__ void forward_hopper_body(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
     const SeqInfo* __restrict__ seqs, const int4* __restrict__ blocks,
     const u64* __restrict__ cand, const u32* __restrict__ cand_count,
-    const u32* __restrict__ seen,
+    const u32* __restrict__ block_counts,
     const u32* __restrict__ sure, const u64* __restrict__ thr, T* __restrict__ out,
     float* __restrict__ lse, int q_heads,
     int kv_heads, int bias_heads, int lse_head_stride, int total_q, int cap, float scale_log2,
@@ -58,7 +58,7 @@ __device__ __forceinline__ void forward_hopper_body(
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
     const BlockWork w =
-        block_work<CAUSAL>(blocks, seqs, cand, cand_count, seen, sure, q_heads,
+        block_work<CAUSAL>(blocks, seqs, cand, cand_count, block_counts, sure, q_heads,
                            kv_heads, bias_heads, cap, ready, epoch);
     const int4 B = w.B;
     const int count = w.count, tiles = w.tiles;
@@ -215,6 +215,6 @@ __device__ __forceinline__ void forward_hopper_body(
     extern "C" __global__ void __launch_bounds__(HOP_THREADS, 1)                                   \
         NAME(DMA_FORWARD_PARAMS(T)) {                                                              \
         forward_hopper_body<T, D, CAUSAL, HOP_STAGES>(                                             \
-            q, k, v, seqs, blocks, cand, cand_count, seen, sure, thr, out, lse, q_heads,    \
+            q, k, v, seqs, blocks, cand, cand_count, block_counts, sure, thr, out, lse, q_heads,    \
             kv_heads, bias_heads, lse_head_stride, total_q, cap, scale_log2, ready, epoch);        \
     }

@@ -179,11 +179,13 @@ __device__ __forceinline__ int swz(int rows, int row, int col) {
 // What a CTA of a Hopper kernel works on: query block blocks[blockIdx.x] (sequence, first row,
 // end row, list and place: common.cu's dma_block_list) of query head blockIdx.y, its KV and bias
 // heads, and the keys of its list that its rows can see (a block before its list's last stops
-// before the next blocks' own keys).
+// before the next blocks' own keys) less those that none of them keeps: `count` keys, the list's
+// first `head`, then those from head + skip on (DMA_BLOCK_COUNTS). Tiles and key indices below
+// count these keys (key_at).
 struct BlockWork {
     int4 B;
     SeqInfo s;
-    int h, hkv, hb, offset, count, tiles;
+    int h, hkv, hb, offset, count, tiles, head, skip;
     // Its first tiles made only of keys every live row keeps (select.cu's partition): no keep test.
     int sure_tiles;
     i64 slot;  // the list's index among [lists, Hb]
@@ -195,7 +197,7 @@ __device__ __forceinline__ BlockWork block_work(const int4* __restrict__ blocks,
                                                 const SeqInfo* __restrict__ seqs,
                                                 const u64* __restrict__ cand,
                                                 const u32* __restrict__ cand_count,
-                                                const u32* __restrict__ seen,
+                                                const u32* __restrict__ block_counts,
                                                 const u32* __restrict__ sure, int q_heads,
                                                 int kv_heads, int bias_heads, int cap,
                                                 const u32* ready = nullptr, u32 epoch = 0) {
@@ -210,11 +212,22 @@ __device__ __forceinline__ BlockWork block_work(const int4* __restrict__ blocks,
     w.list = cand + w.slot * cap;
     w.offset = w.s.nk - w.s.nq;
     if (ready) dma_wait_published(ready + w.slot, epoch);  // an overlapped launch (common.cu)
-    w.count = dma_visible_count<CAUSAL>(w.list, (int)cand_count[w.slot], seen + bl.part,
-                                        w.offset + w.B.z - 1);
+    const u32* counts = dma_block_counts(block_counts, bl);
+    const int visible =
+        dma_visible_count<CAUSAL>(w.list, (int)cand_count[w.slot], counts, w.offset + w.B.z - 1);
+    // Causal: the keys [head, head + skip) precede the list's own keys, which every visible
+    // count reaches (a block sees every key before the list's first row).
+    w.head = CAUSAL ? min((int)counts[1], visible) : visible;
+    w.skip = CAUSAL ? min((int)counts[2], visible - w.head) : 0;
+    w.count = visible - w.skip;
     w.tiles = (w.count + HOP_BN - 1) / HOP_BN;
     w.sure_tiles = sure ? (int)sure[bl.part] / HOP_BN : 0;
     return w;
+}
+
+// Where the i-th of block w's keys is in its list.
+__device__ __forceinline__ int key_at(const BlockWork& w, int i) {
+    return i < w.head ? i : i + w.skip;
 }
 
 // The ranks of tile t in the producer's ring of 2 * STAGES tiles (it fetches ranks STAGES tiles
@@ -259,10 +272,12 @@ __device__ __forceinline__ void produce_key_tiles(const BlockWork& w, int first,
     constexpr float LOG2E = 1.4426950408889634f;
     static_assert(LAG >= 1 && LAG < STAGES, "hand a tile over before waiting for a free stage");
     const int tiles = (count + BN - 1) / BN;
+    // One rank per thread (8 bytes: the keys skipped may be any number).
     auto load_ranks = [&](int t) {
-        if (t < tiles && p < BN / 2) {
-            const int at = tile_at(t, first, tiles) * BN + 2 * p;
-            cp_async16(rank_tile<STAGES>(ring, t) + 2 * p, at < count ? list + at : list, at < count);
+        if (t < tiles && p < BN) {
+            const int at = tile_at(t, first, tiles) * BN + p;
+            const bool valid = at < count;
+            cp_async8(rank_tile<STAGES>(ring, t) + p, valid ? list + key_at(w, at) : list, valid);
         }
     };
     for (int t = 0; t < STAGES; ++t) load_ranks(t);

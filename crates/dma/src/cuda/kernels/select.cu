@@ -34,9 +34,10 @@ struct SelectShared {
     u32 digit, need, nz, exact;
     u64 min_key;
     // Per block of the list: t*, the largest threshold of its rows that keep anything (0: none),
-    // and how many of the keys before P ranked below the list's largest t* are at least it.
-    u64 t_star[DMA_LIST_BLOCKS];
-    u32 sure_below[DMA_LIST_BLOCKS];
+    // and the smallest (DMA_KEEP_NONE: none); how many of the keys before P ranked below the
+    // list's largest t* are at least the block's t*, and at least its smallest threshold.
+    u64 t_star[DMA_LIST_BLOCKS], t_least[DMA_LIST_BLOCKS];
+    u32 sure_below[DMA_LIST_BLOCKS], head_below[DMA_LIST_BLOCKS];
     u64 own[DMA_LIST_M];            // the rank of own key P + i
     u32 own_kept[DMA_LIST_M / 32];  // bit i: own key P + i is kept by some row (its own)
     // Z (below): at most DMA_LIST_M + 1 ranks, padded to a power of two for the sort.
@@ -262,7 +263,7 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
                                             int window, int cap, int bias_heads,
                                             int bias_head_stride, int total_q,
                                             u64* __restrict__ cand, u32* __restrict__ cand_count,
-                                            u32* __restrict__ seen, u64* __restrict__ thr,
+                                            u32* __restrict__ block_counts, u64* __restrict__ thr,
                                             u32* __restrict__ sure, u64* __restrict__ bad_bias) {
     __shared__ SelectShared sh;
     const int4 L = lists[id];  // (sequence, first row, end row, anchor list or -1)
@@ -328,13 +329,23 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
         const int padded = min((n + DMA_TILE_N - 1) / DMA_TILE_N * DMA_TILE_N, cap);
         for (int i = n + threadIdx.x; i < padded; i += THREADS) list[i] = DMA_NO_KEY;
     };
-    // Per block of the list ([lists, Hb, DMA_LIST_BLOCKS]): the keys it sees (common.cu's
-    // dma_visible_count) and its sure keys (below).
-    u32* block_seen = seen + slot * DMA_LIST_BLOCKS;
+    // Per block of the list ([lists, Hb, DMA_LIST_BLOCKS]): its counts (common.cu's
+    // DMA_BLOCK_COUNTS) and its sure keys (below).
+    u32* list_counts = block_counts + slot * DMA_LIST_BLOCKS * DMA_BLOCK_COUNTS;
     u32* block_sure = sure + slot * DMA_LIST_BLOCKS;
+    auto write_counts = [&](int b, int n_seen, int head, int skip) {
+        u32* c = list_counts + b * DMA_BLOCK_COUNTS;
+        c[0] = (u32)n_seen;
+        c[1] = (u32)head;
+        c[2] = (u32)skip;
+        c[3] = 0;
+    };
     if (!CAUSAL) {  // every block sees every key, and each is sure (no keep test)
         finish(count);
-        if (threadIdx.x < DMA_LIST_BLOCKS) block_seen[threadIdx.x] = block_sure[threadIdx.x] = count;
+        if (threadIdx.x < DMA_LIST_BLOCKS) {
+            write_counts(threadIdx.x, count, count, 0);
+            block_sure[threadIdx.x] = count;
+        }
         for (int r = threadIdx.x; r < s.nq; r += THREADS) row_thr[r] = tau;
         return;
     }
@@ -358,7 +369,9 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     if (threadIdx.x == 0) sh.nz = 0;
     if (threadIdx.x < DMA_LIST_BLOCKS) {
         sh.t_star[threadIdx.x] = 0;
+        sh.t_least[threadIdx.x] = DMA_KEEP_NONE;
         sh.sure_below[threadIdx.x] = 0;
+        sh.head_below[threadIdx.x] = 0;
     }
     if (threadIdx.x < DMA_LIST_M / 32) sh.own_kept[threadIdx.x] = 0;
     __syncthreads();
@@ -394,8 +407,11 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     };
     auto write = [&](int r, u64 t) {
         row_thr[r] = t;
-        if (t != DMA_KEEP_NONE)
-            atomicMax(&sh.t_star[min((r - L.y) / DMA_BLOCK_M, DMA_LIST_BLOCKS - 1)], t);
+        if (t != DMA_KEEP_NONE) {
+            const int b = min((r - L.y) / DMA_BLOCK_M, DMA_LIST_BLOCKS - 1);
+            atomicMax(&sh.t_star[b], t);
+            atomicMin(&sh.t_least[b], t);
+        }
         // The own key at this row's position is kept by some row iff by this one: thresholds
         // only rise with the position, and rows before it do not see it.
         const int i = offset + r - P;
@@ -410,7 +426,8 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     // so it is sure for block b iff rank_j >= t*_b, the largest threshold of b's rows that keep
     // anything. Let t* be the largest t*_b: the keys ranked at least t* (sure for every block)
     // go first, in place and in order; then the other keys before P by descending rank, so that
-    // each block's sure keys are a prefix of the list. t* is one of Z's ranks (or DMA_KEEP_ALL,
+    // each block's sure keys, and the keys before P that its rows may keep (head), are prefixes
+    // of the list. t* is one of Z's ranks (or DMA_KEEP_ALL,
     // which no key is below), and Z holds the list's smallest ranks, so every key ranked below t*
     // is in sorted Z (nz <= 2 * DMA_LIST_M ranks), where they are read, from the top, after the
     // in-place compaction has overwritten them. The own keys stay last and ascending, which the
@@ -431,8 +448,10 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
             const u64 rank = sh.z[i];
             if (!not_sure_before(rank)) continue;
 #pragma unroll
-            for (int b = 0; b < DMA_LIST_BLOCKS; ++b)
+            for (int b = 0; b < DMA_LIST_BLOCKS; ++b) {
                 if (sh.t_star[b] != 0 && rank >= sh.t_star[b]) atomicAdd(&sh.sure_below[b], 1u);
+                if (rank >= sh.t_least[b]) atomicAdd(&sh.head_below[b], 1u);
+            }
         }
         __syncthreads();
     }
@@ -440,6 +459,12 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
         const int b = threadIdx.x;
         block_sure[b] = sh.t_star[b] == 0 ? 0u : (u32)n_sure + sh.sure_below[b];
     }
+    // Block b's rows, and the rows after them, keep no key before P ranked below b's smallest
+    // threshold (thresholds only rise with the row): those come last among the keys before P
+    // (descending ranks), so b's useful keys before P are the first `head`.
+    auto head_of = [&](int b) {
+        return sh.t_least[b] == DMA_KEEP_NONE ? 0 : n_sure + (int)sh.head_below[b];
+    };
 
     // Then the own keys some row keeps, still ascending; the others go. Row p keeps
     // an own key with probability about w / p, so at p = 32K, w = 2048 a 512-row list holds about
@@ -461,7 +486,8 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
             const int bits = upto - word * 32;
             n += __popc(sh.own_kept[word] & (bits >= 32 ? ~0u : (1u << bits) - 1u));
         }
-        block_seen[b] = (u32)n;
+        const int head = min(head_of(b), kept_before);
+        write_counts(b, n, head, kept_before - head);
     }
     finish(kept);
 }
@@ -474,7 +500,7 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     extern "C" __global__ void __launch_bounds__(THREADS)                                        \
         NAME(const float* bias, const SeqInfo* seqs, const int4* lists, const int* ids,          \
              int window, int cap, int bias_heads, int bias_head_stride, int total_q, u64* cand,   \
-             u32* cand_count, u32* seen, u64* thr, u32* sure, u64* bad_bias, u32* ready,         \
+             u32* cand_count, u32* block_counts, u64* thr, u32* sure, u64* bad_bias, u32* ready,         \
              u32 epoch) {                                                                        \
         dma_allow_next_kernel();                                                                 \
         const int id = ids[blockIdx.x / bias_heads], hb = blockIdx.x % bias_heads;              \
@@ -482,6 +508,6 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
             dma_wait_published(ready + (i64)lists[id].w * bias_heads + hb, epoch);               \
         select_body<CAUSAL, FROM_ANCHOR, THREADS>(bias, seqs, lists, id, hb, window, cap,        \
                                                   bias_heads, bias_head_stride, total_q, cand,   \
-                                                  cand_count, seen, thr, sure, bad_bias);        \
+                                                  cand_count, block_counts, thr, sure, bad_bias);        \
         if (ready) dma_publish(ready + (i64)id * bias_heads + hb, epoch);                        \
     }
