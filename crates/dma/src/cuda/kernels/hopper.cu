@@ -212,13 +212,16 @@ __device__ __forceinline__ BlockWork block_work(const int4* __restrict__ blocks,
     w.list = cand + w.slot * cap;
     w.offset = w.s.nk - w.s.nq;
     if (ready) dma_wait_published(ready + w.slot, epoch);  // an overlapped launch (common.cu)
+    // Causal: the block's own counts, exact for its rows (a block of these kernels has at most
+    // DMA_BLOCK_M rows, decode's too; ranks are fetched one at a time, so unlike
+    // dma_visible_count no rounding, and no read of the list's last key in the chain of loads
+    // before the first gather). The keys [head, head + skip) precede the list's own keys, which
+    // every visible count reaches (a block sees every key before the list's first row).
     const u32* counts = dma_block_counts(block_counts, bl);
-    const int visible =
-        dma_visible_count<CAUSAL>(w.list, (int)cand_count[w.slot], counts, w.offset + w.B.z - 1);
-    // Causal: the keys [head, head + skip) precede the list's own keys, which every visible
-    // count reaches (a block sees every key before the list's first row).
-    w.head = CAUSAL ? min((int)counts[1], visible) : visible;
-    w.skip = CAUSAL ? min((int)counts[2], visible - w.head) : 0;
+    const uint4 c = CAUSAL ? *reinterpret_cast<const uint4*>(counts) : make_uint4(0, 0, 0, 0);
+    const int visible = CAUSAL ? (int)c.x : (int)cand_count[w.slot];
+    w.head = CAUSAL ? min((int)c.y, visible) : visible;
+    w.skip = CAUSAL ? min((int)c.z, visible - w.head) : 0;
     w.count = visible - w.skip;
     w.tiles = (w.count + HOP_BN - 1) / HOP_BN;
     w.sure_tiles = sure ? (int)sure[bl.part] / HOP_BN : 0;
