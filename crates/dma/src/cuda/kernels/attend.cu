@@ -9,13 +9,13 @@
 // kernel of a pair with the same arguments, so each pair's list is written once, here.
 #define DMA_FORWARD_PARAMS(T)                                                                      \
     const T* q, const T* k, const T* v, const SeqInfo* seqs, const int4* blocks, const u64* cand,  \
-        const u32* cand_count, const u32* block_counts, const u32* sure, const u64* thr, T* out,    \
+        const u32* cand_count, const u32* block_counts, const u32* sure, const u64* thr, T* out,   \
         float* lse, float* part, int q_heads, int kv_heads, int bias_heads, int bias_head_stride,  \
         int lse_head_stride, int total_q, int cap, float scale_log2, const u32* ready, u32 epoch
 #define DMA_BACKWARD_PARAMS(T)                                                                     \
     const T* q, const T* k, const T* v, const T* out, const T* dout, const float* lse,             \
         const SeqInfo* seqs, const int4* blocks, const u64* cand, const u32* cand_count,           \
-        const u32* block_counts, const u32* sure, const u64* thr, T* dq, float* dk_acc,             \
+        const u32* block_counts, const u32* sure, const u64* thr, T* dq, float* dk_acc,            \
         float* dv_acc, float* dbias, int q_heads, int kv_heads, int bias_heads,                    \
         int bias_head_stride, int lse_head_stride, int total_q, int cap, float scale,              \
         float scale_log2

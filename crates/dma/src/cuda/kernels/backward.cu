@@ -316,7 +316,7 @@ __device__ __forceinline__ void backward_body(
     extern "C" __global__ void __launch_bounds__(BWD_THREADS)                                      \
         NAME(DMA_BACKWARD_PARAMS(T)) {                                                             \
         backward_body<T, D, CAUSAL, BN>(q, k, v, out, dout, lse, seqs, blocks, cand, cand_count,   \
-                                        block_counts, thr, dq, dk_acc, dv_acc, dbias, q_heads,      \
+                                        block_counts, thr, dq, dk_acc, dv_acc, dbias, q_heads,     \
                                         kv_heads, bias_heads, bias_head_stride, lse_head_stride,   \
                                         total_q, cap, scale, scale_log2);                          \
     }

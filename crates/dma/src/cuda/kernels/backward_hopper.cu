@@ -314,7 +314,7 @@ __device__ __forceinline__ void backward_hopper_body(
     extern "C" __global__ void __launch_bounds__(HOP_THREADS, 1)                                   \
         NAME(DMA_BACKWARD_PARAMS(T)) {                                                             \
         backward_hopper_body<T, D, CAUSAL, HOPB_STAGES(D)>(                                        \
-            q, k, v, out, dout, lse, seqs, blocks, cand, cand_count, block_counts, sure, thr, dq,   \
+            q, k, v, out, dout, lse, seqs, blocks, cand, cand_count, block_counts, sure, thr, dq,  \
             dk_acc, dv_acc, dbias, q_heads, kv_heads, bias_heads, bias_head_stride,                \
             lse_head_stride, total_q, cap, scale, scale_log2);                                     \
     }

@@ -57,20 +57,9 @@ __device__ __forceinline__ bool dma_keeps(u64 rank, u64 thr, int pos) {
     return rank >= thr && (!CAUSAL || (int)(u32)rank <= pos);
 }
 
-// How many leading keys of a list a CTA must read, its last row at position last_pos: `count`
-// keys in all, of which `seen` (the first of the block's counts, DMA_BLOCK_COUNTS) are at most
-// the last position of the CTA's block (select.cu writes both). A causal list ends with those of its rows' own keys
-// [P, E) that some row keeps, ascending, and its other keys precede P, the position of its first
-// row (clamped to [0, Nk]): so a block sees every key when it sees the last one, and otherwise
-// exactly `seen` (its rows fail the causal test on the rest, so skipping them saves work and
-// changes no result; a decode list, whose `seen` is unwritten, always sees its last key). Ranks
-// are loaded in 16-byte pairs, so the count is rounded up to even (at most `count`): then no pair
-// brings in an uncounted real key, and a counted key past last_pos is the last counted one, so
-// the tile holding it reaches past the block's first row and takes the causal test. Not causal:
-// `count`.
 // A block's list as an index among [lists, Hb] (slot: its keys, count and ready flag) and its
-// place among [lists, Hb, DMA_LIST_BLOCKS] (its own counts: DMA_BLOCK_COUNTS, sure keys), from the last field
-// of its blocks-table entry.
+// place among [lists, Hb, DMA_LIST_BLOCKS] (its own counts: DMA_BLOCK_COUNTS, sure keys), from
+// the last field of its blocks-table entry.
 struct BlockList {
     i64 slot, part;
 };
@@ -86,6 +75,18 @@ __device__ __forceinline__ const u32* dma_block_counts(const u32* counts, const 
     return counts + b.part * DMA_BLOCK_COUNTS;
 }
 
+// How many leading keys of a list a CTA of forward.cu or backward.cu must read, its last row at
+// position last_pos: `count` keys in all, of which `seen` (the first of the block's counts,
+// DMA_BLOCK_COUNTS) are at most the last position of the CTA's block (select.cu writes both). A
+// causal list ends with those of its rows' own keys [P, E) that some row keeps, ascending, and its
+// other keys precede P, the position of its first row (clamped to [0, Nk]): so a block sees every
+// key when it sees the last one, and otherwise exactly `seen` (its rows fail the causal test on
+// the rest, so skipping them saves work and changes no result; a decode list, whose `seen` is
+// unwritten, always sees its last key). Ranks are loaded in 16-byte pairs, so the count is
+// rounded up to even (at most `count`): then no pair brings in an uncounted real key, and a
+// counted key past last_pos is the last counted one, so the tile holding it reaches past the
+// block's first row and takes the causal test. Not causal: `count`. (The Hopper kernels read
+// `seen` directly: hopper.cu's block_work.)
 template <bool CAUSAL>
 __device__ __forceinline__ int dma_visible_count(const u64* list, int count, const u32* counts,
                                                  int last_pos) {

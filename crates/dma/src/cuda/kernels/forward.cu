@@ -232,7 +232,7 @@ __device__ __forceinline__ void forward_body(
 #define DMA_FORWARD_KERNEL(NAME, T, D, CAUSAL, BN)                                                 \
     extern "C" __global__ void __launch_bounds__(FWD_THREADS)                                      \
         NAME(DMA_FORWARD_PARAMS(T)) {                                                              \
-        forward_body<T, D, CAUSAL, BN>(q, k, v, seqs, blocks, cand, cand_count, block_counts, thr,  \
+        forward_body<T, D, CAUSAL, BN>(q, k, v, seqs, blocks, cand, cand_count, block_counts, thr, \
                                        out, lse, part, q_heads, kv_heads, bias_heads,              \
                                        bias_head_stride, lse_head_stride, total_q, cap,            \
                                        scale_log2, ready, epoch);                                  \

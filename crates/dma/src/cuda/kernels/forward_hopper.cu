@@ -215,6 +215,6 @@ __device__ __forceinline__ void forward_hopper_body(
     extern "C" __global__ void __launch_bounds__(HOP_THREADS, 1)                                   \
         NAME(DMA_FORWARD_PARAMS(T)) {                                                              \
         forward_hopper_body<T, D, CAUSAL, HOP_STAGES>(                                             \
-            q, k, v, seqs, blocks, cand, cand_count, block_counts, sure, thr, out, lse, q_heads,    \
+            q, k, v, seqs, blocks, cand, cand_count, block_counts, sure, thr, out, lse, q_heads,   \
             kv_heads, bias_heads, lse_head_stride, total_q, cap, scale_log2, ready, epoch);        \
     }

@@ -49,7 +49,7 @@
                 : DMA_F32(d)                                                                     \
                 : "l"(a), "l"(b), "r"((int)accumulate));                                         \
         }                                                                                        \
-        __device__ __forceinline__ static void rs64k(float (&d)[8][4], const u32 (&a)[4], u64 b,    \
+        __device__ __forceinline__ static void rs64k(float (&d)[8][4], const u32 (&a)[4], u64 b,   \
                                                      bool accumulate) {                            \
             asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                          \
                          "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " DMA_D32     \

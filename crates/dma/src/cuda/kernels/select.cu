@@ -8,8 +8,8 @@
 //   thr_p = the w-th best rank among { j <= p } for each row p of the list,
 //   list  = { j < P : rank_j >= tau } ++ { j in [P, E) : rank_j >= thr_j }
 //           (at most w + R keys; the first part's sure keys first, then its others by descending
-//           rank, the second ascending: see the end of select_body), stored as the keys' ranks (index in the low word,
-//           order-preserving bias bits above),
+//           rank, the second ascending: see the end of select_body), stored as the keys' ranks
+//           (index in the low word, order-preserving bias bits above),
 // and row p keeps key j iff j <= p and rank_j >= thr_p. Every row's kept set lies in the list
 // because the w-th best rank only rises with p. thr_p is found among the (E - P) + 1 smallest
 // ranks of { j < P : rank_j >= tau } ++ [P, E) (derived above the row loop below).
@@ -200,19 +200,17 @@ __device__ u64 radix_select_largest(int n, u32 k, int index_bits, Get get, Selec
 
 // Ordered compaction by the whole CTA (THREADS threads, every one must call it): writes the
 // values value(i), i in [0, n), that keep() accepts to out[base], out[base + 1], ... in the order
-// of i, and returns base plus their number. With `rejected` it also writes the others, in the
-// order of i, to rejected[0], rejected[1], ... (a stable two-way partition in one pass). out may
-// be where value(i) reads (in place): a value is written at or before its own index, after every
-// value of its round has been read. Each thread takes ITEMS consecutive values per round, so a
-// round is THREADS * ITEMS values and two barriers; the offsets come from shuffle scans. (ncu: a
-// 1024-thread anchor spent 29% of its instructions summing the warps' counts when every thread
-// summed them all, one value per round. Values read from shared memory take ITEMS = 1: 4
-// consecutive u64 per thread conflict on the banks. docs/benchmarks.md, "Stop 19".)
+// of i, and returns base plus their number. out may be where value(i) reads (in place): a value is
+// written at or before its own index, after every value of its round has been read. Each thread
+// takes ITEMS consecutive values per round, so a round is THREADS * ITEMS values and two barriers;
+// the offsets come from shuffle scans. (ncu: a 1024-thread anchor spent 29% of its instructions
+// summing the warps' counts when every thread summed them all, one value per round. Values read
+// from shared memory take ITEMS = 1: 4 consecutive u64 per thread conflict on the banks.
+// docs/benchmarks.md, "Stop 19".)
 template <int THREADS, int ITEMS, typename Value, typename Keep>
 __device__ __forceinline__ int compact_ordered(int n, Value value, Keep keep, u64* out, int base,
-                                               u32* warp_counts, u64* rejected = nullptr) {
+                                               u32* warp_counts) {
     constexpr int WARPS = THREADS / 32;
-    const int base0 = base;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int start = 0; start < n; start += THREADS * ITEMS) {
         const int first = start + threadIdx.x * ITEMS;
@@ -243,12 +241,8 @@ __device__ __forceinline__ int compact_ordered(int n, Value value, Keep keep, u6
         const int total = __shfl_sync(0xffffffffu, warps_upto, WARPS - 1);
         int at = base + before_warp + upto - mine;
 #pragma unroll
-        for (int u = 0; u < ITEMS; ++u) {
-            if (kept >> u & 1u)
-                out[at++] = v[u];
-            else if (rejected && first + u < n)  // at - base0 kept before it
-                rejected[first + u - (at - base0)] = v[u];
-        }
+        for (int u = 0; u < ITEMS; ++u)
+            if (kept >> u & 1u) out[at++] = v[u];
         __syncthreads();
         base += total;
     }
@@ -427,10 +421,10 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     // anything. Let t* be the largest t*_b: the keys ranked at least t* (sure for every block)
     // go first, in place and in order; then the other keys before P by descending rank, so that
     // each block's sure keys, and the keys before P that its rows may keep (head), are prefixes
-    // of the list. t* is one of Z's ranks (or DMA_KEEP_ALL,
-    // which no key is below), and Z holds the list's smallest ranks, so every key ranked below t*
-    // is in sorted Z (nz <= 2 * DMA_LIST_M ranks), where they are read, from the top, after the
-    // in-place compaction has overwritten them. The own keys stay last and ascending, which the
+    // of the list. t* is one of Z's ranks (or DMA_KEEP_ALL, which no key is below), and Z holds
+    // the list's smallest ranks, so every key ranked below t* is in sorted Z (nz <= 2 * DMA_LIST_M
+    // ranks), where they are read, from the top, after the in-place compaction has overwritten
+    // them. The own keys stay last and ascending, which the
     // forward's causal shortcut and dma_visible_count need; the keys before P are a set to every
     // kernel (the keep rule reads them so).
     u64 ts = 0;
@@ -500,7 +494,7 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
     extern "C" __global__ void __launch_bounds__(THREADS)                                        \
         NAME(const float* bias, const SeqInfo* seqs, const int4* lists, const int* ids,          \
              int window, int cap, int bias_heads, int bias_head_stride, int total_q, u64* cand,   \
-             u32* cand_count, u32* block_counts, u64* thr, u32* sure, u64* bad_bias, u32* ready,         \
+             u32* cand_count, u32* block_counts, u64* thr, u32* sure, u64* bad_bias, u32* ready,   \
              u32 epoch) {                                                                        \
         dma_allow_next_kernel();                                                                 \
         const int id = ids[blockIdx.x / bias_heads], hb = blockIdx.x % bias_heads;              \
@@ -508,6 +502,6 @@ __device__ __forceinline__ void select_body(const float* __restrict__ bias,
             dma_wait_published(ready + (i64)lists[id].w * bias_heads + hb, epoch);               \
         select_body<CAUSAL, FROM_ANCHOR, THREADS>(bias, seqs, lists, id, hb, window, cap,        \
                                                   bias_heads, bias_head_stride, total_q, cand,   \
-                                                  cand_count, block_counts, thr, sure, bad_bias);        \
+                                                  cand_count, block_counts, thr, sure, bad_bias);  \
         if (ready) dma_publish(ready + (i64)id * bias_heads + hb, epoch);                        \
     }
