@@ -52,7 +52,7 @@ pub fn list_rows() -> Result<usize> {
 }
 
 /// The causal lists of a sequence of `nq` queries: runs [r0, r1) of `list_rows` rows that tile
-/// them (the last may be shorter). A list whose first row is a multiple of [`ANCHOR_ROWS`] is an
+/// them (the last may be shorter). A list whose first row is a multiple of `ANCHOR_ROWS` is an
 /// anchor, the others select from the last anchor before them (`list_rows` divides ANCHOR_ROWS).
 pub fn causal_lists(nq: usize, list_rows: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..nq)
