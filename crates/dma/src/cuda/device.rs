@@ -190,10 +190,7 @@ impl Device {
         len: usize,
         f: impl FnOnce(&MappedWords) -> Result<R>,
     ) -> Result<R> {
-        let mut mapped = self
-            .mapped
-            .lock()
-            .map_err(|_| DmaError::Cuda("mapped words lock poisoned".into()))?;
+        let mut mapped = error::lock(&self.mapped, "mapped words")?;
         let words = match mapped.take() {
             Some(words) if words.len() >= len => words,
             // Too small (or none yet): the old set is freed before the new one is taken.
@@ -215,10 +212,7 @@ impl Device {
     /// so no call clears them. A new buffer (grown, or after 2^30 calls, before the kernels'
     /// comparison of epochs could wrap) starts at zero and its epochs at 1.
     pub(crate) fn ready_flags(&self, lists: usize) -> Result<Ready> {
-        let mut ready = self
-            .ready
-            .lock()
-            .map_err(|_| DmaError::Cuda("ready flags lock poisoned".into()))?;
+        let mut ready = error::lock(&self.ready, "ready flags")?;
         let (flags, last) = match ready.take() {
             Some(r) if r.flags.len() >= lists && r.epoch < 1 << 30 => (r.flags, r.epoch),
             old => {
@@ -249,19 +243,13 @@ impl Device {
     /// buffers each call (~11 us before a forward's first kernel and ~5 us after its last at 32K,
     /// docs/benchmarks.md "Stop 25"). One selection is kept, the last.
     pub(crate) fn keep_spare_selection(&self, sel: Selection) -> Result<()> {
-        *self.spare()? = Some(sel);
+        *error::lock(&self.spare_selection, "spare selection")? = Some(sel);
         Ok(())
     }
 
     /// The kept selection (keep_spare_selection), if any.
     pub(crate) fn take_spare_selection(&self) -> Result<Option<Selection>> {
-        Ok(self.spare()?.take())
-    }
-
-    fn spare(&self) -> Result<std::sync::MutexGuard<'_, Option<Selection>>> {
-        self.spare_selection
-            .lock()
-            .map_err(|_| DmaError::Cuda("spare selection lock poisoned".into()))
+        Ok(error::lock(&self.spare_selection, "spare selection")?.take())
     }
 
     /// The kernel `spec`, compiled (once per process) and loaded (once per device).
@@ -278,10 +266,7 @@ impl Device {
         smem: usize,
         clusters: bool,
     ) -> Result<CudaFunction> {
-        let mut loaded = self
-            .functions
-            .lock()
-            .map_err(|_| DmaError::Cuda("kernel cache lock poisoned".into()))?;
+        let mut loaded = error::lock(&self.functions, "kernel cache")?;
         if !loaded.contains_key(spec.name()) {
             let ptx = compile::ptx(spec, self.arch)?;
             let module = self

@@ -1,7 +1,8 @@
 //! Turning cudarc's errors into [`DmaError`]s.
 
-use crate::DmaError;
+use crate::{DmaError, Result};
 use cudarc::driver::{sys::cudaError_enum as E, DriverError};
+use std::sync::{Mutex, MutexGuard};
 
 /// A driver error from any call.
 pub(crate) fn driver(e: DriverError) -> DmaError {
@@ -23,4 +24,11 @@ pub(crate) fn alloc(what: &'static str, bytes: usize) -> impl Fn(DriverError) ->
         E::CUDA_ERROR_OUT_OF_MEMORY => DmaError::OutOfMemory { what, bytes },
         _ => driver(e),
     }
+}
+
+/// Locks one of the backend's shared states; a lock poisoned by a panic is an error naming `what`.
+pub(crate) fn lock<'a, T>(state: &'a Mutex<T>, what: &str) -> Result<MutexGuard<'a, T>> {
+    state
+        .lock()
+        .map_err(|_| DmaError::Cuda(format!("{what} lock poisoned")))
 }

@@ -98,10 +98,7 @@ pub(crate) struct LentWord {
 impl LentWord {
     /// A zeroed word from `pool` (or a new one) that kernels on `stream` may write.
     pub fn lend(pool: &WordPool, stream: &Arc<CudaStream>) -> Result<LentWord> {
-        let spare = pool
-            .lock()
-            .map_err(|_| crate::DmaError::Cuda("mapped word pool lock poisoned".into()))?
-            .pop();
+        let spare = error::lock(pool, "mapped word pool")?.pop();
         let mut word = match spare {
             Some(word) => word,
             None => MappedWords::new(stream.context(), 1)?,

@@ -5,9 +5,10 @@
 //! ~15-25 us of the ~35 us before a forward's first launch at 32K (docs/benchmarks.md, "Stop 25").
 
 use super::device::Device;
+use super::error;
 use super::plan::{list_rows, seq_table, Plan};
 use super::select::DevicePlan;
-use crate::{DmaError, Params, Problem, Result};
+use crate::{Params, Problem, Result};
 use std::sync::{Arc, Mutex};
 
 /// How many recent plans a device keeps (a few distinct geometries: e.g. the training and the
@@ -40,13 +41,10 @@ impl PlanKey {
     }
 }
 
-/// Kept plans with their keys, most recent first.
-type Entries = Vec<(PlanKey, Arc<Planned>)>;
-
-/// The recently used plans of one device.
+/// The recently used plans of one device, with their keys, most recent first.
 #[derive(Default)]
 pub(crate) struct PlanCache {
-    entries: Mutex<Entries>,
+    entries: Mutex<Vec<(PlanKey, Arc<Planned>)>>,
 }
 
 impl PlanCache {
@@ -73,7 +71,7 @@ impl PlanCache {
 
     /// The entry for `key`, moved to the front.
     fn take(&self, key: &PlanKey) -> Result<Option<Arc<Planned>>> {
-        let mut entries = self.lock()?;
+        let mut entries = error::lock(&self.entries, "plan cache")?;
         let Some(i) = entries.iter().position(|(k, _)| k == key) else {
             return Ok(None);
         };
@@ -84,16 +82,10 @@ impl PlanCache {
     }
 
     fn put(&self, key: PlanKey, planned: Arc<Planned>) -> Result<()> {
-        let mut entries = self.lock()?;
+        let mut entries = error::lock(&self.entries, "plan cache")?;
         entries.insert(0, (key, planned));
         entries.truncate(KEPT);
         Ok(())
-    }
-
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Entries>> {
-        self.entries
-            .lock()
-            .map_err(|_| DmaError::Cuda("plan cache lock poisoned".into()))
     }
 }
 

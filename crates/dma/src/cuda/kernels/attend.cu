@@ -94,12 +94,13 @@ __device__ __forceinline__ bool needs_causal_test(const u64* ranks, int count, i
 // The keep test of one tile (mask_scores): only whether a row keeps anything on a tile of sure
 // keys (no test when every row of the warp does: a warp-uniform branch), the rank and the
 // position where the tile needs the causal test (needs_causal_test), the rank alone otherwise.
+// Its callers (the Hopper kernels) take no row max from it: the compiler drops mask_scores's.
 template <int BN>
 __device__ __forceinline__ void mask_tile(bool sure_tile, bool causal_tile,
                                           float (&sc)[BN / 8][4], const u64* ranks,
                                           const float* biases, const u64 (&rthr)[2],
-                                          const int (&pos)[2], int tq, float scale_log2,
-                                          float (&mx)[2]) {
+                                          const int (&pos)[2], int tq, float scale_log2) {
+    float mx[2] = {-DMA_INF, -DMA_INF};
     const bool warp_live =
         __all_sync(0xffffffffu, rthr[0] != DMA_KEEP_NONE && rthr[1] != DMA_KEEP_NONE);
     if (sure_tile && warp_live)

@@ -199,9 +199,7 @@ __device__ __forceinline__ void backward_hopper_body(
         const bool causal_tile = needs_causal_test<CAUSAL, BN>(ranks, count, kt, w.offset + B.y);
         wgmma_wait<1>();
         wgmma_settle(sc);
-        float unused[2] = {-DMA_INF, -DMA_INF};
-        mask_tile<BN>(kt < w.sure_tiles, causal_tile, sc, ranks, biases, rthr, pos, tq, scale_log2,
-                      unused);
+        mask_tile<BN>(kt < w.sure_tiles, causal_tile, sc, ranks, biases, rthr, pos, tq, scale_log2);
         wgmma_wait<0>();
         wgmma_settle(dp);
         T* tp = sP + buf * L::P;

@@ -114,9 +114,8 @@ __device__ __forceinline__ void forward_hopper_body(
         return needs_causal_test<CAUSAL, BN>(rank_tile<STAGES>(sC, t), count, t, w.offset + B.y);
     };
     auto mask = [&](int t, bool causal_tile) {
-        float unused[2] = {-DMA_INF, -DMA_INF};  // (the max mask_tile takes is left to softmax)
         mask_tile<BN>(t < w.sure_tiles, causal_tile, sc, rank_tile<STAGES>(sC, t),
-                      sB + (t % STAGES) * BN, rthr, pos, tq, scale_log2, unused);
+                      sB + (t % STAGES) * BN, rthr, pos, tq, scale_log2);
     };
     // P_t = exp2(S_t - use) into the A fragments (rows g, g + 8; keys 16 kc + 2 tq (+ 8)), and
     // each row's sum over this thread's columns in ts.
