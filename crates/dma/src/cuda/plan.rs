@@ -12,10 +12,9 @@ pub const BLOCK_M: usize = 128;
 /// of the list's earlier rows pushed out of every later row's w best (about 128 b w / p keys at
 /// position p); it skips them (`DMA_BLOCK_COUNTS` in kernels/common.cu), so longer lists cost the
 /// attention nothing more: at 32K, w = 2048 the forward was 3% faster than with lists of 256 rows
-/// (docs/cuda-notes.md, "256-row selection lists" and "Stop 25"). Also the
-/// most rows a list may have (`DMA_LIST_M` in kernels/common.cu sizes the selection's shared
-/// arrays by it): the kernels take a list's rows from the lists table, so [`list_rows`] may choose
-/// fewer.
+/// (docs/cuda-notes.md, "256-row selection lists" and "Stop 25"). Also the most rows a list may
+/// have (`DMA_LIST_M` in kernels/common.cu sizes the selection's shared arrays by it): the kernels
+/// take a list's rows from the lists table, so [`list_rows`] may choose fewer.
 pub const LIST_M: usize = 512;
 /// The most blocks of one list (`DMA_LIST_BLOCKS`). A block's entry in the blocks table names its
 /// list and its place in it as `list * LIST_BLOCKS + place`, which index the list's per-block
@@ -110,13 +109,13 @@ pub(crate) fn seq_table(problem: &Problem) -> Result<Vec<[i32; SEQ_INFO_INTS]>> 
 }
 
 impl Plan {
-    /// The tables of a call, with causal lists of at most [`list_rows`] query rows.
+    /// The tables of a call, with causal lists of [`list_rows`] query rows.
     pub fn new(params: &Params, problem: &Problem) -> Result<Plan> {
         Self::with_list_rows(params, problem, list_rows()?)
     }
 
-    /// The tables of a call with causal lists of at most `list_rows` query rows, a multiple of BLOCK_M
-    /// (so that no block straddles two lists) and at most LIST_M (the kernels' shared arrays).
+    /// The tables of a call with causal lists of `list_rows` query rows, a multiple of BLOCK_M (so
+    /// that no block straddles two lists) and at most LIST_M (the kernels' shared arrays).
     pub(crate) fn with_list_rows(
         params: &Params,
         problem: &Problem,
